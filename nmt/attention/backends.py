@@ -1,0 +1,182 @@
+"""Attention kernels with one signature, and the dispatcher that picks one per site.
+
+Every backend computes ``softmax(q kᵀ / √head_dim + mask) v`` for q (B, n_heads, q_len, head_dim) and k, v
+(B, n_kv_heads, k_len, head_dim), with the mask given as a MaskSpec; rows with nothing to attend come out as zeros.
+``math`` is the readable oracle and the only one that returns the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math as pymath
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from nmt.attention import flash
+from nmt.attention.masks import MaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class AttentionBackendError(RuntimeError):
+    """A backend was asked for something it cannot compute; the message says what and what to use instead."""
+
+
+def math_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
+) -> tuple[Tensor, Optional[Tensor]]:
+    group = q.size(1) // k.size(1)
+    k = k.repeat_interleave(group, dim=1)  # (B, n_heads, k_len, head_dim)
+    v = v.repeat_interleave(group, dim=1)  # (B, n_heads, k_len, head_dim)
+    scores = (q @ k.transpose(-2, -1)).float() / pymath.sqrt(q.size(-1))  # (B, n_heads, q_len, k_len)
+    allowed = mask.dense(q.device)
+    if allowed is not None:
+        # A finite fill keeps fully masked rows free of NaN (forward and backward); they are zeroed below.
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    if allowed is not None:
+        weights = weights.masked_fill(~allowed, 0.0)
+    weights = weights.to(q.dtype)
+    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    return dropped @ v, (weights if need_weights else None)
+
+
+def sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
+) -> tuple[Tensor, Optional[Tensor]]:
+    causal = mask.is_plain_causal
+    attn_mask = None if causal else mask.dense(q.device)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal, enable_gqa=k.size(1) != q.size(1)
+    )
+    return out, None
+
+
+_compiled_flex: Optional[Callable] = None
+
+
+def _flex_kernel(q: Tensor, mask: MaskSpec) -> Callable:
+    """The compiled kernel (which skips masked blocks) where it runs, else eager flex (same math, dense scores).
+
+    torch 2.13's compiled CPU flex fails on padding masks, so padded CPU calls run eagerly.
+    """
+    global _compiled_flex
+    if q.device.type == "cpu" and mask.has_padding:
+        return flex_attention
+    if _compiled_flex is None:
+        # dynamic=False: dynamic shapes hit a compiler error once a window and a padding mask were both compiled.
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def flex_block_mask(mask: MaskSpec, batch: int, device: torch.device) -> Optional[BlockMask]:
+    if mask.is_full:
+        return None
+    q_start, k_start, k_globals = mask.q_start, mask.k_start, mask.k_globals
+    q_lengths = None if mask.q_lengths is None else mask.q_lengths.to(device)
+    k_lengths = None if mask.k_lengths is None else mask.k_lengths.to(device)
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        k_pos = kv_idx + k_start
+        if k_globals:
+            k_pos = torch.where(kv_idx < k_globals, kv_idx, kv_idx - k_globals + k_start)
+        ok = mask.allowed(q_idx + q_start, k_pos)
+        if k_lengths is not None:
+            ok = ok & (kv_idx < k_lengths[b])
+        if q_lengths is not None:
+            ok = ok & (q_idx < q_lengths[b])
+        return ok
+
+    return create_block_mask(
+        mask_mod, batch if mask.has_padding else None, None, mask.q_len, mask.k_len, device=device
+    )
+
+
+def flex_attention_backend(
+    q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
+) -> tuple[Tensor, Optional[Tensor]]:
+    block_mask = flex_block_mask(mask, q.size(0), q.device)
+    out = _flex_kernel(q, mask)(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
+    return out, None
+
+
+BACKEND_FUNCTIONS: dict[str, Callable[..., tuple[Tensor, Optional[Tensor]]]] = {
+    "math": math_attention,
+    "sdpa": sdpa_attention,
+    "flex": flex_attention_backend,
+    "flash": flash.flash_attention,
+}
+
+
+def static_problem(backend: str, device: torch.device, dtype: torch.dtype, needs_grad: bool) -> Optional[str]:
+    """Why ``backend`` cannot run on this device/dtype/mode at all, or None. Checked before any compute."""
+    if backend == "flex" and device.type == "cpu" and needs_grad:
+        return f"backend 'flex' has no backward pass on CPU in torch {torch.__version__}; use sdpa or math to train"
+    if backend == "flash":
+        return flash.device_problem(device, dtype)
+    return None
+
+
+def call_problem(backend: str, mask: MaskSpec, dropout_p: float) -> Optional[str]:
+    """Why ``backend`` cannot compute this particular call (its mask, its dropout), or None."""
+    if backend == "flex" and dropout_p > 0:
+        return f"backend 'flex' cannot apply attention dropout (dropout={dropout_p}); use sdpa or dropout 0"
+    if backend == "flash":
+        return flash.mask_problem(mask) or flash.dropout_problem(dropout_p)
+    return None
+
+
+_logged_choices: set[tuple] = set()
+
+
+def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float) -> str:
+    """``auto``: the fastest backend that supports this site's mask, device and dtype (logged once per choice).
+
+    On CPU that is always sdpa: its fused kernel covers every mask with a backward pass, while flex has no backward
+    and is compiled per shape. On CUDA a flash kernel where it can express the mask, compiled flex for windowed or
+    sparse masks (it skips masked blocks), sdpa otherwise.
+    """
+    device, dtype = q.device, q.dtype
+    windowed = mask.window is not None
+    if device.type != "cuda":
+        choice, why = "sdpa", "CPU: fused SDPA kernel for every mask, forward and backward"
+    elif flash.device_problem(device, dtype) is None and call_problem("flash", mask, dropout_p) is None:
+        choice, why = "flash", f"CUDA {dtype}: flash kernel ({flash.kernel_name()})"
+    elif windowed and dropout_p == 0:
+        choice, why = "flex", "CUDA windowed/sparse mask: FlexAttention skips masked blocks"
+    else:
+        choice, why = "sdpa", f"CUDA {dtype}: SDPA picks its fused kernel"
+    key = (site, choice, device.type, dtype, windowed)
+    if key not in _logged_choices:
+        _logged_choices.add(key)
+        log.info("attention %s: auto picked %s (%s)", site, choice, why)
+    return choice
+
+
+def attend(
+    backend: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: MaskSpec,
+    *,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    site: str = "attention",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Run one attention call on the named backend (``auto`` resolved here), checking support before compute."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if need_weights and backend != "math":
+        raise AttentionBackendError(
+            f"attention {site}: only backend 'math' returns attention weights (asked of {backend!r})"
+        )
+    if backend == "auto":
+        backend = choose_backend(site, q, mask, dropout_p)
+    problem = static_problem(backend, q.device, q.dtype, needs_grad) or call_problem(backend, mask, dropout_p)
+    if problem is not None:
+        raise AttentionBackendError(f"attention {site}: {problem}")
+    return BACKEND_FUNCTIONS[backend](q, k, v, mask, dropout_p, need_weights)

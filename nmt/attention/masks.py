@@ -1,0 +1,114 @@
+"""One mask description per attention call, turned into whatever each backend consumes.
+
+True means "may attend". Positions are absolute token positions, so the same rule serves teacher-forced passes
+(queries and keys both start at 0) and cached decoding (queries start at the step, keys at the oldest cached
+position): causal alignment is therefore bottom-right by construction, the convention flash kernels use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class MaskSpec:
+    """Which (query, key) pairs may interact in one attention call.
+
+    q_len, k_len: padded lengths of the query and key sequences.
+    q_start, k_start: absolute position of the first query / key.
+    k_globals: how many leading keys are the global positions 0 … k_globals-1, kept by a windowed cache ahead of its
+        tail; the remaining keys are contiguous from k_start. 0 means all keys are contiguous from k_start.
+    q_lengths, k_lengths: per-sequence real lengths (B,) for right-padded batches; None means no padding.
+    causal: a query may not see later positions.
+    window: a query sees keys at distance < window (see AttentionConfig).
+    global_tokens: positions < global_tokens see and are seen by all (still subject to causality and padding).
+    """
+
+    q_len: int
+    k_len: int
+    q_start: int = 0
+    k_start: int = 0
+    k_globals: int = 0
+    q_lengths: Optional[Tensor] = None
+    k_lengths: Optional[Tensor] = None
+    causal: bool = False
+    window: Optional[int] = None
+    global_tokens: int = 0
+
+    @property
+    def has_padding(self) -> bool:
+        return self.q_lengths is not None or self.k_lengths is not None
+
+    @property
+    def k_last(self) -> int:
+        """Absolute position of the last key (positions grow along the key axis)."""
+        return self.k_start + self.k_len - self.k_globals - 1
+
+    def _pairs_all_allowed(self) -> bool:
+        """True when causality and the window exclude no (query, key) pair, ignoring padding.
+
+        Kept global keys need no window check (they are seen by all) and precede k_start, so the tail decides.
+        """
+        q_first, q_last = self.q_start, self.q_start + self.q_len - 1
+        if self.causal and self.k_last > q_first:
+            return False
+        if self.window is not None:
+            farthest = max(q_last - self.k_start, 0 if self.causal else self.k_last - q_first)
+            if farthest >= self.window:
+                return False
+        return True
+
+    @property
+    def is_full(self) -> bool:
+        """Every query sees every key: backends may run with no mask at all."""
+        return not self.has_padding and self._pairs_all_allowed()
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """Square, aligned, causal only: what SDPA's ``is_causal`` and flash's ``causal`` express without a mask."""
+        return (
+            self.causal
+            and not self.has_padding
+            and self.k_globals == 0
+            and self.q_len == self.k_len
+            and self.q_start == self.k_start
+            and (self.window is None or self.window >= self.q_len)
+        )
+
+    def positions(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        q_pos = torch.arange(self.q_start, self.q_start + self.q_len, device=device)
+        k_pos = torch.arange(self.k_start, self.k_last + 1, device=device)
+        if self.k_globals:
+            k_pos = torch.cat([torch.arange(self.k_globals, device=device), k_pos])
+        return q_pos, k_pos
+
+    def allowed(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """The position rule, elementwise over broadcastable position tensors (also used inside flex mask_mods)."""
+        distance = q_pos - k_pos
+        ok = torch.ones_like(distance, dtype=torch.bool)
+        if self.window is not None:
+            local = distance < self.window if self.causal else distance.abs() < self.window
+            if self.global_tokens:
+                local = local | (q_pos < self.global_tokens) | (k_pos < self.global_tokens)
+            ok = local
+        if self.causal:
+            ok = ok & (distance >= 0)
+        return ok
+
+    def dense(self, device: torch.device) -> Optional[Tensor]:
+        """A bool mask broadcastable to (B, heads, q_len, k_len), or None when everything is allowed."""
+        if self.is_full:
+            return None
+        q_pos, k_pos = self.positions(device)
+        mask = self.allowed(q_pos[:, None], k_pos[None, :])[None, None]  # (1, 1, q_len, k_len)
+        if self.k_lengths is not None:
+            keys = torch.arange(self.k_len, device=device)
+            mask = mask & (keys[None, :] < self.k_lengths.to(device)[:, None])[:, None, None, :]  # (B, 1, q, k)
+        if self.q_lengths is not None:
+            queries = torch.arange(self.q_len, device=device)
+            mask = mask & (queries[None, :] < self.q_lengths.to(device)[:, None])[:, None, :, None]  # (B, 1, q, k)
+        return mask

@@ -1,0 +1,57 @@
+"""The ``nmt`` command: dispatches subcommands to their modules, importing only what the subcommand needs."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: nmt <command> [args…]
+
+commands:
+  train      train a model from Hydra overrides (nmt train attention=gqa model=tiny …)
+  translate  translate text with an exported model directory
+  evaluate   score a model with sacreBLEU and write a report
+  report     compare run directories in one table with plots
+  bench      benchmark attention kernels, training and decoding
+  attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
+"""
+
+NOT_YET = ("train", "translate", "evaluate", "report", "bench")
+
+
+def show_attention(overrides: list[str]) -> int:
+    """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
+    from nmt.config import SITES
+    from nmt.schema import compose_config, config_error_line, model_config
+
+    try:
+        cfg = model_config(compose_config(overrides))
+    except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
+        print(f"nmt attention: {config_error_line(error)}", file=sys.stderr)
+        return 2
+    for site in SITES:
+        resolved = cfg.site(site)
+        print(
+            f"{site:13s} {resolved.variant:24s} n_heads={resolved.n_heads} n_kv_heads={resolved.n_kv_heads} "
+            f"window={resolved.window} global_tokens={resolved.global_tokens} backend={resolved.backend} "
+            f"dropout={resolved.dropout}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "attention":
+        return show_attention(rest)
+    if command in NOT_YET:
+        print(f"nmt {command}: not yet available in this version", file=sys.stderr)
+        return 2
+    print(f"nmt: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Encoder–decoder Transformer whose three attention sites are configured independently."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.attention import Attention, AttentionBackendError, KVCache
+from nmt.attention.backends import static_problem
+from nmt.config import ModelConfig
+from nmt.positions import RotaryEmbedding, SinusoidalPositions
+
+Weights = Optional[list]  # collector for per-layer attention weights (math backend), or None
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.inner = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.outer = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.activation = F.relu if cfg.activation == "relu" else F.gelu
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.outer(self.dropout(self.activation(self.inner(x))))
+
+
+class Sublayer(nn.Module):
+    """Residual around ``fn`` with a LayerNorm before it (pre-norm) or after the sum (post-norm)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.norm == "pre"
+
+    def forward(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(fn(self.norm(x)))
+        return self.norm(x + self.dropout(fn(x)))
+
+
+def _attend(attention: Attention, weights: Weights, *args, **kwargs) -> Tensor:
+    """Run one attention call; with a weights collector, on the math backend, keeping its weights."""
+    if weights is None:
+        return attention(*args, **kwargs)[0]
+    out, w = attention(*args, need_weights=True, backend="math", **kwargs)
+    weights.append(w)
+    return out
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rope: Optional[RotaryEmbedding]) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg.d_model, cfg.site("encoder_self"), bias=cfg.bias, rope=rope, site="encoder_self")
+        self.feed_forward = FeedForward(cfg)
+        self.attn_block, self.ff_block = Sublayer(cfg), Sublayer(cfg)
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor], weights: Weights = None) -> Tensor:
+        x = self.attn_block(x, lambda h: _attend(self.self_attn, weights, h, lengths=lengths))
+        return self.ff_block(x, self.feed_forward)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rope: Optional[RotaryEmbedding]) -> None:
+        super().__init__()
+        self.self_attn = Attention(
+            cfg.d_model, cfg.site("decoder_self"), causal=True, bias=cfg.bias, rope=rope, site="decoder_self"
+        )
+        self.cross_attn = Attention(cfg.d_model, cfg.site("cross"), cross=True, bias=cfg.bias, site="cross")
+        self.feed_forward = FeedForward(cfg)
+        self.self_block, self.cross_block, self.ff_block = Sublayer(cfg), Sublayer(cfg), Sublayer(cfg)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_lengths: Optional[Tensor],
+        caches: Optional[tuple[KVCache, KVCache]] = None,
+        weights: Optional[dict[str, list]] = None,
+    ) -> Tensor:
+        self_cache, cross_cache = caches if caches is not None else (None, None)
+        self_w = weights["decoder_self"] if weights is not None else None
+        cross_w = weights["cross"] if weights is not None else None
+        # Target padding needs no mask here: it sits after every real token, so causality already hides it.
+        x = self.self_block(x, lambda h: _attend(self.self_attn, self_w, h, cache=self_cache))
+        x = self.cross_block(
+            x,
+            lambda h: _attend(self.cross_attn, cross_w, h, memory, memory_lengths=memory_lengths, cache=cross_cache),
+        )
+        return self.ff_block(x, self.feed_forward)
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding carries between steps: per-layer (self, cross) caches and the source."""
+
+    caches: list[tuple[KVCache, KVCache]]
+    memory: Tensor
+    memory_lengths: Optional[Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.caches[0][0].length
+
+    def reorder(self, index: Tensor) -> None:
+        """Beam search: batch row i continues old row ``index[i]``."""
+        for self_cache, cross_cache in self.caches:
+            self_cache.reorder(index)
+            cross_cache.reorder(index)
+        self.memory = self.memory.index_select(0, index)
+        if self.memory_lengths is not None:
+            self.memory_lengths = self.memory_lengths.index_select(0, index)
+
+    def self_cache_bytes(self) -> int:
+        return sum(self_cache.nbytes for self_cache, _ in self.caches)
+
+    def cross_cache_bytes(self) -> int:
+        return sum(cross_cache.nbytes for _, cross_cache in self.caches)
+
+
+class Seq2Seq(nn.Module):
+    """Pre-norm (or post-norm) Transformer with scaled, optionally tied embeddings and sinusoidal or rotary positions."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed_scale = math.sqrt(d)
+        self.src_embed = nn.Embedding(_round_up(cfg.vocab_size, cfg.vocab_pad_multiple), d, padding_idx=cfg.pad_id)
+        if cfg.shared_vocab and cfg.tie_embeddings:
+            self.tgt_embed = self.src_embed
+        else:
+            self.tgt_embed = nn.Embedding(
+                _round_up(cfg.target_vocab_size, cfg.vocab_pad_multiple), d, padding_idx=cfg.pad_id
+            )
+        self.output = nn.Linear(d, self.tgt_embed.num_embeddings, bias=False)
+        self.positions = SinusoidalPositions(d) if cfg.positions == "sinusoidal" else None
+        enc_rope = dec_rope = None
+        if cfg.positions == "rope":
+            enc_rope = RotaryEmbedding(d // cfg.site("encoder_self").n_heads)
+            dec_rope = RotaryEmbedding(d // cfg.site("decoder_self").n_heads)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg, enc_rope) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg, dec_rope) for _ in range(cfg.decoder_layers))
+        pre_norm = cfg.norm == "pre"
+        self.encoder_norm = nn.LayerNorm(d) if pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d) if pre_norm else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self._checked: set[tuple] = set()
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for embed in {self.src_embed, self.tgt_embed}:
+            # With the √d_model scale, N(0, d^-1/2) gives embeddings of unit scale (as fairseq does).
+            nn.init.normal_(embed.weight, std=self.cfg.d_model**-0.5)
+            with torch.no_grad():
+                embed.weight[self.cfg.pad_id].zero_()
+
+    def attention_layers(self) -> list[Attention]:
+        return [m for m in self.modules() if isinstance(m, Attention)]
+
+    def check_backends(self, device: torch.device, dtype: torch.dtype, training: bool) -> None:
+        """Fail before any compute when a configured backend cannot run here (e.g. ``flash`` on CPU)."""
+        key = (device, dtype, training)
+        if key in self._checked:
+            return
+        for layer in self.attention_layers():
+            problem = static_problem(layer.cfg.backend, device, dtype, training)
+            if problem is not None:
+                raise AttentionBackendError(f"attention {layer.site}: {problem}")
+        self._checked.add(key)
+
+    def _check(self, x: Tensor) -> None:
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.output.weight.dtype
+        self.check_backends(x.device, dtype, self.training and torch.is_grad_enabled())
+
+    def _embed(self, embed: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
+        x = embed(tokens) * self.embed_scale  # (B, T, d_model)
+        if self.positions is not None:
+            x = self.positions(x, start)
+        return self.dropout(x)
+
+    def encode(
+        self, src: Tensor, src_lengths: Optional[Tensor] = None, weights: Weights = None
+    ) -> Tensor:
+        """src (B, S) token ids, right-padded to ``src_lengths`` (B,) → memory (B, S, d_model)."""
+        self._check(src)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_lengths, weights)
+        return self.encoder_norm(x)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.output(self.decoder_norm(x))[..., : self.cfg.target_vocab_size]  # (B, T, vocab)
+
+    def decode(
+        self,
+        tgt_in: Tensor,
+        memory: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        weights: Optional[dict[str, list]] = None,
+    ) -> Tensor:
+        """Teacher-forced decoding: tgt_in (B, T) → logits (B, T, vocab); position t sees tgt_in[:, :t+1]."""
+        self._check(tgt_in)
+        x = self._embed(self.tgt_embed, tgt_in)
+        for layer in self.decoder_layers:
+            x = layer(x, memory, src_lengths, weights=weights)
+        return self._logits(x)
+
+    def forward(self, src: Tensor, src_lengths: Optional[Tensor], tgt_in: Tensor) -> Tensor:
+        return self.decode(tgt_in, self.encode(src, src_lengths), src_lengths)
+
+    def init_state(self, memory: Tensor, src_lengths: Optional[Tensor] = None) -> DecoderState:
+        caches = [(layer.self_attn.new_cache(), layer.cross_attn.new_cache()) for layer in self.decoder_layers]
+        return DecoderState(caches, memory, src_lengths)
+
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """Incremental decoding: tokens (B, n) at the next n positions → logits (B, n, vocab), caches updated."""
+        self._check(tokens)
+        x = self._embed(self.tgt_embed, tokens, start=state.length)
+        for layer, caches in zip(self.decoder_layers, state.caches):
+            x = layer(x, state.memory, state.memory_lengths, caches=caches)
+        return self._logits(x)
+
+
+def build_model(cfg: ModelConfig) -> Seq2Seq:
+    return Seq2Seq(cfg)

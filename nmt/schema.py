@@ -1,0 +1,55 @@
+"""Hydra structured-config schemas and config composition, so a wrong key or type fails at start, named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.config import SITES, ModelConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class RootConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="nmt_schema", node=RootConfig)
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """The composed config of ``nmt train <overrides>``, without running anything."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def model_config(cfg: DictConfig) -> ModelConfig:
+    """The validated ModelConfig (runs every ``__post_init__`` check; errors name the key)."""
+    for site in SITES:
+        try:
+            OmegaConf.to_object(cfg.model.attention[site])
+        except ValueError as error:
+            raise ValueError(f"model.attention.{site}: {error}") from None
+    try:
+        return OmegaConf.to_object(cfg.model)
+    except ValueError as error:
+        raise ValueError(f"model: {error}") from None
+
+
+def config_error_line(error: BaseException) -> str:
+    """One line for a composition/validation error: Hydra's message plus the OmegaConf cause that names the key."""
+    parts = []
+    while error is not None and len(parts) < 3:
+        line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if line not in parts:
+            parts.append(line.rstrip("."))
+        error = error.__cause__
+    return ": ".join(parts)
