@@ -1,0 +1,160 @@
+"""The Attention module: against torch.nn.MultiheadAttention, padding invariance, cache contents and size."""
+
+import pytest
+import torch
+from torch import nn
+
+from nmt.attention import Attention, AttentionConfig, KVCache
+
+
+def _copy_from_mha(ours: Attention, ref: nn.MultiheadAttention) -> None:
+    with torch.no_grad():
+        if ours.cross:
+            d = ref.embed_dim
+            ours.q_proj.weight.copy_(ref.in_proj_weight[:d])
+            ours.q_proj.bias.copy_(ref.in_proj_bias[:d])
+            ours.kv_proj.weight.copy_(ref.in_proj_weight[d:])
+            ours.kv_proj.bias.copy_(ref.in_proj_bias[d:])
+        else:
+            ours.qkv_proj.weight.copy_(ref.in_proj_weight)
+            ours.qkv_proj.bias.copy_(ref.in_proj_bias)
+        ours.out_proj.weight.copy_(ref.out_proj.weight)
+        ours.out_proj.bias.copy_(ref.out_proj.bias)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
+def test_mha_reproduces_torch_multihead_attention(kind, backend):
+    d_model, n_heads = 32, 4
+    ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()
+    ours = Attention(
+        d_model,
+        AttentionConfig(n_heads=n_heads, backend=backend),
+        causal=kind == "decoder_self",
+        cross=kind == "cross",
+    ).eval()
+    _copy_from_mha(ours, ref)
+    x = torch.randn(2, 7, d_model)
+    memory = torch.randn(2, 10, d_model)
+    if kind == "cross":
+        lengths = torch.tensor([10, 6])
+        pad = torch.arange(10)[None, :] >= lengths[:, None]
+        expected, expected_w = ref(x, memory, memory, key_padding_mask=pad, average_attn_weights=False)
+        got, got_w = ours(x, memory, memory_lengths=lengths, need_weights=backend == "math")
+    elif kind == "encoder_self":
+        lengths = torch.tensor([7, 4])
+        pad = torch.arange(7)[None, :] >= lengths[:, None]
+        expected, expected_w = ref(x, x, x, key_padding_mask=pad, average_attn_weights=False)
+        got, got_w = ours(x, lengths=lengths, need_weights=backend == "math")
+        # nn.MultiheadAttention computes padded query rows too; ours zeroes them, so compare real rows only.
+        real = torch.arange(7)[None, :] < lengths[:, None]
+        expected, got = expected[real], got[real]
+        expected_w = expected_w.transpose(1, 2)[real]
+        got_w = None if got_w is None else got_w.transpose(1, 2)[real]
+    else:
+        causal = torch.triu(torch.ones(7, 7, dtype=torch.bool), 1)
+        expected, expected_w = ref(x, x, x, attn_mask=causal, average_attn_weights=False)
+        got, got_w = ours(x, need_weights=backend == "math")
+    assert (got - expected).abs().max() <= 1e-5
+    if got_w is not None:
+        assert (got_w - expected_w).abs().max() <= 1e-5
+
+
+def test_padding_leaves_real_positions_unchanged():
+    torch.manual_seed(0)
+    for cfg in (AttentionConfig(n_heads=4, n_kv_heads=2), AttentionConfig(n_heads=4, window=3, global_tokens=1)):
+        layer = Attention(16, cfg).eval()
+        x = torch.randn(1, 5, 16)
+        alone, _ = layer(x, lengths=torch.tensor([5]))
+        padded_x = torch.cat([x, torch.randn(1, 4, 16)], dim=1)
+        batch = torch.cat([padded_x, torch.randn(1, 9, 16)])
+        padded, _ = layer(batch, lengths=torch.tensor([5, 9]))
+        assert (padded[0, :5] - alone[0]).abs().max() <= 1e-5
+        # Padded query rows attend to nothing: zeros, so only out_proj's bias comes out.
+        assert torch.allclose(padded[0, 5:], layer.out_proj.bias.expand(4, 16))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AttentionConfig(n_heads=4),
+        AttentionConfig(n_heads=4, n_kv_heads=2),
+        AttentionConfig(n_heads=4, n_kv_heads=1),
+        AttentionConfig(n_heads=4, window=3),
+        AttentionConfig(n_heads=4, n_kv_heads=2, window=3, global_tokens=2),
+    ],
+    ids=["mha", "gqa", "mqa", "window", "sparse"],
+)
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_cached_self_attention_matches_full_recomputation(cfg, chunk):
+    layer = Attention(16, cfg, causal=True).eval()
+    x = torch.randn(2, 11, 16)
+    full, _ = layer(x)
+    cache = layer.new_cache()
+    steps = [layer(x[:, t : t + chunk], cache=cache)[0] for t in range(0, 11, chunk)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+
+
+def test_cross_attention_projects_the_source_once():
+    layer = Attention(16, AttentionConfig(n_heads=4, n_kv_heads=2), cross=True).eval()
+    calls = []
+    layer.kv_proj.register_forward_hook(lambda *args: calls.append(1))
+    memory, lengths = torch.randn(2, 6, 16), torch.tensor([6, 3])
+    x = torch.randn(2, 5, 16)
+    full, _ = layer(x, memory, memory_lengths=lengths)
+    calls.clear()
+    cache = layer.new_cache()
+    steps = [layer(x[:, t : t + 1], memory, memory_lengths=lengths, cache=cache)[0] for t in range(5)]
+    assert len(calls) == 1
+    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+
+
+def test_reordered_cache_matches_recomputation():
+    """Beam search: after reordering rows by beam index, the next step equals recomputing the reordered prefixes."""
+    for cfg in (AttentionConfig(n_heads=4, n_kv_heads=2), AttentionConfig(n_heads=4, n_kv_heads=1, window=3)):
+        layer = Attention(16, cfg, causal=True).eval()
+        x = torch.randn(4, 6, 16)
+        cache = layer.new_cache()
+        for t in range(5):
+            layer(x[:, t : t + 1], cache=cache)
+        index = torch.tensor([2, 2, 0, 3])
+        cache.reorder(index)
+        step, _ = layer(x[index, 5:6], cache=cache)
+        expected, _ = layer(torch.cat([x[index, :5], x[index, 5:6]], dim=1))
+        assert (step[:, 0] - expected[:, 5]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cache_bytes_follow_the_formula(dtype):
+    B, T, d_model, n_heads, head_dim = 3, 12, 64, 8, 8
+    sizes = {}
+    for name, cfg in {
+        "mha": AttentionConfig(n_heads=n_heads),
+        "gqa": AttentionConfig(n_heads=n_heads, n_kv_heads=2),
+        "mqa": AttentionConfig(n_heads=n_heads, n_kv_heads=1),
+        "window": AttentionConfig(n_heads=n_heads, n_kv_heads=2, window=5),
+        "sparse": AttentionConfig(n_heads=n_heads, n_kv_heads=2, window=5, global_tokens=2),
+    }.items():
+        layer = Attention(d_model, cfg, causal=True).to(dtype).eval()
+        cache = layer.new_cache()
+        with torch.no_grad():
+            for t in range(T):
+                layer(torch.randn(B, 1, d_model, dtype=dtype), cache=cache)
+        kept = min(T, cfg.window + cfg.global_tokens) if cfg.window else T
+        n_kv = cfg.resolve(n_heads).n_kv_heads
+        assert cache.k.shape == (B, n_kv, kept, head_dim)
+        assert cache.nbytes == 2 * B * kept * n_kv * head_dim * torch.finfo(dtype).bits // 8
+        # Nothing larger hides behind the views: the storage is exactly what is reported.
+        assert cache.k.untyped_storage().nbytes() + cache.v.untyped_storage().nbytes() == cache.nbytes
+        sizes[name] = cache.nbytes
+    assert sizes["mha"] == n_heads * sizes["mqa"]
+    assert sizes["mha"] == (n_heads // 2) * sizes["gqa"]
+
+
+def test_cache_layout_keeps_globals_and_last_window():
+    cache = KVCache(window=3, global_tokens=2)
+    for position in range(8):
+        value = torch.full((1, 1, 1, 1), float(position))
+        cache.append(value, value)
+    assert cache.k.flatten().tolist() == [0.0, 1.0, 5.0, 6.0, 7.0]
+    assert (cache.k_globals, cache.k_start, cache.length) == (2, 5, 8)
