@@ -25,12 +25,13 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, d_model: int, initial_length: int = 1024) -> None:
         super().__init__()
         self.d_model = d_model
-        self.register_buffer("table", sinusoidal_table(initial_length, d_model), persistent=False)
+        # A plain fp32 attribute, not a buffer: model.to(bf16) must not round it; it follows the input's device.
+        self.table = sinusoidal_table(initial_length, d_model)
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
         end = start + x.size(1)
-        if end > self.table.size(0):
-            self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model, self.table.device)
+        if end > self.table.size(0) or self.table.device != x.device:
+            self.table = sinusoidal_table(max(end, self.table.size(0)), self.d_model, x.device)
         return x + self.table[start:end].to(x.dtype)
 
 
@@ -42,21 +43,21 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim (got {head_dim})")
-        self.register_buffer(
-            "inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim), persistent=False
-        )
-        self._cos, self._sin = self._tables(initial_length)
+        # Plain attributes, not buffers: model.to(bf16) must not round the frequencies; tables stay fp32.
+        self.head_dim, self.base = head_dim, base
+        self._cos, self._sin = self._tables(initial_length, torch.device("cpu"))
 
-    def _tables(self, length: int) -> tuple[Tensor, Tensor]:
-        angles = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)[:, None] * self.inv_freq
+    def _tables(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float64) / self.head_dim)
+        angles = torch.arange(length, device=device, dtype=torch.float64)[:, None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)  # (length, head_dim)
-        return angles.cos(), angles.sin()
+        return angles.cos().float(), angles.sin().float()
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
         """x: (B, heads, T, head_dim) at absolute positions start … start + T - 1."""
         end = start + x.size(2)
         if end > self._cos.size(0) or self._cos.device != x.device:
-            self._cos, self._sin = self._tables(max(end, self._cos.size(0)))
+            self._cos, self._sin = self._tables(max(end, self._cos.size(0)), x.device)
         cos = self._cos[start:end].to(x.dtype)  # (T, head_dim)
         sin = self._sin[start:end].to(x.dtype)
         first, second = x.chunk(2, dim=-1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -11,17 +10,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import SITES, ModelConfig
+from nmt.train_config import TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-@dataclass
-class RootConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-
 def register_configs() -> None:
-    ConfigStore.instance().store(name="nmt_schema", node=RootConfig)
+    ConfigStore.instance().store(name="nmt_schema", node=TrainConfig)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -31,17 +26,26 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def _to_object(node, key: str):
+    try:
+        return OmegaConf.to_object(node)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+
+
 def model_config(cfg: DictConfig) -> ModelConfig:
     """The validated ModelConfig (runs every ``__post_init__`` check; errors name the key)."""
     for site in SITES:
-        try:
-            OmegaConf.to_object(cfg.model.attention[site])
-        except ValueError as error:
-            raise ValueError(f"model.attention.{site}: {error}") from None
-    try:
-        return OmegaConf.to_object(cfg.model)
-    except ValueError as error:
-        raise ValueError(f"model: {error}") from None
+        _to_object(cfg.model.attention[site], f"model.attention.{site}")
+    return _to_object(cfg.model, "model")
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """The validated TrainConfig; each section is checked on its own first so an error names its key."""
+    model_config(cfg)
+    for section in ("data", "optim", "trainer", "decode"):
+        _to_object(cfg[section], section)
+    return _to_object(cfg, "config")
 
 
 def config_error_line(error: BaseException) -> str:

@@ -14,3 +14,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+from pathlib import Path  # noqa: E402
+
+MULTI30K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k"
+
+
+def multi30k_sample(n: int = 3000) -> list[str]:
+    """The first n English and German training sentences of Multi30k (a realistic corpus for tokenizer tests)."""
+    import gzip
+
+    lines = []
+    for lang in ("en", "de"):
+        with gzip.open(MULTI30K / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
+            lines += [next(f).rstrip("\n") for _ in range(n)]
+    return lines

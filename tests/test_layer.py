@@ -95,6 +95,24 @@ def test_cached_self_attention_matches_full_recomputation(cfg, chunk):
     assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
 
 
+def test_cached_decoding_refuses_padding():
+    layer = Attention(16, AttentionConfig(n_heads=4), causal=True)
+    with pytest.raises(ValueError, match="cached decoding takes no padding"):
+        layer(torch.randn(1, 3, 16), lengths=torch.tensor([2]), cache=layer.new_cache())
+
+
+def test_rope_is_exact_whatever_the_module_dtype():
+    from nmt.positions import RotaryEmbedding
+
+    reference = RotaryEmbedding(64)
+    rope = RotaryEmbedding(64).to(torch.bfloat16)
+    x = torch.randn(1, 1, 1, 64)
+    first = rope(x.bfloat16(), 500)
+    rope(x.bfloat16(), 2000)  # grows the tables
+    assert torch.equal(rope(x.bfloat16(), 500), first)
+    assert (first.float() - reference(x, 500)).abs().max() <= 2e-2
+
+
 def test_cross_attention_projects_the_source_once():
     layer = Attention(16, AttentionConfig(n_heads=4, n_kv_heads=2), cross=True).eval()
     calls = []

@@ -53,6 +53,11 @@ def test_dense_mask_matches_the_rules(kwargs):
         assert torch.equal(dense[:, 0].expand_as(expected), expected)
 
 
+def test_inconsistent_cache_layout_is_refused():
+    with pytest.raises(ValueError, match=r"k_globals \(1\) must be <= global_tokens \(0\)"):
+        MaskSpec(q_len=1, k_len=3, q_start=10, k_start=9, k_globals=1, window=4)
+
+
 def test_full_and_plain_causal_are_recognised():
     assert MaskSpec(q_len=4, k_len=4).is_full
     assert not MaskSpec(q_len=4, k_len=4, causal=True).is_full

@@ -32,7 +32,8 @@ def math_attention(
     group = q.size(1) // k.size(1)
     k = k.repeat_interleave(group, dim=1)  # (B, n_heads, k_len, head_dim)
     v = v.repeat_interleave(group, dim=1)  # (B, n_heads, k_len, head_dim)
-    scores = (q @ k.transpose(-2, -1)).float() / pymath.sqrt(q.size(-1))  # (B, n_heads, q_len, k_len)
+    # Softmax in at least fp32 (fp64 stays fp64, so the oracle can serve as a float64 reference).
+    scores = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) / pymath.sqrt(q.size(-1))
     allowed = mask.dense(q.device)
     if allowed is not None:
         # A finite fill keeps fully masked rows free of NaN (forward and backward); they are zeroed below.
@@ -45,14 +46,31 @@ def math_attention(
     return dropped @ v, (weights if need_weights else None)
 
 
+# Devices whose SDPA kernels may return NaN for a row with nothing to attend (the CPU kernels give zeros).
+EMPTY_ROW_GUARD_DEVICES = {"cuda"}
+
+
+def _guard_empty_rows(attn_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Let rows with nothing to attend see key 0, so no kernel divides by zero; they are zeroed afterwards."""
+    empty = ~attn_mask.any(dim=-1, keepdim=True)  # (B or 1, 1, q_len, 1)
+    first_key = torch.zeros_like(attn_mask[..., :1, :])
+    first_key[..., 0] = True
+    return attn_mask | (empty & first_key), empty
+
+
 def sdpa_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
 ) -> tuple[Tensor, Optional[Tensor]]:
     causal = mask.is_plain_causal
     attn_mask = None if causal else mask.dense(q.device)
+    empty = None
+    if attn_mask is not None and q.device.type in EMPTY_ROW_GUARD_DEVICES:
+        attn_mask, empty = _guard_empty_rows(attn_mask)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal, enable_gqa=k.size(1) != q.size(1)
     )
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
     return out, None
 
 
@@ -121,12 +139,12 @@ def static_problem(backend: str, device: torch.device, dtype: torch.dtype, needs
     return None
 
 
-def call_problem(backend: str, mask: MaskSpec, dropout_p: float) -> Optional[str]:
-    """Why ``backend`` cannot compute this particular call (its mask, its dropout), or None."""
+def call_problem(backend: str, mask: MaskSpec, dropout_p: float, head_dim: int) -> Optional[str]:
+    """Why ``backend`` cannot compute this particular call (its mask, dropout, head size), or None."""
     if backend == "flex" and dropout_p > 0:
         return f"backend 'flex' cannot apply attention dropout (dropout={dropout_p}); use sdpa or dropout 0"
     if backend == "flash":
-        return flash.mask_problem(mask) or flash.dropout_problem(dropout_p)
+        return flash.mask_problem(mask) or flash.dropout_problem(dropout_p) or flash.head_dim_problem(head_dim)
     return None
 
 
@@ -144,7 +162,7 @@ def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float) -> st
     windowed = mask.window is not None
     if device.type != "cuda":
         choice, why = "sdpa", "CPU: fused SDPA kernel for every mask, forward and backward"
-    elif flash.device_problem(device, dtype) is None and call_problem("flash", mask, dropout_p) is None:
+    elif flash.device_problem(device, dtype) is None and call_problem("flash", mask, dropout_p, q.size(-1)) is None:
         choice, why = "flash", f"CUDA {dtype}: flash kernel ({flash.kernel_name()})"
     elif windowed and dropout_p == 0:
         choice, why = "flex", "CUDA windowed/sparse mask: FlexAttention skips masked blocks"
@@ -176,7 +194,9 @@ def attend(
         )
     if backend == "auto":
         backend = choose_backend(site, q, mask, dropout_p)
-    problem = static_problem(backend, q.device, q.dtype, needs_grad) or call_problem(backend, mask, dropout_p)
+    problem = static_problem(backend, q.device, q.dtype, needs_grad) or call_problem(
+        backend, mask, dropout_p, q.size(-1)
+    )
     if problem is not None:
         raise AttentionBackendError(f"attention {site}: {problem}")
     return BACKEND_FUNCTIONS[backend](q, k, v, mask, dropout_p, need_weights)

@@ -57,6 +57,15 @@ def device_problem(device: torch.device, dtype: torch.dtype) -> Optional[str]:
         )
     if dtype not in HALF:
         return f"backend 'flash' needs fp16 or bf16 inputs (got {dtype}); train with bf16/fp16 precision or use sdpa"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 0):
+        return f"backend 'flash' needs a GPU of compute capability >= 8.0 (this one has {capability[0]}.{capability[1]})"
+    return None
+
+
+def head_dim_problem(head_dim: int) -> Optional[str]:
+    if head_dim > 256 or head_dim % 8:
+        return f"backend 'flash' needs head_dim <= 256 and a multiple of 8 (got {head_dim})"
     return None
 
 

@@ -91,6 +91,10 @@ class Attention(nn.Module):
         Returns (output (B, T, d_model), weights (B, n_heads, T, keys) or None).
         """
         B, T, _ = x.shape
+        if cache is not None and lengths is not None and not self.cross:
+            raise ValueError(
+                f"attention {self.site}: cached decoding takes no padding (lengths); padded keys would stay in the cache"
+            )
         q_start = cache.length if cache is not None else 0
         if self.cross:
             q = self._heads(self.q_proj(x), self.n_heads)  # (B, n_heads, T, head_dim)

@@ -39,6 +39,13 @@ class MaskSpec:
     window: Optional[int] = None
     global_tokens: int = 0
 
+    def __post_init__(self) -> None:
+        if self.k_globals and (self.k_globals > self.global_tokens or self.k_start < self.k_globals):
+            raise ValueError(
+                f"k_globals ({self.k_globals}) must be <= global_tokens ({self.global_tokens}) and <= k_start "
+                f"({self.k_start}): kept globals are positions 0 … k_globals-1, ahead of the tail"
+            )
+
     @property
     def has_padding(self) -> bool:
         return self.q_lengths is not None or self.k_lengths is not None

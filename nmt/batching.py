@@ -1,0 +1,140 @@
+"""Token-budget batches: bucketed by length, shuffled deterministically per (seed, epoch), one share per rank.
+
+Training batches come from an endless iterable that tags each batch with its (epoch, index) position, so a
+checkpoint records exactly which batch was consumed last and a resumed run continues with the next one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def token_batches(
+    src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, rng: Optional[np.random.Generator]
+) -> list[np.ndarray]:
+    """Index arrays whose padded size (count × longest side, specials included) stays within ``max_tokens``.
+
+    Sorting by length buckets similar lengths together; with ``rng`` ties are broken randomly and the batch order
+    is shuffled, without it the order is by length (validation).
+    """
+    n = len(src_lens)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    longest = np.maximum(src_lens, tgt_lens)[order] + 1  # + eos / bos
+    order = order[np.argsort(longest, kind="stable")]
+    longest = np.sort(longest, kind="stable")
+    batches, start = [], 0
+    while start < n:
+        # Sorted ascending, so a batch's longest member is its last: grow until count × last > budget.
+        end = start + 1
+        while end < n and (end + 1 - start) * longest[end] <= max_tokens:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def shard(batches: list, rank: int, world_size: int) -> list:
+    """This rank's disjoint share; every rank gets the same count (the remainder is dropped) so DDP stays in step."""
+    usable = len(batches) - len(batches) % world_size
+    return batches[rank:usable:world_size]
+
+
+def collate(src: list[list[int]], tgt: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: src + eos; decoder input bos + tgt; decoder output tgt + eos."""
+    B = len(src)
+    src_lengths = torch.tensor([len(s) + 1 for s in src])
+    tgt_lengths = torch.tensor([len(t) + 1 for t in tgt])
+    src_tokens = torch.full((B, int(src_lengths.max())), PAD_ID)
+    tgt_in = torch.full((B, int(tgt_lengths.max())), PAD_ID)
+    tgt_out = torch.full((B, int(tgt_lengths.max())), PAD_ID)
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        src_tokens[i, : len(s) + 1] = torch.tensor(s + [EOS_ID])
+        tgt_in[i, : len(t) + 1] = torch.tensor([BOS_ID] + t)
+        tgt_out[i, : len(t) + 1] = torch.tensor(t + [EOS_ID])
+    return {"src": src_tokens, "src_lengths": src_lengths, "tgt_in": tgt_in, "tgt_out": tgt_out}
+
+
+class TrainBatches(IterableDataset):
+    """Endless training batches from an in-memory (arrow) dataset with ``src_ids``/``tgt_ids`` columns."""
+
+    def __init__(self, ds, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.ds = ds
+        self.src_lens = np.array([len(x) for x in ds["src_ids"]])
+        self.tgt_lens = np.array([len(x) for x in ds["tgt_ids"]])
+        self.max_tokens, self.seed, self.rank, self.world_size = max_tokens, seed, rank, world_size
+        self.start = (0, 0)  # (epoch, index) of the first batch to yield
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        return shard(token_batches(self.src_lens, self.tgt_lens, self.max_tokens, rng), self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, index = self.start
+        while True:
+            batches = self.epoch_batches(epoch)
+            for i in range(index, len(batches)):
+                rows = self.ds[batches[i].tolist()]
+                batch = collate(rows["src_ids"], rows["tgt_ids"])
+                batch["position"] = torch.tensor([epoch, i])
+                yield batch
+            epoch, index = epoch + 1, 0
+
+    def resume_after(self, epoch: int, index: int) -> None:
+        self.start = (epoch, index + 1)
+
+
+class StreamBatches(IterableDataset):
+    """Endless training batches from a streamed corpus: a buffer of pairs at a time, bucketed and shuffled.
+
+    Resuming replays the stream and skips the batches already consumed, so the order is exactly that of an
+    uninterrupted run (at the cost of re-reading the skipped part once).
+    """
+
+    def __init__(self, stream, max_tokens: int, buffer: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.stream, self.max_tokens, self.buffer, self.seed = stream, max_tokens, buffer, seed
+        self.rank, self.world_size = rank, world_size
+        self.start = (0, 0)
+
+    def _chunks(self) -> Iterator[list[tuple[list[int], list[int]]]]:
+        pairs = []
+        for pair in self.stream:
+            pairs.append((pair["src_ids"], pair["tgt_ids"]))
+            if len(pairs) == self.buffer:
+                yield pairs
+                pairs = []
+        if pairs:
+            yield pairs
+
+    def _epoch(self, epoch: int) -> Iterator[dict]:
+        # Every rank reads the whole stream and keeps its share of each chunk's batches: disjoint and in step.
+        index = 0
+        for chunk, pairs in enumerate(self._chunks()):
+            lens = np.array([[len(s), len(t)] for s, t in pairs])
+            rng = np.random.default_rng([self.seed, epoch, chunk])
+            batches = token_batches(lens[:, 0], lens[:, 1], self.max_tokens, rng)
+            for rows in shard(batches, self.rank, self.world_size):
+                batch = collate([pairs[j][0] for j in rows], [pairs[j][1] for j in rows])
+                batch["position"] = torch.tensor([epoch, index])
+                index += 1
+                yield batch
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, skip = self.start
+        while True:
+            if hasattr(self.stream, "set_epoch"):
+                self.stream.set_epoch(epoch)
+            for batch in self._epoch(epoch):
+                if int(batch["position"][1]) >= skip:
+                    yield batch
+            epoch, skip = epoch + 1, 0
+
+    def resume_after(self, epoch: int, index: int) -> None:
+        self.start = (epoch, index + 1)

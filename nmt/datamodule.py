@@ -1,0 +1,106 @@
+"""LightningDataModule: corpus → sentencepiece → cleaned, encoded pairs → token-budget batches."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from nmt.batching import StreamBatches, TrainBatches, collate, token_batches
+from nmt.data import clean_and_encode, encode_eval, load_split
+from nmt.tokenizer import Tokenizer, TokenizerSettings, load_or_train
+from nmt.train_config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+class TranslationData(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.tokenizer: Optional[Tokenizer] = None
+        self.train_set = None
+        self.valid_set = None
+        self.cleaning = None
+
+    # -- corpus and tokenizer -------------------------------------------------------------------------------------
+    def _raw_train(self):
+        ds = load_split(self.cfg, "train", streaming=self.cfg.streaming)
+        if self.cfg.max_train_examples is not None:
+            ds = ds.take(self.cfg.max_train_examples) if self.cfg.streaming else ds.select(
+                range(min(self.cfg.max_train_examples, ds.num_rows))
+            )
+        return ds
+
+    def _fingerprint(self, raw) -> str:
+        if self.cfg.streaming:
+            source = self.cfg.hub_id or self.cfg.path
+            return f"stream:{source}:{self.cfg.hub_config}:{self.cfg.splits.train}:{self.cfg.max_train_examples}"
+        return f"{raw._fingerprint}:{self.cfg.src_lang}-{self.cfg.tgt_lang}"
+
+    def load_tokenizer(self, raw=None) -> Tokenizer:
+        raw = raw if raw is not None else self._raw_train()
+        settings = TokenizerSettings(
+            self.cfg.vocab_size, self.cfg.spm_model_type, self.cfg.character_coverage, self.cfg.spm_max_sentences
+        )
+
+        def sentences():
+            pairs = raw if not self.cfg.streaming else itertools.islice(raw, settings.max_sentences)
+            for pair in pairs:
+                for text in (pair["src"], pair["tgt"]):
+                    if text.strip():
+                        yield text
+
+        self.tokenizer = load_or_train(sentences, settings, self._fingerprint(raw), self.cfg.cache_dir)
+        return self.tokenizer
+
+    def prepare_data(self) -> None:
+        """Once per node, before the other ranks start: download/cache the corpus and train the tokenizer."""
+        raw = self._raw_train()
+        tokenizer = self.load_tokenizer(raw)
+        if not self.cfg.streaming:
+            clean_and_encode(raw, tokenizer, self.cfg, "train")
+        encode_eval(load_split(self.cfg, "valid"), tokenizer, self.cfg, "valid")
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        raw = self._raw_train()
+        tokenizer = self.load_tokenizer(raw)
+        self.train_set, self.cleaning = clean_and_encode(raw, tokenizer, self.cfg, "train", self.cfg.streaming)
+        self.valid_set = encode_eval(load_split(self.cfg, "valid"), tokenizer, self.cfg, "valid")
+
+    # -- loaders ----------------------------------------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_batches(self):
+        rank, world = self._rank()
+        if self.cfg.streaming:
+            return StreamBatches(self.train_set, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank, world)
+        return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world)
+
+    def train_dataloader(self) -> DataLoader:
+        batches = self.train_batches()
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None and int(module.data_position[1]) >= 0:
+            batches.resume_after(*module.data_position.tolist())
+            log.info("data: resuming after epoch %d batch %d", *module.data_position.tolist())
+        # Its own generator: creating the iterator must not draw from the global RNG that drives dropout.
+        return DataLoader(batches, batch_size=None, num_workers=0, generator=torch.Generator())
+
+    def val_dataloader(self) -> DataLoader:
+        ds = self.valid_set
+        src, tgt = ds["src_ids"], ds["tgt_ids"]
+        lens_s, lens_t = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
+        rank, world = self._rank()
+        budget = self.cfg.valid_max_tokens or self.cfg.max_tokens
+        batches = token_batches(lens_s, lens_t, budget, rng=None)[rank::world]
+        collated = [collate([src[i] for i in b], [tgt[i] for i in b]) for b in batches]
+        return DataLoader(collated, batch_size=None, num_workers=0, generator=torch.Generator())

@@ -1,0 +1,150 @@
+"""The LightningModule: label-smoothed cross-entropy, AdamW with warmup, validation loss and BLEU."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from nmt.config import ModelConfig
+from nmt.evaluate import translate_and_score
+from nmt.model import build_model
+from nmt.search import DecodeConfig
+from nmt.tokenizer import PAD_ID, Tokenizer
+from nmt.train_config import OptimConfig
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, int]:
+    """Summed label-smoothed cross-entropy over non-padding targets, and their count."""
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=PAD_ID,
+        label_smoothing=smoothing,
+        reduction="sum",
+    )
+    return loss, int((target != PAD_ID).sum())
+
+
+def lr_lambda(cfg: OptimConfig, max_steps: int):
+    """Multiplier of cfg.lr at each step: linear warmup, then 1/√step decay or a cosine down to min_lr."""
+    warmup = max(cfg.warmup_steps, 1)
+
+    def inverse_sqrt(step: int) -> float:
+        step = step + 1
+        return min(step / warmup, math.sqrt(warmup / step))
+
+    def cosine(step: int) -> float:
+        step = step + 1
+        if step < warmup:
+            return step / warmup
+        progress = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return inverse_sqrt if cfg.scheduler == "inverse_sqrt" else cosine
+
+
+class TranslationModule(L.LightningModule):
+    """Holds the Seq2Seq model; hyperparameters are plain dicts, so checkpoints load with ``weights_only=True``."""
+
+    def __init__(self, model: dict, optim: dict, decode: dict, max_steps: int, bleu_tokenize: Optional[str] = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(ModelConfig.from_dict(model))
+        self.optim_cfg = OptimConfig(**optim)
+        self.decode_cfg = DecodeConfig(**decode)
+        self.max_steps = max_steps
+        self.bleu_tokenize = bleu_tokenize
+        self.tokenizer: Optional[Tokenizer] = None  # from the datamodule in setup(); for validation BLEU
+        self.valid_sources: list[str] = []
+        self.valid_references: list[str] = []
+        self.data_position = torch.tensor([0, -1])
+        self._tick: Optional[float] = None
+        self._valid_loss = [0.0, 0]
+
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if data is not None and data.tokenizer is not None:
+            self.tokenizer = data.tokenizer
+            self.valid_sources, self.valid_references = list(data.valid_set["src"]), list(data.valid_set["tgt"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss_sum, n_tokens = label_smoothed_loss(self(batch), batch["tgt_out"], self.optim_cfg.label_smoothing)
+        loss = loss_sum / max(n_tokens, 1)
+        self.data_position = batch["position"].detach().cpu()
+        now = time.perf_counter()
+        if self._tick is not None:
+            self.log("tok_per_s", n_tokens / max(now - self._tick, 1e-9), prog_bar=True, on_step=True)
+        self._tick = now
+        self.log("train_loss", loss, prog_bar=True, on_step=True, batch_size=n_tokens)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._valid_loss = [0.0, 0]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss_sum, n_tokens = label_smoothed_loss(self(batch), batch["tgt_out"], 0.0)
+        self._valid_loss[0] += float(loss_sum)
+        self._valid_loss[1] += n_tokens
+
+    def on_validation_epoch_end(self) -> None:
+        totals = torch.tensor(self._valid_loss, dtype=torch.float64, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        self.log("val_loss", float(totals[0] / totals[1].clamp(min=1)), prog_bar=True, sync_dist=False)
+        if self.tokenizer is not None and self.valid_sources and not self.trainer.sanity_checking:
+            self.log("val_bleu", self._validation_bleu(), prog_bar=True, sync_dist=False)
+        self._tick = None  # validation time is not training throughput
+
+    def _validation_bleu(self) -> float:
+        """Each rank translates its share; BLEU is computed on the gathered corpus (same on every rank)."""
+        sources, references = self.valid_sources, self.valid_references
+        if self.decode_cfg.max_sentences is not None:
+            sources, references = sources[: self.decode_cfg.max_sentences], references[: self.decode_cfg.max_sentences]
+        rank, world = self.global_rank, self.trainer.world_size
+        _, hypotheses = translate_and_score(
+            self.model, self.tokenizer, sources[rank::world], references[rank::world], self.decode_cfg
+        )
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, hypotheses)
+            hypotheses = [None] * len(sources)
+            for r, part in enumerate(gathered):
+                hypotheses[r::world] = part
+        from nmt.evaluate import bleu
+
+        return bleu(hypotheses, references, self.bleu_tokenize)
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, self.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Exact resumption: the RNG that drives dropout, and the last batch consumed.
+        checkpoint["nmt_rng"] = torch.get_rng_state()
+        checkpoint["nmt_data_position"] = self.data_position
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "nmt_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["nmt_rng"])
+        self.data_position = checkpoint.get("nmt_data_position", self.data_position)
+
+
+def module_from_configs(model_cfg: ModelConfig, optim_cfg: OptimConfig, decode_cfg: DecodeConfig, max_steps: int,
+                        bleu_tokenize: Optional[str]) -> TranslationModule:
+    return TranslationModule(model_cfg.to_dict(), asdict(optim_cfg), asdict(decode_cfg), max_steps, bleu_tokenize)

@@ -1,0 +1,154 @@
+"""``nmt train``: compose the Hydra config, then ``train(cfg)`` — the function tests call directly."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.datamodule import TranslationData
+from nmt.export import export_model
+from nmt.lit_module import TranslationModule, module_from_configs
+from nmt.schema import CONF_DIR, config_error_line, register_configs, to_train_config
+from nmt.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class BatchTrace(Callback):
+    """Writes each rank's consumed batch positions and a fingerprint of their tokens (``trace_batches=true``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        epoch, index = batch["position"].tolist()
+        digest = hash(tuple(batch["src"].flatten().tolist())) & 0xFFFFFFFF
+        with open(self.directory / f"rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step} {epoch} {index} {digest:08x}\n")
+
+
+def _compute_dtype(precision: str) -> torch.dtype:
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
+    """Failures we can see before touching data: a device that is absent, a precision it lacks, a backend that
+    cannot run there."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
+    if cfg.trainer.precision.startswith("bf16") and accelerator in ("gpu", "cuda") and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; use trainer.precision=16-mixed")
+    uses_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if uses_cuda else "cpu")
+    module.model.check_backends(device, _compute_dtype(cfg.trainer.precision), training=True)
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
+    t = cfg.trainer
+    checkpoints = run_dir / "checkpoints"
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1),
+        ModelCheckpoint(
+            dirpath=checkpoints, save_top_k=0, save_last=True, every_n_train_steps=t.checkpoint_every_n_steps
+        ),
+        EarlyStopping(monitor="val_bleu", mode="max", patience=t.patience, check_on_train_epoch_end=False),
+    ]
+    if t.enable_progress_bar:
+        callbacks.append(RichProgressBar())
+    if cfg.trace_batches:
+        callbacks.append(BatchTrace(run_dir / "batch_trace"))
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        val_check_interval=t.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        fast_dev_run=t.fast_dev_run or False,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        use_distributed_sampler=False,  # batches are sharded by rank in nmt.batching
+        callbacks=callbacks,
+        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
+        default_root_dir=run_dir,
+    )
+
+
+def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -> Path:
+    """Train, checkpoint, and export the best model to ``<run_dir>/model``; returns the run directory."""
+    if isinstance(cfg, DictConfig):
+        cfg = to_train_config(cfg)
+    run_dir = Path(run_dir or cfg.run_dir or "outputs/run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, verbose=False)
+    module = module_from_configs(cfg.model, cfg.optim, cfg.decode, cfg.trainer.max_steps, cfg.data.bleu_tokenize)
+    check_runtime(cfg, module)
+    data = TranslationData(cfg.data, cfg.seed)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.global_rank == 0:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if cfg.resume:
+        if last.exists():
+            ckpt_path = str(last)
+        else:
+            log.warning("resume=true but %s does not exist: starting from scratch", last)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.global_rank == 0 and not cfg.trainer.fast_dev_run:
+        export_best(trainer, module, data, run_dir)
+    return run_dir
+
+
+def export_best(trainer: L.Trainer, module: TranslationModule, data: TranslationData, run_dir: Path) -> None:
+    best = trainer.checkpoint_callbacks[0].best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
+    if Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    export_model(module.model.cpu(), data.tokenizer, run_dir / "model", extra={"checkpoint": Path(best).name})
+    log.info("exported %s → %s", Path(best).name, run_dir / "model")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    except ValueError as error:  # config values, data problems (DataError), unsupported backends
+        print(f"nmt train: {config_error_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str]) -> int:
+    """Entry for ``nmt train ARGS``: Hydra reads sys.argv, and Lightning's DDP launcher re-runs this file with it."""
+    register_configs()
+    sys.argv = [str(Path(__file__).resolve()), *argv]
+    _hydra_main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

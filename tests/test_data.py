@@ -1,0 +1,151 @@
+"""Corpus loading, cleaning and the sentencepiece cache, on small files written by the tests."""
+
+import gzip
+import json
+import time
+
+import pytest
+
+from nmt.data import DataError, clean_and_encode, load_split
+from nmt.tokenizer import TokenizerSettings, load_or_train
+from nmt.tokenizer import TokenizerError
+from nmt.train_config import DataConfig
+from tests.conftest import multi30k_sample
+
+EN = ["A dog runs.", "Two men talk.", "A red car.", "   ", "", "Kids play in the park."]
+DE = ["Ein Hund rennt.", "Zwei Männer reden.", "Ein rotes Auto.", "Etwas.", "Nichts.", "Kinder spielen im Park."]
+
+
+def write_lines(path, lines, gz=False):
+    data = "\n".join(lines) + "\n"
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(data)
+    else:
+        path.write_text(data, encoding="utf-8")
+
+
+def config(tmp_path, **kwargs):
+    values = dict(
+        path=str(tmp_path), file_pattern="{split}.{lang}", cache_dir=str(tmp_path / "cache"), vocab_size=60,
+        splits={"train": "train", "valid": "valid", "test": None}, max_tokens=300, max_len=50,
+    )
+    values.update(kwargs)
+    return DataConfig(**values)
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    write_lines(tmp_path / "train.en.gz", EN, gz=True)
+    write_lines(tmp_path / "train.de.gz", DE, gz=True)
+    return config(tmp_path, file_pattern="{split}.{lang}.gz")
+
+
+def test_aligned_gzipped_text_pairs(text_corpus):
+    ds = load_split(text_corpus, "train")
+    assert ds.column_names == ["src", "tgt"]
+    assert ds[0] == {"src": "A dog runs.", "tgt": "Ein Hund rennt."}
+    assert ds.num_rows == len(EN)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl", "parquet"])
+def test_tsv_jsonl_parquet(tmp_path, fmt):
+    import pandas as pd
+
+    rows = [{"en": e, "de": d} for e, d in zip(EN, DE)] + [{"en": "NA", "de": "null"}]
+    file = tmp_path / f"train.{fmt}"
+    if fmt == "tsv":
+        file.write_text("en\tde\n" + "".join(f"{r['en']}\t{r['de']}\n" for r in rows), encoding="utf-8")
+    elif fmt == "jsonl":
+        file.write_text("".join(json.dumps({"translation": r}) + "\n" for r in rows), encoding="utf-8")
+    else:
+        pd.DataFrame(rows).to_parquet(file)
+    ds = load_split(config(tmp_path, format=fmt, file_pattern="{split}." + fmt), "train")
+    assert ds.num_rows == len(rows)
+    assert ds[0] == {"src": "A dog runs.", "tgt": "Ein Hund rennt."}
+    assert ds[len(rows) - 1] == {"src": "NA", "tgt": "null"}  # not turned into missing values
+
+
+def test_missing_language_column_is_named(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"en": "a", "fr": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl: no column 'de' \(columns: en, fr\)"):
+        load_split(config(tmp_path, format="jsonl", file_pattern="{split}.jsonl"), "train")
+
+
+def test_different_line_counts_name_both_files(tmp_path):
+    write_lines(tmp_path / "train.en", EN)
+    write_lines(tmp_path / "train.de", DE[:-2])
+    with pytest.raises(DataError, match=r"train.en has 6 lines but .*train.de has 4"):
+        load_split(config(tmp_path), "train")
+
+
+def test_missing_file_is_named(tmp_path):
+    write_lines(tmp_path / "train.en", EN)
+    with pytest.raises(DataError, match=r"train.de: no such file"):
+        load_split(config(tmp_path), "train")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    write_lines(tmp_path / "train.en", EN)
+    (tmp_path / "train.de").write_bytes("\n".join(DE[:3]).encode() + b"\nGr\xfc\xdfe\n" + b"\n".join(x.encode() for x in DE[4:]) + b"\n")
+    with pytest.raises(DataError, match=r"train.de:4: invalid UTF-8 \(invalid start byte at byte 2\)"):
+        load_split(config(tmp_path), "train")
+
+
+def test_cleaning_counts_empty_long_and_unbalanced_pairs(tmp_path, text_corpus):
+    ds = load_split(text_corpus, "train")
+    long = " ".join(["word"] * 10_000)  # a 10,000-token sentence: filtered, not a crash
+    ds = ds.add_item({"src": long, "tgt": "Kurz."}).add_item({"src": "Ok.", "tgt": long})
+    ds = ds.add_item({"src": "a", "tgt": "ein sehr langer satz mit vielen vielen woertern"})
+    tokenizer = load_or_train(multi30k_sample, TokenizerSettings(400), "fp", tmp_path / "cache")
+    encoded, stats = clean_and_encode(ds, tokenizer, text_corpus, "train")
+    assert (stats.total, stats.empty, stats.too_long, stats.bad_ratio) == (9, 2, 2, 1)
+    assert encoded.num_rows == stats.kept == 4
+    assert "dropped 2 empty or whitespace-only, 2 too long, 1 over the length ratio; kept 4" in str(stats)
+
+
+def test_sentencepiece_reused_when_unchanged_and_retrained_when_vocab_changes(tmp_path):
+    calls = []
+
+    def sentences():
+        calls.append(1)
+        return multi30k_sample(1000)
+
+    first = load_or_train(sentences, TokenizerSettings(400), "corpus-a", tmp_path)
+    mtime = first.model_file.stat().st_mtime_ns
+    again = load_or_train(sentences, TokenizerSettings(400), "corpus-a", tmp_path)
+    assert again.model_file == first.model_file and again.model_file.stat().st_mtime_ns == mtime
+    assert len(calls) == 1
+    bigger = load_or_train(sentences, TokenizerSettings(500), "corpus-a", tmp_path)
+    other_corpus = load_or_train(sentences, TokenizerSettings(400), "corpus-b", tmp_path)
+    assert len(calls) == 3
+    assert len({first.model_file, bigger.model_file, other_corpus.model_file}) == 3
+    assert (first.vocab_size, bigger.vocab_size) == (400, 500)
+    # Byte fallback: a character never seen in training becomes bytes, not <unk>.
+    ids = first.encode(["Ж 😀"])[0]
+    assert first.unk_id not in ids and first.decode([ids]) == ["Ж 😀"]
+
+
+def test_impossible_vocabulary_is_one_clear_error(tmp_path):
+    with pytest.raises(TokenizerError, match=r"data.vocab_size=60.*Vocabulary size is smaller than required_chars"):
+        load_or_train(lambda: EN + DE, TokenizerSettings(60), "x", tmp_path)
+
+
+def test_unreachable_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr("nmt.data.HUB_HOST", ("huggingface.co.invalid", 443))  # unreachable on any machine
+    cfg = DataConfig(path=None, hub_id="wmt14", hub_config="de-en", cache_dir=str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"cannot reach the Hugging Face Hub to load 'wmt14': train from local files"):
+        load_split(cfg, "train")
+    assert time.monotonic() - start < 10
+
+
+def test_bad_data_configs_name_the_key():
+    with pytest.raises(ValueError, match=r"data.format \('xml'\) must be one of"):
+        DataConfig(path=".", format="xml")
+    with pytest.raises(ValueError, match="set data.path .* or data.hub_id"):
+        DataConfig(path=None)
+    with pytest.raises(ValueError, match=r"data.max_tokens \(100\) must hold one sentence of data.max_len \(250\)"):
+        DataConfig(path=".", max_tokens=100)
