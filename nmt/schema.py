@@ -42,9 +42,9 @@ def model_config(cfg: DictConfig) -> ModelConfig:
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """The validated TrainConfig; each section is checked on its own first so an error names its key."""
-    model_config(cfg)
-    for section in ("data", "optim", "trainer", "decode"):
+    for section in ("data", "optim", "trainer", "decode"):  # data first: the model's vocab_size comes from it
         _to_object(cfg[section], section)
+    model_config(cfg)
     return _to_object(cfg, "config")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import __main__
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -145,7 +147,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main(argv: list[str]) -> int:
     """Entry for ``nmt train ARGS``: Hydra reads sys.argv, and Lightning's DDP launcher re-runs this file with it."""
     register_configs()
+    # Lightning's DDP launcher re-runs `python -m <__main__'s module>` (or `python <sys.argv[0]>`) with sys.argv[1:]
+    # in each child process: point both at this module so the children train with the same overrides.
     sys.argv = [str(Path(__file__).resolve()), *argv]
+    if getattr(__main__, "__spec__", None) is not None:
+        __main__.__spec__ = importlib.util.find_spec("nmt.train")
     _hydra_main()
     return 0
 

@@ -1,0 +1,179 @@
+"""Training end to end on Multi30k (CPU): learning, exact resume after SIGKILL, DDP, every preset and experiment."""
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nmt.export import load_exported
+from nmt.schema import CONF_DIR, compose_config
+from nmt.train import train
+from tests.conftest import MULTI30K
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data_cache")
+
+
+def small_run(cache_dir, *extra):
+    """A quick Multi30k en→de configuration: a 1+1-layer model on 3,000 pairs."""
+    return [
+        f"data.path={MULTI30K}",
+        f"data.cache_dir={cache_dir}",
+        "data.max_train_examples=3000",
+        "data.vocab_size=1000",
+        "data.max_tokens=1024",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.dropout=0.1",
+        "optim.warmup_steps=20",
+        "optim.lr=0.002",
+        "decode.max_sentences=20",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def nmt_train(args, run_dir, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmt.cli", "train", *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_tiny_model_learns_multi30k_en_de(cache_dir, tmp_path):
+    """The cpu_smoke experiment: 300 steps of a 2+2-layer model on all 29k pairs."""
+    cfg = compose_config(["experiment=cpu_smoke", f"data.path={MULTI30K}", f"data.cache_dir={cache_dir}",
+                          "trainer.enable_progress_bar=false"])
+    run_dir = train(cfg, run_dir=tmp_path / "run")
+    rows = [r for r in metrics(run_dir) if r.get("val_loss")]
+    losses = [float(r["val_loss"]) for r in rows]
+    bleus = [float(r["val_bleu"]) for r in rows]
+    assert len(losses) == 3
+    uniform = math.log(2000)  # the loss of a model that knows nothing
+    assert losses[-1] < 0.6 * uniform, losses
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert bleus[-1] > 0, bleus
+    model, tokenizer, payload = load_exported(run_dir / "model")
+    assert payload["model"]["encoder_layers"] == 2 and tokenizer.vocab_size == 2000
+    throughput = [float(r["tok_per_s"]) for r in metrics(run_dir) if r.get("tok_per_s")]
+    assert throughput and min(throughput) > 0
+
+
+def test_sigkilled_run_resumes_to_the_same_parameters(cache_dir, tmp_path):
+    args = small_run(cache_dir, "trainer.max_steps=40", "trainer.val_every_n_steps=20",
+                     "trainer.checkpoint_every_n_steps=10")
+    straight = nmt_train(args, tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+
+    killed_dir = tmp_path / "killed"
+    victim = nmt_train(args, killed_dir)
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 600
+    step = 0
+    while step < 20 and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.2)
+        if last.exists():
+            step = torch.load(last, weights_only=True, map_location="cpu")["global_step"]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert 20 <= step < 40, f"the run was not killed mid-way (step {step})"
+
+    resumed = nmt_train([*args, "resume=true"], killed_dir)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming after epoch" in output
+    final = {name: torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for name, d in
+             (("straight", tmp_path / "straight"), ("resumed", killed_dir))}
+    assert final["straight"]["global_step"] == final["resumed"]["global_step"] == 40
+    for name, tensor in final["straight"]["state_dict"].items():
+        assert torch.equal(tensor, final["resumed"]["state_dict"][name]), name
+
+
+def test_ddp_on_cpu_two_processes(cache_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    args = small_run(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=6",
+                     "trainer.val_every_n_steps=3", "trace_batches=true")
+    process = nmt_train(args, run_dir, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run directory
+    assert (run_dir / "model" / "model.safetensors").exists()
+    traces = [(run_dir / "batch_trace" / f"rank{r}.txt").read_text().split("\n")[:-1] for r in (0, 1)]
+    assert [len(t) for t in traces] == [6, 6]
+    digests = [{line.split()[3] for line in t} for t in traces]
+    assert not digests[0] & digests[1], "the two ranks trained on the same batches"
+
+
+ATTENTION_PRESETS = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("choice", [f"attention={a}" for a in ATTENTION_PRESETS] + [f"experiment={e}" for e in EXPERIMENTS])
+def test_every_preset_and_experiment_runs_a_fast_dev_run_step(choice, cache_dir, tmp_path):
+    cfg = compose_config([choice, *small_run(cache_dir, "trainer.fast_dev_run=1")])
+    if choice == "attention=flash":
+        with pytest.raises(Exception, match="backend 'flash' needs a CUDA device"):
+            train(cfg, run_dir=tmp_path)
+        return
+    train(cfg, run_dir=tmp_path)
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_multirun_gives_one_run_directory_per_variant(cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    process = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "train", "-m", "attention=mha,mqa",
+         *small_run(cache_dir, "trainer.fast_dev_run=1"), f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    assert ["- attention=mha" in (p / ".hydra" / "overrides.yaml").read_text() for p in runs] == [True, False]
+    assert all((p / "config.yaml").exists() for p in runs)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.max_tokens=abc", "data.max_tokens"),
+        ("trainer.max_stepz=3", "max_stepz"),
+        ("data.vocab_size=0", r"data.vocab_size \(0\) must be >= 1"),
+        ("data=wmt14_en_de", "cannot reach the Hugging Face Hub"),
+    ],
+)
+def test_bad_training_configs_fail_at_start_with_one_line(override, message, cache_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "0"}
+    env.pop("HF_HUB_OFFLINE")
+    start = time.monotonic()
+    process = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "train", override, f"data.cache_dir={cache_dir}",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert process.returncode != 0
+    assert __import__("re").search(message, process.stderr), process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    assert time.monotonic() - start < 60
