@@ -72,7 +72,7 @@ def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
     raise DataError(f"could not read {', '.join(map(str, paths))}: {str(error).splitlines()[0]}") from None
 
 
-def _local_files(cfg: DataConfig, split_name: str) -> list[Path]:
+def local_files(cfg: DataConfig, split_name: str) -> list[Path]:
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataError(
@@ -173,18 +173,19 @@ def load_split(cfg: DataConfig, split: str, streaming: bool = False):
         raise DataError(f"data.splits.{split} is not set")
     if cfg.path is None:
         return _load_hub(cfg, split_name, streaming)
-    files = _local_files(cfg, split_name)
+    files = local_files(cfg, split_name)
     if cfg.format != "text":
         return _to_pairs(_load_files(cfg, files, streaming)[0], cfg, str(files[0]))
     src, tgt = _load_files(cfg, files, streaming)
     if streaming:
-        return datasets.IterableDataset.from_generator(_zip_lines, gen_kwargs={"files": files, "src": src, "tgt": tgt})
+        return datasets.IterableDataset.from_generator(_zip_lines, gen_kwargs={"files": tuple(files), "pair": (src, tgt)})
     if src.num_rows != tgt.num_rows:
         raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
     return datasets.concatenate_datasets([src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)
 
 
-def _zip_lines(files, src, tgt):
+def _zip_lines(files, pair):
+    src, tgt = pair
     src_it, tgt_it = iter(src), iter(tgt)
     count = 0
     for s in src_it:

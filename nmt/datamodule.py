@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nmt.batching import StreamBatches, TrainBatches, collate, token_batches
-from nmt.data import clean_and_encode, encode_eval, load_split
+from nmt.data import local_files, clean_and_encode, encode_eval, load_split
 from nmt.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 from nmt.train_config import DataConfig
 
@@ -38,9 +38,11 @@ class TranslationData(L.LightningDataModule):
         return ds
 
     def _fingerprint(self, raw) -> str:
-        if self.cfg.streaming:
-            source = self.cfg.hub_id or self.cfg.path
-            return f"stream:{source}:{self.cfg.hub_config}:{self.cfg.splits.train}:{self.cfg.max_train_examples}"
+        if self.cfg.streaming:  # no arrow fingerprint: name the source, and for local files their size and mtime
+            files = local_files(self.cfg, self.cfg.splits.train) if self.cfg.path is not None else []
+            stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+            source = self.cfg.hub_id if self.cfg.path is None else self.cfg.path
+            return f"stream:{source}:{self.cfg.hub_config}:{self.cfg.splits.train}:{self.cfg.max_train_examples}:{stamps}"
         return f"{raw._fingerprint}:{self.cfg.src_lang}-{self.cfg.tgt_lang}"
 
     def load_tokenizer(self, raw=None) -> Tokenizer:

@@ -149,3 +149,13 @@ def test_bad_data_configs_name_the_key():
         DataConfig(path=None)
     with pytest.raises(ValueError, match=r"data.max_tokens \(100\) must hold one sentence of data.max_len \(250\)"):
         DataConfig(path=".", max_tokens=100)
+
+
+def test_streamed_pairs_and_their_misalignment(tmp_path):
+    write_lines(tmp_path / "train.en", EN)
+    write_lines(tmp_path / "train.de", DE)
+    pairs = list(load_split(config(tmp_path), "train", streaming=True))
+    assert pairs[0] == {"src": "A dog runs.", "tgt": "Ein Hund rennt."} and len(pairs) == len(EN)
+    write_lines(tmp_path / "train.de", DE[:4])
+    with pytest.raises(DataError, match=r"train.de ends after 4 lines but .*train.en goes on"):
+        list(load_split(config(tmp_path), "train", streaming=True))

@@ -130,7 +130,10 @@ ATTENTION_PRESETS = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("choice", [f"attention={a}" for a in ATTENTION_PRESETS] + [f"experiment={e}" for e in EXPERIMENTS])
+@pytest.mark.parametrize(
+    "choice",
+    [f"attention={a}" for a in ATTENTION_PRESETS] + [f"experiment={e}" for e in EXPERIMENTS] + ["data.streaming=true"],
+)
 def test_every_preset_and_experiment_runs_a_fast_dev_run_step(choice, cache_dir, tmp_path):
     cfg = compose_config([choice, *small_run(cache_dir, "trainer.fast_dev_run=1")])
     if choice == "attention=flash":
@@ -177,3 +180,17 @@ def test_bad_training_configs_fail_at_start_with_one_line(override, message, cac
     assert __import__("re").search(message, process.stderr), process.stderr[-2000:]
     assert "Traceback" not in process.stderr
     assert time.monotonic() - start < 60
+
+
+def test_throughput_benchmark_runs(cache_dir, tmp_path):
+    """The README's training-throughput command, on tiny settings, so it cannot rot."""
+    out = tmp_path / "bench.json"
+    process = subprocess.run(
+        [sys.executable, "scripts/train_throughput.py", "--models", "tiny", "--steps", "2", "--repeats", "1",
+         "--max-tokens", "512", "--out", str(out), f"data.path={MULTI30K}", f"data.cache_dir={cache_dir}",
+         "data.max_train_examples=3000", "data.vocab_size=1000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "| tiny |" in process.stdout
+    assert __import__("json").loads(out.read_text())["tokens_per_s"]["tiny"]["median"] > 0
