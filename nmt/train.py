@@ -5,7 +5,9 @@ from __future__ import annotations
 import __main__
 import importlib.util
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.datamodule import TranslationData
@@ -37,6 +40,19 @@ class BatchTrace(Callback):
         digest = hash(tuple(batch["src"].flatten().tolist())) & 0xFFFFFFFF
         with open(self.directory / f"rank{trainer.global_rank}.txt", "a") as f:
             f.write(f"{trainer.global_step} {epoch} {index} {digest:08x}\n")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it into place: a kill at any
+    moment leaves the previous checkpoint intact (fsspec's transaction stages in /tmp, which may be another
+    filesystem, where the final move is a copy)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            torch.save(checkpoint, tmp)
+        os.replace(tmp.name, path)
 
 
 def _compute_dtype(precision: str) -> torch.dtype:
@@ -93,6 +109,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
         deterministic=t.deterministic,
         use_distributed_sampler=False,  # batches are sharded by rank in nmt.batching
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
         default_root_dir=run_dir,
     )

@@ -1,0 +1,62 @@
+"""Checkpoints and exported model directories are written atomically and load without unpickling objects."""
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.export import export_model, load_exported
+from nmt.model import build_model
+from nmt.tokenizer import TokenizerSettings, load_or_train
+from nmt.train import AtomicCheckpointIO
+from tests.conftest import multi30k_sample
+
+
+def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "export", tmp_path_factory.mktemp("spm"))
+
+
+def test_exported_directory_round_trips(tmp_path, tokenizer):
+    cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=4, d_ff=64, encoder_layers=1, decoder_layers=1,
+                      positions="rope", attention={"encoder_self": {"window": 4}, "cross": {"n_kv_heads": 1}})
+    model = build_model(cfg).eval()
+    directory = export_model(model, tokenizer, tmp_path / "model", extra={"checkpoint": "best.ckpt"})
+    loaded, loaded_tokenizer, payload = load_exported(directory)
+    assert loaded.cfg == cfg and payload["checkpoint"] == "best.ckpt"
+    assert loaded.output.weight is loaded.src_embed.weight  # tying survives safetensors
+    src = torch.randint(4, 400, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(src, torch.tensor([7, 3]), src), model(src, torch.tensor([7, 3]), src))
+    assert loaded_tokenizer.encode(["A dog."]) == tokenizer.encode(["A dog."])
+
+
+def test_re_export_replaces_the_directory_whole(tmp_path, tokenizer, monkeypatch):
+    cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=4, d_ff=64, encoder_layers=1, decoder_layers=1)
+    first = build_model(cfg)
+    export_model(first, tokenizer, tmp_path / "model")
+    import nmt.export
+
+    def failing_copy(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nmt.export.shutil, "copyfile", failing_copy)
+    with pytest.raises(OSError):
+        export_model(build_model(cfg), tokenizer, tmp_path / "model")
+    loaded, _, _ = load_exported(tmp_path / "model")  # the first export, intact
+    assert torch.equal(loaded.src_embed.weight, first.src_embed.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left
