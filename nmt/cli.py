@@ -15,7 +15,7 @@ commands:
   attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
 """
 
-NOT_YET = ("translate", "evaluate", "report", "bench")
+NOT_YET = ("evaluate", "report", "bench")
 
 
 def show_attention(overrides: list[str]) -> int:
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "attention":
         return show_attention(rest)
+    if command == "translate":
+        from nmt.translate import main as translate_main
+
+        return translate_main(rest)
     if command == "train":
         from nmt.train import main as train_main
 

@@ -11,7 +11,7 @@ import torch
 
 from nmt.batching import collate, token_batches
 from nmt.model import Seq2Seq
-from nmt.search import DecodeConfig, greedy
+from nmt.search import DecodeConfig, decode
 from nmt.tokenizer import Tokenizer
 
 
@@ -28,8 +28,8 @@ def translate_texts(
     lens = np.array([len(s) for s in ids])
     for batch in token_batches(lens, lens, max_tokens, rng=None):
         tensors = collate([ids[j] for j in batch], [[] for _ in batch])
-        out = greedy(model, tensors["src"].to(device), tensors["src_lengths"].to(device), cfg)
-        for j, text in zip(batch, tokenizer.decode(out)):
+        nbest = decode(model, tensors["src"].to(device), tensors["src_lengths"].to(device), cfg)
+        for j, text in zip(batch, tokenizer.decode([hyps[0].tokens for hyps in nbest])):
             hypotheses[todo[j]] = text
     model.train(was_training)
     return hypotheses

@@ -1,4 +1,5 @@
-"""The exported model directory: config.json + model.safetensors + spm.model, loadable without Lightning.
+"""The exported model directory: config.json + model.safetensors + spm.model, loadable without Lightning
+(nmt.loading.load_model).
 
 Written into a temporary sibling directory and renamed into place, so a reader never sees a half-written model.
 """
@@ -12,11 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
-from nmt.config import ModelConfig
-from nmt.model import Seq2Seq, build_model
+from nmt.model import Seq2Seq
 from nmt.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
@@ -28,7 +27,7 @@ def export_model(model: Seq2Seq, tokenizer: Tokenizer, directory: str | Path, ex
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_model(model, str(tmp / WEIGHTS))  # handles the tied embedding/output matrices
-        shutil.copyfile(tokenizer.model_file, tmp / SPM)
+        (tmp / SPM).write_bytes(tokenizer.serialized)
         payload = {"model": model.cfg.to_dict(), **(extra or {})}
         (tmp / CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
         if directory.exists():
@@ -43,11 +42,3 @@ def export_model(model: Seq2Seq, tokenizer: Tokenizer, directory: str | Path, ex
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def load_exported(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Tokenizer, dict]:
-    directory = Path(directory)
-    payload = json.loads((directory / CONFIG).read_text())
-    model = build_model(ModelConfig.from_dict(payload["model"]))
-    load_model(model, str(directory / WEIGHTS), device=str(device))
-    return model.to(device).eval(), Tokenizer(directory / SPM), payload

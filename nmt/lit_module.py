@@ -138,6 +138,8 @@ class TranslationModule(L.LightningModule):
         # Exact resumption: the RNG that drives dropout, and the last batch consumed.
         checkpoint["nmt_rng"] = torch.get_rng_state()
         checkpoint["nmt_data_position"] = self.data_position
+        if self.tokenizer is not None:  # a checkpoint is self-contained for `nmt translate --model x.ckpt`
+            checkpoint["nmt_spm"] = torch.frombuffer(bytearray(self.tokenizer.serialized), dtype=torch.uint8)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nmt_rng" in checkpoint:

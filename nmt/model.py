@@ -187,7 +187,9 @@ class Seq2Seq(nn.Module):
         self._checked.add(key)
 
     def _check(self, x: Tensor) -> None:
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.output.weight.dtype
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else self.src_embed.weight.dtype
         self.check_backends(x.device, dtype, self.training and torch.is_grad_enabled())
 
     def _embed(self, embed: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:

@@ -1,4 +1,8 @@
-"""Decoding over the per-layer KV caches: greedy search, batched, stopping as soon as every sentence has ended."""
+"""Decoding over the per-layer KV caches: greedy, sampling and beam search, batched over sentences.
+
+Max length (subwords, the final eos included) is ``max_len_a · source length + max_len_b``; a hypothesis that reaches
+it ends there. Finished sentences leave the batch, and decoding stops as soon as every sentence has ended.
+"""
 
 from __future__ import annotations
 
@@ -14,50 +18,184 @@ from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 @dataclass
 class DecodeConfig:
-    """How to decode: max length = max_len_a · source length + max_len_b (subwords)."""
+    """How to decode. ``length_penalty`` is GNMT's α: a hypothesis scores log P / ((5 + len) / 6)^α."""
 
     beam: int = 1
+    nbest: int = 1
+    length_penalty: float = 0.6
     max_len_a: float = 1.2
     max_len_b: int = 10
+    min_len: int = 0
+    sampling: bool = False
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    seed: int = 0
     max_sentences: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.beam != 1:
-            raise ValueError(f"decode.beam ({self.beam}): only greedy decoding (beam 1) exists in this version")
+        if self.beam < 1 or not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"decode.beam ({self.beam}) must be >= 1 and decode.nbest ({self.nbest}) in [1, beam]")
         if self.max_len_a < 0 or self.max_len_b < 1:
             raise ValueError(f"decode.max_len_a ({self.max_len_a}) must be >= 0 and max_len_b ({self.max_len_b}) >= 1")
+        if self.min_len < 0:
+            raise ValueError(f"decode.min_len ({self.min_len}) must be >= 0")
+        if self.sampling and self.beam != 1:
+            raise ValueError(f"decode.sampling draws one hypothesis: it needs decode.beam 1 (got {self.beam})")
+        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ValueError(
+                f"decode.top_k ({self.top_k}) must be >= 0, top_p ({self.top_p}) in (0, 1], "
+                f"temperature ({self.temperature}) > 0"
+            )
         if self.max_sentences is not None and self.max_sentences < 1:
             raise ValueError(f"decode.max_sentences ({self.max_sentences}) must be >= 1 or null")
 
 
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without bos and eos
+    score: float  # length-normalized log-probability (the ranking key)
+    logprob: float
+
+
+class CachedSteps:
+    """Next-token logits from the incremental decoder: one new position per step over the KV caches."""
+
+    def __init__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor) -> None:
+        self.model = model
+        self.state = model.init_state(model.encode(src, src_lengths), src_lengths)
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return self.model.decode_step(tokens[:, -1:], self.state)[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        self.state.reorder(index)
+
+
+class RecomputeSteps:
+    """The same logits by recomputing the whole prefix each step: the oracle for the cached path."""
+
+    def __init__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor) -> None:
+        self.model, self.src_lengths = model, src_lengths
+        self.memory = model.encode(src, src_lengths)
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return self.model.decode(tokens, self.memory, self.src_lengths)[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        self.memory, self.src_lengths = self.memory[index], self.src_lengths[index]
+
+
+def max_lengths(src_lengths: Tensor, cfg: DecodeConfig) -> Tensor:
+    """Per sentence, the most subwords a hypothesis may have, eos included (source lengths include their eos)."""
+    return (cfg.max_len_a * (src_lengths - 1).float() + cfg.max_len_b).long().clamp(min=1)
+
+
+def _restrict(logprobs: Tensor, step: int, at_max: Tensor, cfg: DecodeConfig) -> Tensor:
+    """No pad or bos ever; no eos before min_len; only eos for rows whose sentence reached its max length."""
+    logprobs[:, [PAD_ID, BOS_ID]] = float("-inf")
+    if step < cfg.min_len:
+        logprobs[:, EOS_ID] = float("-inf")
+    if at_max.any():
+        eos = logprobs[at_max, EOS_ID].clone()
+        logprobs[at_max] = float("-inf")
+        logprobs[at_max, EOS_ID] = torch.where(torch.isfinite(eos), eos, torch.zeros_like(eos))
+    return logprobs
+
+
+def _sample(logprobs: Tensor, cfg: DecodeConfig, generator: torch.Generator) -> Tensor:
+    logits = logprobs / cfg.temperature
+    if cfg.top_k:
+        kth = logits.topk(min(cfg.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= cfg.top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
 @torch.no_grad()
-def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig) -> list[list[int]]:
-    """Token ids (without bos/eos) of the greedy translation of each source row."""
-    B = src.size(0)
-    memory = model.encode(src, src_lengths)
-    state = model.init_state(memory, src_lengths)
-    max_lens = (cfg.max_len_a * (src_lengths - 1).float() + cfg.max_len_b).long().tolist()
-    outputs: list[list[int]] = [[] for _ in range(B)]
-    rows = list(range(B))  # original sentence of each still-active row
-    tokens = torch.full((B, 1), BOS_ID, device=src.device)
-    for step in range(max(max_lens)):
-        logits = model.decode_step(tokens, state)[:, -1]  # (active, vocab)
-        logits[:, [PAD_ID, BOS_ID]] = float("-inf")
-        best = logits.argmax(-1)
-        keep = []
-        for i, (row, token) in enumerate(zip(rows, best.tolist())):
-            if token == EOS_ID or step + 1 >= max_lens[row]:
-                if token != EOS_ID:
-                    outputs[row].append(token)
-                continue
-            outputs[row].append(token)
-            keep.append(i)
-        if not keep:
+def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    """Greedy (or, with ``cfg.sampling``, sampled) decoding: one hypothesis per sentence."""
+    steps = CachedSteps(model, src, src_lengths)
+    limits = max_lengths(src_lengths, cfg)
+    generator = torch.Generator(device=src.device).manual_seed(cfg.seed)
+    results: list[Optional[Hypothesis]] = [None] * src.size(0)
+    sentence = torch.arange(src.size(0), device=src.device)  # original index of each active row
+    tokens = torch.full((src.size(0), 1), BOS_ID, device=src.device)
+    logprob = torch.zeros(src.size(0), device=src.device)
+    for step in range(int(limits.max())):
+        at_max = step + 1 >= limits[sentence]
+        logprobs = _restrict(steps(tokens).float().log_softmax(-1), step, at_max, cfg)
+        best = _sample(logprobs, cfg, generator) if cfg.sampling else logprobs.argmax(-1)
+        logprob = logprob + logprobs.gather(1, best[:, None]).squeeze(1)
+        ended = best == EOS_ID
+        for row in ended.nonzero().flatten().tolist():
+            length = tokens.size(1)  # the tokens after bos, plus this eos
+            score = float(logprob[row]) / ((5 + length) / 6) ** cfg.length_penalty
+            results[int(sentence[row])] = Hypothesis(tokens[row, 1:].tolist(), score, float(logprob[row]))
+        alive = (~ended).nonzero().flatten()
+        if len(alive) == 0:
             break
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=src.device)
-            state.reorder(index)  # finished rows leave the batch
-            best = best[index]
-            rows = [rows[i] for i in keep]
-        tokens = best[:, None]
-    return outputs
+        if len(alive) < len(sentence):
+            steps.reorder(alive)
+        sentence, logprob = sentence[alive], logprob[alive]
+        tokens = torch.cat([tokens[alive], best[alive, None]], dim=1)
+    return [[hypothesis] for hypothesis in results]
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, recompute: bool = False
+) -> list[list[Hypothesis]]:
+    """Batched beam search; per sentence the ``cfg.nbest`` best finished hypotheses, best first.
+
+    Each step keeps, per sentence, the ``beam`` best continuations that do not end; an eos among the ``beam`` best
+    candidates finishes a hypothesis. A sentence ends once it has ``beam`` finished hypotheses or reaches its max
+    length. Cross-attention K/V are computed once per sentence and copied to its beams after the first step.
+    """
+    K = cfg.beam
+    steps = (RecomputeSteps if recompute else CachedSteps)(model, src, src_lengths)
+    limits = max_lengths(src_lengths, cfg)
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    sentence = torch.arange(src.size(0), device=src.device)  # original index of each alive sentence
+    tokens = torch.full((src.size(0), 1), BOS_ID, device=src.device)  # (alive × beams, step + 1)
+    scores = torch.zeros(src.size(0), 1, device=src.device)  # (alive, beams) summed log-probabilities
+    for step in range(int(limits.max())):
+        n_alive, beams = scores.shape
+        at_max = step + 1 >= limits[sentence]  # (alive,)
+        logprobs = _restrict(steps(tokens).float().log_softmax(-1), step, at_max.repeat_interleave(beams), cfg)
+        vocab = logprobs.size(-1)
+        candidates = (scores[:, :, None] + logprobs.view(n_alive, beams, vocab)).view(n_alive, beams * vocab)
+        top_scores, top_index = candidates.topk(min(2 * K, beams * vocab), dim=1)  # (alive, 2K)
+        top_beam, top_token = top_index // vocab, top_index % vocab
+        is_eos = top_token == EOS_ID
+        penalty = ((5 + step + 1) / 6) ** cfg.length_penalty
+        for s, j in is_eos[:, :K].nonzero().tolist():
+            original = int(sentence[s])
+            if len(finished[original]) < K and torch.isfinite(top_scores[s, j]):
+                logprob = float(top_scores[s, j])
+                row = s * beams + int(top_beam[s, j])
+                finished[original].append(Hypothesis(tokens[row, 1:].tolist(), logprob / penalty, logprob))
+        done = at_max | torch.tensor([len(finished[int(i)]) >= K for i in sentence], device=src.device)
+        keep = (~done).nonzero().flatten()
+        if len(keep) == 0:
+            break
+        # The K best continuations that do not end: eos candidates are ranked after every other candidate.
+        rank = torch.where(is_eos, top_scores.new_tensor(float("inf")), torch.arange(top_scores.size(1), device=src.device).float())
+        pick = rank.topk(K, dim=1, largest=False).indices[keep]  # (kept, K)
+        rows = (keep[:, None] * beams + top_beam[keep].gather(1, pick)).flatten()  # rows of the current layout
+        steps.reorder(rows)
+        tokens = torch.cat([tokens[rows], top_token[keep].gather(1, pick).reshape(-1, 1)], dim=1)
+        scores = top_scores[keep].gather(1, pick)
+        sentence = sentence[keep]
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[: cfg.nbest] for hyps in finished]
+
+
+def decode(model: Seq2Seq, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig) -> list[list[Hypothesis]]:
+    """The n-best list of each source row, by the method ``cfg`` names."""
+    if cfg.beam == 1:
+        return greedy(model, src, src_lengths, cfg)
+    return beam_search(model, src, src_lengths, cfg)

@@ -36,9 +36,16 @@ class Tokenizer:
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
-    def __init__(self, model_file: str | Path) -> None:
-        self.model_file = Path(model_file)
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    def __init__(self, model_file: str | Path | None, serialized: bytes | None = None) -> None:
+        self.model_file = Path(model_file) if model_file is not None else None
+        if serialized is None:
+            serialized = Path(model_file).read_bytes()
+        self.serialized = serialized
+        self.sp = spm.SentencePieceProcessor(model_proto=serialized)
+
+    @classmethod
+    def from_serialized(cls, serialized: bytes) -> "Tokenizer":
+        return cls(None, serialized)
 
     @property
     def vocab_size(self) -> int:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nmt.config import ModelConfig
-from nmt.export import export_model, load_exported
+from nmt.export import export_model
+from nmt.loading import load_model
 from nmt.model import build_model
 from nmt.tokenizer import TokenizerSettings, load_or_train
 from nmt.train import AtomicCheckpointIO
@@ -36,8 +37,8 @@ def test_exported_directory_round_trips(tmp_path, tokenizer):
                       positions="rope", attention={"encoder_self": {"window": 4}, "cross": {"n_kv_heads": 1}})
     model = build_model(cfg).eval()
     directory = export_model(model, tokenizer, tmp_path / "model", extra={"checkpoint": "best.ckpt"})
-    loaded, loaded_tokenizer, payload = load_exported(directory)
-    assert loaded.cfg == cfg and payload["checkpoint"] == "best.ckpt"
+    loaded, loaded_tokenizer = load_model(directory)
+    assert loaded.cfg == cfg and '"checkpoint": "best.ckpt"' in (directory / "config.json").read_text()
     assert loaded.output.weight is loaded.src_embed.weight  # tying survives safetensors
     src = torch.randint(4, 400, (2, 7))
     with torch.no_grad():
@@ -51,12 +52,12 @@ def test_re_export_replaces_the_directory_whole(tmp_path, tokenizer, monkeypatch
     export_model(first, tokenizer, tmp_path / "model")
     import nmt.export
 
-    def failing_copy(*args, **kwargs):
+    def failing_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(nmt.export.shutil, "copyfile", failing_copy)
+    monkeypatch.setattr(nmt.export, "save_model", failing_save)
     with pytest.raises(OSError):
         export_model(build_model(cfg), tokenizer, tmp_path / "model")
-    loaded, _, _ = load_exported(tmp_path / "model")  # the first export, intact
+    loaded, _ = load_model(tmp_path / "model")  # the first export, intact
     assert torch.equal(loaded.src_embed.weight, first.src_embed.weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left

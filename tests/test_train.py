@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nmt.export import load_exported
+from nmt.loading import load_model
 from nmt.schema import CONF_DIR, compose_config
 from nmt.train import train
 from tests.conftest import MULTI30K
@@ -75,8 +75,8 @@ def test_tiny_model_learns_multi30k_en_de(cache_dir, tmp_path):
     assert losses[-1] < 0.6 * uniform, losses
     assert losses[-1] < losses[0] - 0.5, losses
     assert bleus[-1] > 0, bleus
-    model, tokenizer, payload = load_exported(run_dir / "model")
-    assert payload["model"]["encoder_layers"] == 2 and tokenizer.vocab_size == 2000
+    model, tokenizer = load_model(run_dir / "model")
+    assert model.cfg.encoder_layers == 2 and tokenizer.vocab_size == 2000
     throughput = [float(r["tok_per_s"]) for r in metrics(run_dir) if r.get("tok_per_s")]
     assert throughput and min(throughput) > 0
 

@@ -1,0 +1,128 @@
+"""Search: greedy, beam over caches against beam by recomputation, n-best order, lengths, sampling, early stop."""
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.model import build_model
+from nmt.search import DecodeConfig, beam_search, decode, greedy, max_lengths
+from nmt.tokenizer import EOS_ID
+
+
+class EosFirst(torch.nn.Module):
+    """Wraps the output projection so that eos is by far the most likely next token."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, x):
+        logits = self.output(x)
+        logits[..., EOS_ID] += 100.0
+        return logits
+
+
+def model_and_batch(attention=None, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2,
+                      dropout=0.0, attention=attention or {})
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # sharper next-token distributions than a fresh init, so searches really differ
+        model.output.weight.mul_(4)
+    src = torch.randint(4, 40, (4, 9))
+    src_lengths = torch.tensor([9, 6, 3, 1])
+    src = src.masked_fill(torch.arange(9)[None, :] >= src_lengths[:, None], 0)
+    src[torch.arange(4), src_lengths - 1] = EOS_ID
+    return model, src, src_lengths
+
+
+def test_beam_one_equals_greedy():
+    model, src, lengths = model_and_batch()
+    cfg = DecodeConfig(beam=1, max_len_b=12)
+    by_greedy = greedy(model, src, lengths, cfg)
+    by_beam = beam_search(model, src, lengths, cfg)
+    assert [h[0].tokens for h in by_greedy] == [h[0].tokens for h in by_beam]
+    assert [round(h[0].score, 5) for h in by_greedy] == [round(h[0].score, 5) for h in by_beam]
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [{}, {"decoder_self": {"n_kv_heads": 1}, "cross": {"n_kv_heads": 2}},
+     {"encoder_self": {"window": 2}, "decoder_self": {"window": 3, "global_tokens": 1}}],
+    ids=["mha", "mqa-gqa", "window-sparse"],
+)
+def test_beam_over_caches_equals_beam_by_recomputation(attention):
+    model, src, lengths = model_and_batch(attention)
+    cfg = DecodeConfig(beam=4, nbest=4, max_len_b=12)
+    cached = beam_search(model, src, lengths, cfg)
+    recomputed = beam_search(model, src, lengths, cfg, recompute=True)
+    assert [[h.tokens for h in hyps] for hyps in cached] == [[h.tokens for h in hyps] for hyps in recomputed]
+    for a, b in zip(cached, recomputed):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    assert len({tuple(h.tokens) for h in cached[0]}) == 4  # four distinct hypotheses
+
+
+def test_nbest_lists_are_sorted_and_scored_with_the_length_penalty():
+    model, src, lengths = model_and_batch()
+    cfg = DecodeConfig(beam=5, nbest=5, length_penalty=1.0, max_len_b=10)
+    for hyps in beam_search(model, src, lengths, cfg):
+        assert len(hyps) == 5
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        for h in hyps:
+            assert h.score == pytest.approx(h.logprob / ((5 + len(h.tokens) + 1) / 6))
+    first = beam_search(model, src, lengths, DecodeConfig(beam=5, nbest=1, max_len_b=10))
+    full = beam_search(model, src, lengths, DecodeConfig(beam=5, nbest=5, max_len_b=10))
+    assert [h[0].tokens for h in first] == [h[0].tokens for h in full]
+
+
+def test_beam_finds_a_score_at_least_as_good_as_greedy():
+    model, src, lengths = model_and_batch(seed=3)
+    g = greedy(model, src, lengths, DecodeConfig(length_penalty=0.0, max_len_b=10))
+    b = beam_search(model, src, lengths, DecodeConfig(beam=8, length_penalty=0.0, max_len_b=10))
+    assert all(bh[0].logprob >= gh[0].logprob - 1e-5 for gh, bh in zip(g, b))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_max_and_min_length(beam):
+    model, src, lengths = model_and_batch()
+    cfg = DecodeConfig(beam=beam, max_len_a=0.5, max_len_b=2)
+    limits = max_lengths(lengths, cfg).tolist()
+    for hyps, limit in zip(decode(model, src, lengths, cfg), limits):
+        assert len(hyps[0].tokens) + 1 <= limit  # the eos counts
+    model.output = EosFirst(model.output)
+    assert all(h[0].tokens == [] for h in decode(model, src, lengths, DecodeConfig(beam=beam)))
+    forced = decode(model, src, lengths, DecodeConfig(beam=beam, min_len=3))
+    assert all(len(h[0].tokens) >= 3 for h in forced)
+
+
+def test_decoding_stops_when_every_sentence_has_ended():
+    model, src, lengths = model_and_batch()
+    model.output = EosFirst(model.output)
+    calls = []
+    original = model.decode_step
+    model.decode_step = lambda *a, **k: calls.append(1) or original(*a, **k)
+    beam_search(model, src, lengths, DecodeConfig(beam=4, max_len_b=50))
+    assert len(calls) <= 2
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy():
+    model, src, lengths = model_and_batch()
+    sample = lambda seed, **kw: [h[0].tokens for h in greedy(model, src, lengths, DecodeConfig(sampling=True, seed=seed, **kw))]  # noqa: E731
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    assert sample(5, top_k=1) == [h[0].tokens for h in greedy(model, src, lengths, DecodeConfig())]
+    assert sample(5, top_p=1e-6) == [h[0].tokens for h in greedy(model, src, lengths, DecodeConfig())]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(beam=0), r"decode.beam \(0\)"),
+        (dict(beam=2, nbest=3), r"decode.nbest \(3\)"),
+        (dict(beam=2, sampling=True), "needs decode.beam 1"),
+        (dict(top_p=0.0), r"top_p \(0.0\)"),
+    ],
+)
+def test_bad_decode_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeConfig(**kwargs)
