@@ -15,6 +15,10 @@ from torch.utils.data import IterableDataset
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
+class EmptyEpochError(ValueError):
+    """An epoch without a single batch: training could never take a step."""
+
+
 def token_batches(
     src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, rng: Optional[np.random.Generator]
 ) -> list[np.ndarray]:
@@ -80,6 +84,11 @@ class TrainBatches(IterableDataset):
         epoch, index = self.start
         while True:
             batches = self.epoch_batches(epoch)
+            if not batches:  # would otherwise loop forever without yielding
+                raise EmptyEpochError(
+                    f"no training batches for rank {self.rank} of {self.world_size}: {len(self.src_lens)} pairs make "
+                    "fewer batches than ranks; use more data, a smaller data.max_tokens or fewer devices"
+                )
             for i in range(index, len(batches)):
                 rows = self.ds[batches[i].tolist()]
                 batch = collate(rows["src_ids"], rows["tgt_ids"])
@@ -131,9 +140,16 @@ class StreamBatches(IterableDataset):
         while True:
             if hasattr(self.stream, "set_epoch"):
                 self.stream.set_epoch(epoch)
+            produced = 0
             for batch in self._epoch(epoch):
+                produced += 1
                 if int(batch["position"][1]) >= skip:
                     yield batch
+            if not produced:  # would otherwise loop forever without yielding
+                raise EmptyEpochError(
+                    f"no training batches for rank {self.rank} of {self.world_size} in a whole pass over the stream "
+                    "(every pair filtered, or fewer batches than ranks)"
+                )
             epoch, skip = epoch + 1, 0
 
     def resume_after(self, epoch: int, index: int) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nmt.batching import StreamBatches, TrainBatches, collate, token_batches
-from nmt.data import local_files, clean_and_encode, encode_eval, load_split
+from nmt.data import DataError, clean_and_encode, encode_eval, load_split, local_files
 from nmt.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 from nmt.train_config import DataConfig
 
@@ -75,6 +75,8 @@ class TranslationData(L.LightningDataModule):
         raw = self._raw_train()
         tokenizer = self.load_tokenizer(raw)
         self.train_set, self.cleaning = clean_and_encode(raw, tokenizer, self.cfg, "train", self.cfg.streaming)
+        if not self.cfg.streaming and self.train_set.num_rows == 0:
+            raise DataError(f"no training pairs left ({self.cleaning}); check data.max_len and data.max_ratio")
         self.valid_set = encode_eval(load_split(self.cfg, "valid"), tokenizer, self.cfg, "valid")
 
     # -- loaders ----------------------------------------------------------------------------------------------------

@@ -90,3 +90,17 @@ def test_ranks_see_disjoint_batches(kind):
 
     first, second = rank_batches(0), rank_batches(1)
     assert first and second and not first & second
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream"])
+def test_an_epoch_without_batches_is_an_error_not_a_hang(kind):
+    from nmt.batching import EmptyEpochError
+
+    pairs = _pairs(3)
+    if kind == "memory":
+        batches = TrainBatches(datasets.Dataset.from_list(pairs), 200, seed=0, rank=5, world_size=8)
+    else:
+        batches = StreamBatches(datasets.Dataset.from_list(pairs).to_iterable_dataset(), 200, 64, seed=0,
+                                rank=5, world_size=8)
+    with pytest.raises(EmptyEpochError, match="no training batches for rank 5 of 8"):
+        next(iter(batches))
