@@ -15,7 +15,7 @@ commands:
   attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
 """
 
-NOT_YET = ("evaluate", "report", "bench")
+NOT_YET = ("bench",)
 
 
 def show_attention(overrides: list[str]) -> int:
@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "attention":
         return show_attention(rest)
+    if command == "report":
+        from nmt.report import main as report_main
+
+        return report_main(rest)
+    if command == "evaluate":
+        from nmt.evaluate import main as evaluate_main
+
+        return evaluate_main(rest)
     if command == "translate":
         from nmt.translate import main as translate_main
 

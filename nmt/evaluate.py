@@ -1,67 +1,247 @@
-"""Translate a list of sentences and score them with sacreBLEU: the one code path for validation BLEU and
-``nmt evaluate``."""
+"""Translate and score with sacreBLEU — the one code path for validation BLEU and ``nmt evaluate`` — and the
+evaluation report (scores, settings, speed, size, KV cache, attention pictures)."""
 
 from __future__ import annotations
 
+import argparse
+import gzip
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import sacrebleu
 import torch
 
-from nmt.batching import collate, token_batches
-from nmt.model import Seq2Seq
-from nmt.search import DecodeConfig, decode
-from nmt.tokenizer import Tokenizer
+from nmt.search import DecodeConfig
+
+log = logging.getLogger("nmt.evaluate")
 
 
-def translate_texts(
-    model: Seq2Seq, tokenizer: Tokenizer, texts: list[str], cfg: DecodeConfig, max_tokens: int = 4096, max_len: int = 250
-) -> list[str]:
+def translate_texts(model, tokenizer, texts: list[str], cfg: DecodeConfig, max_tokens: int = 4096,
+                    max_len: int = 250) -> list[str]:
     """Detokenized translations, one per input, in input order; a blank input gives a blank output."""
+    from nmt.translate import Translator
+
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    hypotheses = [""] * len(texts)
-    todo = [i for i, text in enumerate(texts) if text.strip()]
-    ids = [s[:max_len] for s in tokenizer.encode([texts[i] for i in todo])]
-    lens = np.array([len(s) for s in ids])
-    for batch in token_batches(lens, lens, max_tokens, rng=None):
-        tensors = collate([ids[j] for j in batch], [[] for _ in batch])
-        nbest = decode(model, tensors["src"].to(device), tensors["src_lengths"].to(device), cfg)
-        for j, text in zip(batch, tokenizer.decode([hyps[0].tokens for hyps in nbest])):
-            hypotheses[todo[j]] = text
-    model.train(was_training)
-    return hypotheses
+    try:
+        translator = Translator(model, tokenizer, next(model.parameters()).device)
+        return [t.text for t in translator.translate_full(texts, cfg, max_tokens, max_len)]
+    finally:
+        model.train(was_training)
 
 
-def corpus_scores(hypotheses: list[str], references: list[str], tokenize: Optional[str] = None) -> dict:
-    """sacreBLEU BLEU, chrF and TER with their signatures (``tokenize='none'`` for pre-tokenized references)."""
-    bleu = sacrebleu.BLEU(**({"tokenize": tokenize} if tokenize else {}))
-    chrf, ter = sacrebleu.CHRF(), sacrebleu.TER()
-    refs = [references]
-    scores = {}
-    for name, metric in (("bleu", bleu), ("chrf", chrf), ("ter", ter)):
-        scores[name] = metric.corpus_score(hypotheses, refs).score
+def _metric(name: str, tokenize: Optional[str] = None):
+    if name == "bleu":
+        return sacrebleu.BLEU(**({"tokenize": tokenize} if tokenize else {}))
+    return sacrebleu.CHRF() if name == "chrf" else sacrebleu.TER()
+
+
+def bleu(hypotheses: list[str], references: list[str], tokenize: Optional[str] = None) -> float:
+    return _metric("bleu", tokenize).corpus_score(hypotheses, [references]).score
+
+
+def corpus_scores(hypotheses: list[str], references: list[str], tokenized: bool = False) -> dict:
+    """sacreBLEU BLEU, chrF and TER with signatures; with ``tokenized`` also BLEU with tokenize='none', the figure
+    papers report on pre-tokenized, lowercased references."""
+    scores: dict = {}
+    names = [("bleu", None), ("chrf", None), ("ter", None)] + ([("bleu_tokenized", "none")] if tokenized else [])
+    for name, tokenize in names:
+        metric = _metric(name.split("_")[0], tokenize)
+        scores[name] = round(metric.corpus_score(hypotheses, [references]).score, 4)
         scores[f"{name}_signature"] = str(metric.get_signature())
     return scores
 
 
-def bleu(hypotheses: list[str], references: list[str], tokenize: Optional[str] = None) -> float:
-    metric = sacrebleu.BLEU(**({"tokenize": tokenize} if tokenize else {}))
-    return metric.corpus_score(hypotheses, [references]).score
-
-
-def translate_and_score(
-    model: Seq2Seq,
-    tokenizer: Tokenizer,
-    sources: list[str],
-    references: list[str],
-    cfg: DecodeConfig,
-    max_tokens: int = 4096,
-    max_len: int = 250,
-    tokenize: Optional[str] = None,
-) -> tuple[float, list[str]]:
+def translate_and_score(model, tokenizer, sources: list[str], references: list[str], cfg: DecodeConfig,
+                        max_tokens: int = 4096, max_len: int = 250,
+                        tokenize: Optional[str] = None) -> tuple[float, list[str]]:
     with torch.no_grad():
         hypotheses = translate_texts(model, tokenizer, sources, cfg, max_tokens, max_len)
     return bleu(hypotheses, references, tokenize), hypotheses
+
+
+def read_text(path: str | Path) -> list[str]:
+    from nmt.translate import read_lines
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    data = path.read_bytes()
+    return read_lines(gzip.decompress(data) if path.suffix == ".gz" else data, str(path))
+
+
+@torch.no_grad()
+def kv_cache_bytes(model, src_ids: list[int], hyp_len: int, beam: int) -> dict[str, int]:
+    """Bytes of the decoder's KV caches for one sentence decoded with ``beam`` beams to ``hyp_len`` subwords,
+    read from the allocated cache tensors."""
+    from nmt.batching import collate
+    from nmt.tokenizer import BOS_ID
+
+    device = next(model.parameters()).device
+    batch = collate([src_ids], [[]])
+    src, lengths = batch["src"].to(device), batch["src_lengths"].to(device)
+    state = model.init_state(model.encode(src, lengths), lengths)
+    state.reorder(torch.zeros(beam, dtype=torch.long, device=device))
+    tokens = torch.full((beam, 1), BOS_ID, device=device)
+    for _ in range(max(hyp_len, 1)):
+        tokens = model.decode_step(tokens, state).argmax(-1)
+    self_bytes, cross_bytes = state.self_cache_bytes(), state.cross_cache_bytes()
+    return {"self_attention": self_bytes, "cross_attention": cross_bytes, "total": self_bytes + cross_bytes}
+
+
+@torch.no_grad()
+def attention_pictures(model, tokenizer, source: str, hypothesis: str, out_dir: Path) -> dict[str, str]:
+    """Per-head grids (last layer) for the three sites and the cross-attention alignment, for one sentence."""
+    from nmt import plots
+    from nmt.batching import collate
+
+    device = next(model.parameters()).device
+    src_ids, hyp_ids = tokenizer.encode([source, hypothesis])
+    batch = collate([src_ids], [hyp_ids])
+    encoder_w: list = []
+    decoder_w: dict = {"decoder_self": [], "cross": []}
+    memory = model.encode(batch["src"].to(device), batch["src_lengths"].to(device), weights=encoder_w)
+    model.decode(batch["tgt_in"].to(device), memory, batch["src_lengths"].to(device), weights=decoder_w)
+    src_pieces = tokenizer.pieces(source) + ["</s>"]
+    tgt_in_pieces = ["<s>"] + tokenizer.pieces(hypothesis)
+    tgt_out_pieces = tokenizer.pieces(hypothesis) + ["</s>"]
+    last = lambda ws: ws[-1][0].float().cpu().numpy()  # noqa: E731 (last layer, the only sentence)
+    files = {
+        "encoder_self": plots.head_grid(last(encoder_w), src_pieces, src_pieces, "encoder self-attention (last layer)",
+                                        out_dir / "attention_encoder_self.png"),
+        "decoder_self": plots.head_grid(last(decoder_w["decoder_self"]), tgt_in_pieces, tgt_in_pieces,
+                                        "decoder self-attention (last layer)", out_dir / "attention_decoder_self.png"),
+        "cross": plots.head_grid(last(decoder_w["cross"]), tgt_in_pieces, src_pieces,
+                                 "cross-attention (last layer)", out_dir / "attention_cross.png"),
+        "alignment": plots.alignment(last(decoder_w["cross"]).mean(0), tgt_out_pieces, src_pieces,
+                                     "cross-attention alignment (last layer, mean over heads)",
+                                     out_dir / "alignment.png"),
+    }
+    return {name: path.name for name, path in files.items()}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nmt evaluate", description="Translate a test set and score it.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--src", required=True, help="source file (.gz read transparently)")
+    parser.add_argument("--ref", required=True, help="reference file")
+    parser.add_argument("--hyp", help="score these hypotheses instead of translating")
+    parser.add_argument("--report", help="write metrics.json, report.md and pictures here")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--length-penalty", type=float, default=0.6)
+    parser.add_argument("--max-len-a", type=float, default=1.2)
+    parser.add_argument("--max-len-b", type=int, default=10)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--max-source-len", type=int, default=250)
+    parser.add_argument("--tokenized", action="store_true",
+                        help="references are tokenized and lowercased: also report BLEU with tokenize=none")
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from nmt.loading import load_model
+
+    cfg = DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
+                       max_len_b=args.max_len_b)
+    model, tokenizer = load_model(args.model, args.device)
+    sources, references = read_text(args.src), read_text(args.ref)
+    if len(sources) != len(references):
+        raise ValueError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+    exported = Path(args.model) / "config.json"
+    tokenized = args.tokenized or (exported.is_file() and json.loads(exported.read_text()).get("bleu_tokenize") == "none")
+    start = time.perf_counter()
+    if args.hyp:
+        hypotheses = read_text(args.hyp)
+        if len(hypotheses) != len(references):
+            raise ValueError(f"{args.hyp} has {len(hypotheses)} lines but {args.ref} has {len(references)}")
+        seconds = None
+    else:
+        hypotheses = translate_texts(model, tokenizer, sources, cfg, args.batch_tokens, args.max_source_len)
+        seconds = time.perf_counter() - start
+    metrics: dict = {"scores": corpus_scores(hypotheses, references, tokenized)}
+    metrics["decoding"] = {**asdict(cfg), "batch_tokens": args.batch_tokens, "max_source_len": args.max_source_len,
+                           "device": args.device, "hypotheses_from": args.hyp or "model"}
+    out_tokens = sum(len(ids) + 1 for ids in tokenizer.encode(hypotheses))
+    if seconds:
+        metrics["speed"] = {"seconds": round(seconds, 3), "sentences_per_s": round(len(sources) / seconds, 2),
+                            "tokens_per_s": round(out_tokens / seconds, 1)}
+    params = {id(p): p for p in model.parameters()}.values()
+    metrics["model"] = {"parameters": sum(p.numel() for p in params),
+                        "bytes": sum(p.numel() * p.element_size() for p in params),
+                        "attention": {site: model.cfg.site(site).variant for site in ("encoder_self", "decoder_self", "cross")}}
+    example = _example(sources)
+    if example is not None:
+        hyp_len = len(tokenizer.encode([hypotheses[example]])[0]) + 1
+        src_ids = tokenizer.encode([sources[example]])[0][: args.max_source_len]
+        metrics["kv_cache_bytes_per_sentence"] = {"beam": cfg.beam, "source_subwords": len(src_ids) + 1,
+                                                  "target_subwords": hyp_len,
+                                                  **kv_cache_bytes(model, src_ids, hyp_len, cfg.beam)}
+    if args.report:
+        report_dir = Path(args.report)
+        pictures = attention_pictures(model, tokenizer, sources[example], hypotheses[example], report_dir) \
+            if example is not None else {}
+        metrics["pictures"] = pictures
+        metrics["example"] = {"line": example + 1 if example is not None else None,
+                              "source": sources[example] if example is not None else None,
+                              "hypothesis": hypotheses[example] if example is not None else None}
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        (report_dir / "report.md").write_text(render_report(metrics, args))
+        (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    return metrics
+
+
+def _example(sources: list[str]) -> Optional[int]:
+    """The sentence of median length among the non-blank ones: a typical example for pictures and cache sizes."""
+    candidates = sorted((len(s), i) for i, s in enumerate(sources) if s.strip())
+    return candidates[len(candidates) // 2][1] if candidates else None
+
+
+def render_report(metrics: dict, args: argparse.Namespace) -> str:
+    s = metrics["scores"]
+    lines = [f"# Evaluation of `{args.model}`", "", f"Source `{args.src}`, reference `{args.ref}`.", "",
+             "| metric | score | sacreBLEU signature |", "|---|---|---|"]
+    for name in ("bleu", "chrf", "ter", "bleu_tokenized"):
+        if name in s:
+            signature = s[name + "_signature"].replace("|", "\\|")  # pipes would split the table cell
+            lines.append(f"| {name} | {s[name]:.2f} | {signature} |")
+    d = metrics["decoding"]
+    lines += ["", "## Decoding", "", f"beam {d['beam']}, length penalty α={d['length_penalty']}, max length "
+              f"{d['max_len_a']}·source + {d['max_len_b']}, batches of {d['batch_tokens']} tokens, device {d['device']}"]
+    if "speed" in metrics:
+        sp = metrics["speed"]
+        lines += ["", f"Speed: {sp['sentences_per_s']} sentences/s, {sp['tokens_per_s']} target tokens/s "
+                  f"({sp['seconds']} s in all)."]
+    m = metrics["model"]
+    lines += ["", "## Model", "", f"{m['parameters']:,} parameters ({m['bytes'] / 2**20:.1f} MiB); attention: "
+              + ", ".join(f"{site} {variant}" for site, variant in m["attention"].items())]
+    if "kv_cache_bytes_per_sentence" in metrics:
+        kv = metrics["kv_cache_bytes_per_sentence"]
+        lines += ["", f"KV cache for one sentence at beam {kv['beam']} ({kv['source_subwords']} source, "
+                  f"{kv['target_subwords']} target subwords): {kv['total']:,} bytes (self-attention "
+                  f"{kv['self_attention']:,}, cross-attention {kv['cross_attention']:,})."]
+    if metrics.get("pictures"):
+        ex = metrics["example"]
+        lines += ["", "## Attention", "", f"Line {ex['line']}: {ex['source']} → {ex['hypothesis']}", ""]
+        lines += [f"![{name}]({file})" for name, file in metrics["pictures"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="nmt evaluate: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    try:
+        metrics = evaluate(args)
+    except (ValueError, OSError) as error:
+        print(f"nmt evaluate: {error}", file=sys.stderr)
+        return 2
+    for name, value in metrics["scores"].items():
+        print(f"{name}: {value}")
+    if "speed" in metrics:
+        print(f"sentences/s: {metrics['speed']['sentences_per_s']}")
+    return 0

@@ -146,7 +146,8 @@ def export_best(trainer: L.Trainer, module: TranslationModule, data: Translation
     if Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    export_model(module.model.cpu(), data.tokenizer, run_dir / "model", extra={"checkpoint": Path(best).name})
+    extra = {"checkpoint": Path(best).name, "bleu_tokenize": data.cfg.bleu_tokenize}
+    export_model(module.model.cpu(), data.tokenizer, run_dir / "model", extra=extra)
     log.info("exported %s → %s", Path(best).name, run_dir / "model")
 
 

@@ -1,6 +1,8 @@
 """Training end to end on Multi30k (CPU): learning, exact resume after SIGKILL, DDP, every preset and experiment."""
 
 import csv
+import gzip
+import json
 import math
 import os
 import signal
@@ -13,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nmt.cli import main as cli_main
 from nmt.loading import load_model
 from nmt.schema import CONF_DIR, compose_config
 from nmt.train import train
@@ -79,6 +82,22 @@ def test_tiny_model_learns_multi30k_en_de(cache_dir, tmp_path):
     assert model.cfg.encoder_layers == 2 and tokenizer.vocab_size == 2000
     throughput = [float(r["tok_per_s"]) for r in metrics(run_dir) if r.get("tok_per_s")]
     assert throughput and min(throughput) > 0
+
+    # Validation BLEU equals `nmt evaluate` BLEU: same (best, exported) model, sentences and decoding settings.
+    for lang in ("en", "de"):
+        with gzip.open(MULTI30K / f"val.{lang}.gz", "rt", encoding="utf-8") as f:
+            (tmp_path / f"val.{lang}").write_text("".join(line for _, line in zip(range(200), f)), encoding="utf-8")
+    assert cli_main(["evaluate", "--model", str(run_dir / "model"), "--src", str(tmp_path / "val.en"),
+                     "--ref", str(tmp_path / "val.de"), "--beam", "1", "--report", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["scores"]["bleu"]
+    assert evaluated == pytest.approx(max(bleus), abs=1e-3)
+
+    # The best checkpoint translates exactly like the exported directory (it carries its tokenizer).
+    lines = (tmp_path / "val.en").read_text().splitlines()[:5]
+    from_ckpt = load_model(run_dir / "checkpoints" / "best.ckpt")
+    from nmt.translate import Translator
+
+    assert Translator(*from_ckpt).translate(lines, beam=2) == Translator(model, tokenizer).translate(lines, beam=2)
 
 
 def test_sigkilled_run_resumes_to_the_same_parameters(cache_dir, tmp_path):

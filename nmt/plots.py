@@ -1,0 +1,75 @@
+"""Pictures for reports: per-head attention grids, the cross-attention alignment, run comparisons."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> Path:
+    """One panel per head: weights (n_heads, len(rows), len(cols)), queries down, keys across."""
+    n_heads = weights.shape[0]
+    ncols = min(4, n_heads)
+    nrows = math.ceil(n_heads / ncols)
+    size = max(2.5, 0.22 * max(len(rows), len(cols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for head, ax in enumerate(axes.flat):
+        if head >= n_heads:
+            ax.axis("off")
+            continue
+        ax.imshow(weights[head], cmap="viridis", vmin=0, vmax=max(float(weights[head].max()), 1e-9))
+        ax.set_title(f"head {head}", fontsize=9)
+        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(rows)), rows, fontsize=6)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def alignment(weights: np.ndarray, target: Sequence[str], source: Sequence[str], title: str, path: Path) -> Path:
+    """Heatmap of cross-attention (target subwords down, source subwords across)."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(source)), max(3, 0.35 * len(target))))
+    image = ax.imshow(weights, cmap="Blues", vmin=0, vmax=max(float(weights.max()), 1e-9))
+    ax.set_xticks(range(len(source)), source, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(target)), target, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("target")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return _save(fig, path)
+
+
+def scatter(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(xs, ys)
+    for x, y, label in zip(xs, ys, labels):
+        ax.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker=".", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,115 @@
+"""``nmt report RUN_DIR…``: one table and plots comparing training runs (e.g. a multirun over attention variants).
+
+Per run: the attention variant of each site, parameters, best validation BLEU and its step, training tokens/s,
+KV-cache bytes for a reference sentence (measured from the cache tensors), and — where ``nmt evaluate --report
+RUN_DIR/eval`` was run — test BLEU, chrF and decoding sentences/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from nmt.config import SITES
+
+REFERENCE = {"source_subwords": 20, "target_subwords": 20, "beam": 5}
+
+
+def _float(value: str):
+    return float(value) if value not in ("", None) else None
+
+
+def collect(run_dir: Path) -> dict:
+    from nmt.evaluate import kv_cache_bytes
+    from nmt.loading import load_model
+
+    if not (run_dir / "model").is_dir() or not (run_dir / "logs" / "metrics.csv").is_file():
+        raise ValueError(f"{run_dir}: not a finished nmt run (needs model/ and logs/metrics.csv)")
+    model, _ = load_model(run_dir / "model")
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    validations = [(int(r["step"]), _float(r.get("val_loss")), _float(r.get("val_bleu")))
+                   for r in rows if r.get("val_loss")]
+    throughput = [_float(r["tok_per_s"]) for r in rows if r.get("tok_per_s")]
+    best = max((v for v in validations if v[2] is not None), key=lambda v: v[2], default=None)
+    src = [4] * (REFERENCE["source_subwords"] - 1)
+    kv = kv_cache_bytes(model, src, REFERENCE["target_subwords"], REFERENCE["beam"])
+    params = {id(p): p for p in model.parameters()}.values()
+    run = {
+        "run": str(run_dir),
+        "attention": {site: model.cfg.site(site).variant for site in SITES},
+        "parameters": sum(p.numel() for p in params),
+        "best_val_bleu": best[2] if best else None,
+        "best_step": best[0] + 1 if best else None,
+        "train_tokens_per_s": round(statistics.median(throughput), 1) if throughput else None,
+        "kv_cache_bytes": kv["total"],
+        "validations": [{"step": s + 1, "val_loss": loss, "val_bleu": b} for s, loss, b in validations],
+    }
+    evaluation = run_dir / "eval" / "metrics.json"
+    if evaluation.is_file():
+        metrics = json.loads(evaluation.read_text())
+        run["test_bleu"] = metrics["scores"]["bleu"]
+        run["test_chrf"] = metrics["scores"]["chrf"]
+        run["decode_sentences_per_s"] = metrics.get("speed", {}).get("sentences_per_s")
+    return run
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render(runs: list[dict]) -> str:
+    columns = ["run", "encoder_self", "decoder_self", "cross", "parameters", "best_val_bleu", "best_step",
+               "test_bleu", "test_chrf", "train_tokens_per_s", "decode_sentences_per_s", "kv_cache_bytes"]
+    lines = ["# Run comparison", "",
+             f"KV-cache bytes: one sentence of {REFERENCE['source_subwords']} source and "
+             f"{REFERENCE['target_subwords']} target subwords at beam {REFERENCE['beam']}, all decoder layers, "
+             "measured from the cache tensors. Test scores appear where `nmt evaluate --report RUN/eval` ran.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for run in runs:
+        values = {**run, **run["attention"], "run": Path(run["run"]).name or run["run"]}
+        lines.append("| " + " | ".join(_cell(values.get(c)) for c in columns) + " |")
+    lines += ["", "![BLEU against KV-cache size](bleu_vs_kv_cache.png)", "",
+              "![training curves](training_curves.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def report(run_dirs: list[Path], out: Path) -> list[dict]:
+    from nmt import plots
+
+    runs = [collect(d) for d in run_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"{Path(r['run']).name}: " + "/".join(r["attention"][s] for s in SITES) for r in runs]
+    bleus = [r.get("test_bleu", r["best_val_bleu"]) or 0.0 for r in runs]
+    plots.scatter([r["kv_cache_bytes"] / 1024 for r in runs], bleus, names,
+                  "KV cache per sentence (KiB, beam 5)", "BLEU (test where evaluated, else best validation)",
+                  out / "bleu_vs_kv_cache.png")
+    plots.curves({name: ([v["step"] for v in r["validations"]], [v["val_loss"] for v in r["validations"]])
+                  for name, r in zip(names, runs)}, "step", "validation loss", out / "training_curves.png")
+    (out / "report.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (out / "report.md").write_text(render(runs))
+    return runs
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="nmt report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories (a multirun's job folders)")
+    parser.add_argument("--out", default="outputs/report", help="where report.md, report.json and PNGs go")
+    args = parser.parse_args(argv)
+    try:
+        with torch.no_grad():
+            runs = report([Path(r) for r in args.runs], Path(args.out))
+    except (ValueError, OSError) as error:
+        print(f"nmt report: {error}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "report.md").read_text())
+    print(f"({len(runs)} runs; JSON and plots in {args.out})")
+    return 0
