@@ -54,13 +54,21 @@ def _open_text(path: Path):
 
 def first_invalid_utf8_line(path: Path) -> Optional[tuple[int, str]]:
     """(1-based line number, reason) of the first line that is not UTF-8, or None."""
-    with _open_text(path) as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return number, f"{error.reason} at byte {error.start}"
+    try:
+        with _open_text(path) as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return number, f"{error.reason} at byte {error.start}"
+    except (OSError, EOFError) as error:  # e.g. a .gz file that is not gzip
+        return 0, f"unreadable: {_first_line(error)}"
     return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
@@ -68,8 +76,12 @@ def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
         found = first_invalid_utf8_line(path)
         if found is not None:
             line, reason = found
+            if line == 0:
+                raise DataError(f"{path}: {reason}") from None
             raise DataError(f"{path}:{line}: invalid UTF-8 ({reason}); convert the file to UTF-8 (e.g. iconv)") from None
-    raise DataError(f"could not read {', '.join(map(str, paths))}: {str(error).splitlines()[0]}") from None
+    cause = error.__cause__ or error.__context__
+    detail = _first_line(cause) if cause is not None else _first_line(error)
+    raise DataError(f"could not read {', '.join(map(str, paths))}: {detail}") from None
 
 
 def local_files(cfg: DataConfig, split_name: str) -> list[Path]:
@@ -89,7 +101,7 @@ def local_files(cfg: DataConfig, split_name: str) -> list[Path]:
 
 def _builder(cfg: DataConfig) -> tuple[str, dict]:
     if cfg.format == "text":
-        return "text", {"keep_linebreaks": False}
+        return "text", {"keep_linebreaks": False, "encoding": "utf-8-sig"}  # -sig: drop a byte-order mark
     if cfg.format == "tsv":
         # na_filter off: pandas would otherwise turn sentences such as "NA" or "null" into missing values.
         return "csv", {"sep": "\t", "quoting": 3, "na_filter": False, "keep_default_na": False}
@@ -134,7 +146,10 @@ def _to_pairs(ds, cfg: DataConfig, where: str):
             "expected a column per language or a 'translation' column"
         )
     ds = ds.select_columns([cfg.src_lang, cfg.tgt_lang])
-    return ds.rename_columns({cfg.src_lang: "src", cfg.tgt_lang: "tgt"})
+    src, tgt = cfg.src_lang, cfg.tgt_lang
+    # Missing values become empty strings (then dropped and counted as empty pairs); numbers become text.
+    as_text = lambda values: ["" if v is None else str(v) for v in values]  # noqa: E731
+    return ds.map(lambda b: {"src": as_text(b[src]), "tgt": as_text(b[tgt])}, batched=True, remove_columns=[src, tgt])
 
 
 def _hub_reachable() -> bool:
@@ -162,7 +177,7 @@ def _load_hub(cfg: DataConfig, split_name: str, streaming: bool):
             cache_dir=str(Path(cfg.cache_dir) / "hf"),
         )
     except Exception as error:
-        raise DataError(f"data.hub_id {cfg.hub_id!r} split {split_name!r}: {str(error).splitlines()[0]}") from None
+        raise DataError(f"data.hub_id {cfg.hub_id!r} split {split_name!r}: {_first_line(error)}") from None
     return _to_pairs(ds, cfg, f"{cfg.hub_id}[{split_name}]")
 
 

@@ -104,7 +104,11 @@ class TranslationData(L.LightningDataModule):
         src, tgt = ds["src_ids"], ds["tgt_ids"]
         lens_s, lens_t = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
         rank, world = self._rank()
+        if len(src) < world:
+            raise DataError(f"the validation set has {len(src)} pairs, fewer than the {world} ranks")
+        # Pairs, not batches, are dealt to ranks, so every rank gets at least one batch.
+        mine = np.arange(len(src))[rank::world]
         budget = self.cfg.valid_max_tokens or self.cfg.max_tokens
-        batches = token_batches(lens_s, lens_t, budget, rng=None)[rank::world]
+        batches = [mine[b] for b in token_batches(lens_s[mine], lens_t[mine], budget, rng=None)]
         collated = [collate([src[i] for i in b], [tgt[i] for i in b]) for b in batches]
         return DataLoader(collated, batch_size=None, num_workers=0, generator=torch.Generator())

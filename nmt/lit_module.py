@@ -137,6 +137,8 @@ class TranslationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Exact resumption: the RNG that drives dropout, and the last batch consumed.
         checkpoint["nmt_rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["nmt_cuda_rng"] = torch.cuda.get_rng_state_all()
         checkpoint["nmt_data_position"] = self.data_position
         if self.tokenizer is not None:  # a checkpoint is self-contained for `nmt translate --model x.ckpt`
             checkpoint["nmt_spm"] = torch.frombuffer(bytearray(self.tokenizer.serialized), dtype=torch.uint8)
@@ -144,6 +146,8 @@ class TranslationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nmt_rng" in checkpoint:
             torch.set_rng_state(checkpoint["nmt_rng"])
+        if "nmt_cuda_rng" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["nmt_cuda_rng"])
         self.data_position = checkpoint.get("nmt_data_position", self.data_position)
 
 

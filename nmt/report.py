@@ -25,15 +25,24 @@ def _float(value: str):
     return float(value) if value not in ("", None) else None
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of every logs/version_*/metrics.csv of a run (one version per start or resume), in order."""
+    files = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows: list[dict] = []
+    for file in files:
+        with open(file) as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
 def collect(run_dir: Path) -> dict:
     from nmt.evaluate import kv_cache_bytes
     from nmt.loading import load_model
 
-    if not (run_dir / "model").is_dir() or not (run_dir / "logs" / "metrics.csv").is_file():
-        raise ValueError(f"{run_dir}: not a finished nmt run (needs model/ and logs/metrics.csv)")
+    rows = read_metrics(run_dir)
+    if not (run_dir / "model").is_dir() or not rows:
+        raise ValueError(f"{run_dir}: not a finished nmt run (needs model/ and logs/version_*/metrics.csv)")
     model, _ = load_model(run_dir / "model")
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
     validations = [(int(r["step"]), _float(r.get("val_loss")), _float(r.get("val_bleu")))
                    for r in rows if r.get("val_loss")]
     throughput = [_float(r["tok_per_s"]) for r in rows if r.get("tok_per_s")]

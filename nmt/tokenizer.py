@@ -71,7 +71,8 @@ def train_tokenizer(sentences: Iterable[str], settings: TokenizerSettings, model
     try:
         _train(sentences, settings, model)
     except RuntimeError as error:  # e.g. a vocabulary too small for the byte-fallback pieces, or too large
-        reason = str(error).splitlines()[0].split("] ")[-1]
+        lines = str(error).strip().splitlines()
+        reason = (lines[0].split("] ")[-1] if lines else "") or "no usable training sentences"
         raise TokenizerError(f"sentencepiece (data.vocab_size={settings.vocab_size}): {reason}") from None
     model_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=model_file.parent, delete=False, suffix=".tmp") as tmp:

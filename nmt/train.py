@@ -80,12 +80,14 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
     t = cfg.trainer
     checkpoints = run_dir / "checkpoints"
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1),
-        ModelCheckpoint(
-            dirpath=checkpoints, save_top_k=0, save_last=True, every_n_train_steps=t.checkpoint_every_n_steps
-        ),
+        # best.ckpt by validation BLEU; save_last also refreshes last.ckpt after every validation has run.
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
+                        save_last=True),
         EarlyStopping(monitor="val_bleu", mode="max", patience=t.patience, check_on_train_epoch_end=False),
     ]
+    if t.checkpoint_every_n_steps:  # last.ckpt between validations too
+        callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="periodic", monitor="step", mode="max",
+                                         save_top_k=1, save_last=True, every_n_train_steps=t.checkpoint_every_n_steps))
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     if cfg.trace_batches:
@@ -98,7 +100,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=-1,
-        val_check_interval=t.val_every_n_steps,
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # Lightning counts batches here
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         gradient_clip_val=t.gradient_clip_val,
@@ -110,7 +112,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
         use_distributed_sampler=False,  # batches are sharded by rank in nmt.batching
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
+        # One version folder per (re)start: a resumed run appends logs/version_1 instead of overwriting version_0.
+        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")],
         default_root_dir=run_dir,
     )
 
@@ -136,8 +139,10 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
         else:
             log.warning("resume=true but %s does not exist: starting from scratch", last)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    if trainer.global_rank == 0 and not cfg.trainer.fast_dev_run:
-        export_best(trainer, module, data, run_dir)
+    if not cfg.trainer.fast_dev_run:
+        trainer.save_checkpoint(last)  # the final state, whatever step the periodic saves last fell on
+        if trainer.global_rank == 0:
+            export_best(trainer, module, data, run_dir)
     return run_dir
 
 
@@ -157,8 +162,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     try:
         train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-    except ValueError as error:  # config values, data problems (DataError), unsupported backends
-        print(f"nmt train: {config_error_line(error)}", file=sys.stderr)
+    except Exception as error:  # config values, data problems, Lightning's own checks: one line (NMT_DEBUG=1: trace)
+        if os.environ.get("NMT_DEBUG") == "1":
+            raise
+        kind = "" if isinstance(error, ValueError) else f"{type(error).__name__}: "
+        print(f"nmt train: {kind}{config_error_line(error)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -11,6 +11,7 @@ from nmt.search import DecodeConfig
 FORMATS = ("text", "tsv", "jsonl", "parquet")
 SPM_TYPES = ("bpe", "unigram")
 SCHEDULERS = ("inverse_sqrt", "cosine")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -73,6 +74,18 @@ class DataConfig:
         _check_choice("data.spm_model_type", self.spm_model_type, SPM_TYPES)
         if self.format == "text" and "{lang}" not in self.file_pattern:
             raise ValueError(f"data.file_pattern ({self.file_pattern!r}) needs {{lang}} for format text")
+        if self.format != "text" and "{lang}" in self.file_pattern:
+            raise ValueError(
+                f"data.file_pattern ({self.file_pattern!r}): format {self.format} keeps both languages in one file "
+                "per split; use {split} only, e.g. '{split}." + self.format + "'"
+            )
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(f"data.max_train_examples ({self.max_train_examples}) must be >= 1 or null")
+        if self.valid_max_tokens is not None and self.valid_max_tokens < self.max_len + 2:
+            raise ValueError(
+                f"data.valid_max_tokens ({self.valid_max_tokens}) must hold one sentence of data.max_len "
+                f"({self.max_len}) + 2"
+            )
         for name in ("max_len", "vocab_size", "max_tokens", "stream_buffer", "spm_max_sentences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} ({getattr(self, name)}) must be >= 1")
@@ -108,6 +121,8 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_steps ({self.warmup_steps}) must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"optim.label_smoothing ({self.label_smoothing}) must be in [0, 1)")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr ({self.min_lr}) must be in [0, optim.lr ({self.lr})]")
 
 
 @dataclass
@@ -136,6 +151,14 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 1")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ValueError(f"trainer.checkpoint_every_n_steps ({self.checkpoint_every_n_steps}) must be >= 1")
+        for name in ("gradient_clip_val", "patience", "fast_dev_run"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 0")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"trainer.accelerator ({self.accelerator!r}) must be one of {', '.join(ACCELERATORS)}")
+        devices_ok = (isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1)) or self.devices == "auto"
+        if not devices_ok and not (isinstance(self.devices, (list, tuple)) and self.devices):
+            raise ValueError(f"trainer.devices ({self.devices!r}) must be a count >= 1, -1 (all), 'auto' or a list of ids")
 
 
 @dataclass

@@ -159,3 +159,33 @@ def test_streamed_pairs_and_their_misalignment(tmp_path):
     write_lines(tmp_path / "train.de", DE[:4])
     with pytest.raises(DataError, match=r"train.de ends after 4 lines but .*train.en goes on"):
         list(load_split(config(tmp_path), "train", streaming=True))
+
+
+def test_missing_values_bom_and_fake_gzip(tmp_path):
+    (tmp_path / "train.jsonl").write_text(
+        json.dumps({"en": "A dog.", "de": None}) + "\n" + json.dumps({"en": 7, "de": "Sieben."}) + "\n")
+    ds = load_split(config(tmp_path, format="jsonl", file_pattern="{split}.jsonl"), "train")
+    assert ds[0] == {"src": "A dog.", "tgt": ""} and ds[1] == {"src": "7", "tgt": "Sieben."}
+    (tmp_path / "train.en").write_bytes("\ufeffA dog.\nA cat.\n".encode())
+    write_lines(tmp_path / "train.de", ["Ein Hund.", "Eine Katze."])
+    assert load_split(config(tmp_path), "train")[0]["src"] == "A dog."
+    (tmp_path / "valid.en.gz").write_bytes(b"plain text, not gzip\n")
+    write_lines(tmp_path / "valid.de.gz", ["x"], gz=True)
+    with pytest.raises(DataError, match=r"valid.en.gz: unreadable"):
+        load_split(config(tmp_path, file_pattern="{split}.{lang}.gz"), "valid")
+
+
+def test_more_bad_configs_name_the_key():
+    from nmt.train_config import OptimConfig, TrainerConfig
+
+    for make, message in [
+        (lambda: TrainerConfig(devices=0), r"trainer.devices \(0\)"),
+        (lambda: TrainerConfig(accelerator="tpu"), r"trainer.accelerator \('tpu'\)"),
+        (lambda: TrainerConfig(gradient_clip_val=-1), r"trainer.gradient_clip_val \(-1\) must be >= 0"),
+        (lambda: TrainerConfig(patience=-2), r"trainer.patience \(-2\)"),
+        (lambda: OptimConfig(min_lr=1.0, lr=0.1), r"optim.min_lr \(1.0\)"),
+        (lambda: DataConfig(path=".", max_train_examples=0), r"data.max_train_examples \(0\)"),
+        (lambda: DataConfig(path=".", format="jsonl", file_pattern="{split}.{lang}.jsonl"), "use {split} only"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make()

@@ -100,8 +100,8 @@ def test_report_compares_runs(tmp_path, tokenizer, capsys):
     for name, attention in (("mha", {}), ("mqa", {s: {"n_kv_heads": 1} for s in ("encoder_self", "decoder_self", "cross")})):
         run = tmp_path / name
         make_model_dir(run / "model", tokenizer, **attention)
-        (run / "logs").mkdir()
-        (run / "logs" / "metrics.csv").write_text(
+        (run / "logs" / "version_0").mkdir(parents=True)
+        (run / "logs" / "version_0" / "metrics.csv").write_text(
             "epoch,step,lr,tok_per_s,train_loss,val_bleu,val_loss\n0,9,0.001,1000,5.0,,\n"
             f"0,9,,,,{3.5 if name == 'mha' else 3.1},4.2\n0,19,,,,4.0,3.9\n"
         )

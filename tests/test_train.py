@@ -1,6 +1,5 @@
 """Training end to end on Multi30k (CPU): learning, exact resume after SIGKILL, DDP, every preset and experiment."""
 
-import csv
 import gzip
 import json
 import math
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 
 from nmt.cli import main as cli_main
 from nmt.loading import load_model
+from nmt.report import read_metrics
 from nmt.schema import CONF_DIR, compose_config
 from nmt.train import train
 from tests.conftest import MULTI30K
@@ -50,8 +50,7 @@ def small_run(cache_dir, *extra):
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+    return read_metrics(run_dir)
 
 
 def nmt_train(args, run_dir, **kwargs):
@@ -213,3 +212,21 @@ def test_throughput_benchmark_runs(cache_dir, tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
     assert "| tiny |" in process.stdout
     assert __import__("json").loads(out.read_text())["tokens_per_s"]["tiny"]["median"] > 0
+
+
+def test_checkpoints_logs_and_validation_cadence(cache_dir, tmp_path):
+    """last.ckpt after every validation and at the very end; a resumed run keeps the earlier logs; validation
+    counts optimizer steps under gradient accumulation."""
+    run_dir = tmp_path / "run"
+    train(compose_config(small_run(cache_dir, "trainer.max_steps=5", "trainer.val_every_n_steps=2")), run_dir)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 5
+    train(compose_config(small_run(cache_dir, "trainer.max_steps=7", "trainer.val_every_n_steps=2", "resume=true")),
+          run_dir)
+    rows = metrics(run_dir)
+    assert [int(r["step"]) + 1 for r in rows if r.get("val_loss")] == [2, 4, 6]
+    assert (run_dir / "logs" / "version_0").is_dir() and (run_dir / "logs" / "version_1").is_dir()
+    accumulated = tmp_path / "accumulated"
+    train(compose_config(small_run(cache_dir, "trainer.max_steps=4", "trainer.val_every_n_steps=2",
+                                   "trainer.accumulate_grad_batches=2")), accumulated)
+    assert [int(r["step"]) + 1 for r in metrics(accumulated) if r.get("val_loss")] == [2, 4]
