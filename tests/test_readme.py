@@ -1,4 +1,4 @@
-"""The README's Python example runs as written."""
+"""The README's ```python examples run as written (```py blocks need a trained model and are not run)."""
 
 import re
 from pathlib import Path
