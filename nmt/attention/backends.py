@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from nmt.attention import flash
+from nmt.attention import band, flash
 from nmt.attention.masks import MaskSpec
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ BACKEND_FUNCTIONS: dict[str, Callable[..., tuple[Tensor, Optional[Tensor]]]] = {
     "sdpa": sdpa_attention,
     "flex": flex_attention_backend,
     "flash": flash.flash_attention,
+    "band": band.band_attention,
 }
 
 
@@ -145,6 +146,8 @@ def call_problem(backend: str, mask: MaskSpec, dropout_p: float, head_dim: int) 
         return f"backend 'flex' cannot apply attention dropout (dropout={dropout_p}); use sdpa or dropout 0"
     if backend == "flash":
         return flash.mask_problem(mask) or flash.dropout_problem(dropout_p) or flash.head_dim_problem(head_dim)
+    if backend == "band":
+        return band.mask_problem(mask)
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-BACKENDS = ("auto", "math", "sdpa", "flex", "flash")
+BACKENDS = ("auto", "math", "sdpa", "flex", "flash", "band")
 
 
 @dataclass
@@ -54,6 +54,11 @@ class AttentionConfig:
         if self.backend == "flex" and self.dropout > 0:
             raise ValueError(
                 f"backend 'flex' cannot apply attention dropout (dropout={self.dropout}); use dropout 0 or backend sdpa"
+            )
+        if self.backend == "band" and (self.window is None or self.global_tokens > 0):
+            raise ValueError(
+                f"backend 'band' computes plain sliding windows: it needs a window and no global tokens "
+                f"(window={self.window}, global_tokens={self.global_tokens})"
             )
         if self.backend == "flash" and self.global_tokens > 0:
             raise ValueError(

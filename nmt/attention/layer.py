@@ -41,6 +41,8 @@ class Attention(nn.Module):
             raise ValueError(f"attention {site}: cross-attention cannot be causal")
         if cross and rope is not None:
             raise ValueError(f"attention {site}: RoPE applies to self-attention only")
+        if cross and cfg.backend == "band":
+            raise ValueError(f"attention {site}: backend 'band' is for self-attention windows; use sdpa or flex")
         if cross and cfg.window is not None and cfg.backend == "flash":
             raise ValueError(
                 f"attention {site}: backend 'flash' aligns windows bottom-right per sequence, which a cross-attention "

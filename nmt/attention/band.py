@@ -1,0 +1,79 @@
+"""The ``band`` backend: sliding-window attention that computes only the band, in O(n·w) time and memory, with
+gradients on any device (plain tensor ops, so autograd gives the backward pass).
+
+Queries are cut into blocks of ``window`` positions; a block attends to its own key block and the previous one
+(causal), or the previous, its own and the next one (bidirectional), which covers every key at distance < window.
+A cached decoding step already holds only the window's keys, so there the same attention runs as one SDPA call.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nmt.attention.masks import MaskSpec
+
+
+def mask_problem(mask: MaskSpec) -> Optional[str]:
+    if mask.window is None:
+        return "backend 'band' computes sliding-window attention only; this site has no window (use sdpa)"
+    if mask.global_tokens:
+        return f"backend 'band' cannot add global tokens (global_tokens={mask.global_tokens}); use sdpa or flex"
+    return None
+
+
+def _is_decoding_step(mask: MaskSpec) -> bool:
+    return mask.q_len != mask.k_len or mask.q_start != mask.k_start or mask.k_globals > 0
+
+
+def _blocks(x: Tensor, block: int, n_blocks: int) -> Tensor:
+    """(B, heads, L, D) → (B, heads, n_blocks, block, D), zero-padded at the end."""
+    x = F.pad(x, (0, 0, 0, n_blocks * block - x.size(2)))
+    return x.view(x.size(0), x.size(1), n_blocks, block, x.size(-1))
+
+
+def _neighbours(x: Tensor, causal: bool) -> Tensor:
+    """Each block with the previous (and, bidirectional, the next) block: (B, heads, n_blocks, 2 or 3 × block, D)."""
+    padded = F.pad(x, (0, 0, 0, 0, 1, 1))  # an empty block before the first and after the last
+    parts = [padded[:, :, :-2], x] + ([] if causal else [padded[:, :, 2:]])
+    return torch.cat(parts, dim=3)
+
+
+def band_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
+) -> tuple[Tensor, Optional[Tensor]]:
+    if _is_decoding_step(mask):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(q.device), dropout_p=dropout_p,
+                                             enable_gqa=k.size(1) != q.size(1))
+        return out, None
+    B, n_heads, length, head_dim = q.shape
+    n_kv, block = k.size(1), mask.window
+    group, n_blocks = n_heads // n_kv, -(-length // block)
+    qb = _blocks(q, block, n_blocks).view(B, n_kv, group, n_blocks, block, head_dim)  # (B, kv, g, nb, b, D)
+    kb = _neighbours(_blocks(k, block, n_blocks), mask.causal)  # (B, kv, nb, span, D)
+    vb = _neighbours(_blocks(v, block, n_blocks), mask.causal)  # (B, kv, nb, span, D)
+    scores = torch.einsum("bkgnqd,bknsd->bkgnqs", qb, kb).float() / head_dim**0.5  # (B, kv, g, nb, b, span)
+
+    device = q.device
+    first = torch.arange(n_blocks, device=device)[:, None] * block  # first position of each block
+    q_pos = mask.q_start + first + torch.arange(block, device=device)  # (nb, b)
+    k_pos = mask.k_start + first - block + torch.arange(kb.size(3), device=device)  # (nb, span)
+    allowed = mask.allowed(q_pos[:, :, None], k_pos[:, None, :])  # (nb, b, span)
+    k_index, q_index = k_pos - mask.k_start, q_pos - mask.q_start  # 0-based indices into the sequence
+    allowed = allowed & (k_index >= 0)[:, None, :] & (k_index < length)[:, None, :]
+    allowed = allowed[None]  # (1, nb, b, span)
+    if mask.k_lengths is not None:
+        allowed = allowed & (k_index[None] < mask.k_lengths.to(device)[:, None, None])[:, :, None, :]
+    if mask.q_lengths is not None:
+        allowed = allowed & (q_index[None] < mask.q_lengths.to(device)[:, None, None])[:, :, :, None]
+    allowed = allowed[:, None, None]  # (B or 1, 1, 1, nb, b, span)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)  # finite: empty rows stay NaN-free
+    weights = scores.softmax(dim=-1).masked_fill(~allowed, 0.0).to(q.dtype)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    out = torch.einsum("bkgnqs,bknsd->bkgnqd", weights, vb)  # (B, kv, g, nb, b, D)
+    out = out.reshape(B, n_heads, n_blocks * block, head_dim)[:, :, :length]  # (B, n_heads, L, D)
+    return out, None
