@@ -254,12 +254,14 @@ def encode_eval(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str):
 
     def encode(batch):
         src, tgt = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
-        return {"src_ids": [s[:max_len] for s in src], "tgt_ids": [t[:max_len] for t in tgt]}
+        return {
+            "src_ids": [s[:max_len] for s in src],
+            "tgt_ids": [t[:max_len] for t in tgt],
+            "truncated": [max(len(s), len(t)) > max_len for s, t in zip(src, tgt)],
+        }
 
     ds = ds.map(encode, batched=True)
-    truncated = sum(
-        1 for s, t in zip(ds["src"], ds["tgt"]) if max(len(x) for x in tokenizer.encode([s, t])) > max_len
-    ) if ds.num_rows <= 100_000 else 0
+    truncated = sum(ds["truncated"])
     if truncated:
         log.warning("%s: %d pairs longer than data.max_len=%d subwords were truncated", split, truncated, max_len)
     return ds

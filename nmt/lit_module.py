@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nmt.config import ModelConfig
-from nmt.evaluate import translate_and_score
+from nmt.evaluate import bleu, translate_and_score
 from nmt.model import build_model
 from nmt.search import DecodeConfig
 from nmt.tokenizer import PAD_ID, Tokenizer
@@ -122,8 +122,6 @@ class TranslationModule(L.LightningModule):
             hypotheses = [None] * len(sources)
             for r, part in enumerate(gathered):
                 hypotheses[r::world] = part
-        from nmt.evaluate import bleu
-
         return bleu(hypotheses, references, self.bleu_tokenize)
 
     def configure_optimizers(self):

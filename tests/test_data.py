@@ -189,3 +189,17 @@ def test_more_bad_configs_name_the_key():
     ]:
         with pytest.raises(ValueError, match=message):
             make()
+
+
+def test_validation_pairs_are_all_kept_and_long_ones_truncated(tmp_path, caplog):
+    import datasets
+
+    from nmt.data import encode_eval
+
+    tokenizer = load_or_train(multi30k_sample, TokenizerSettings(400), "fp", tmp_path / "cache")
+    ds = datasets.Dataset.from_list([{"src": "A dog.", "tgt": "Ein Hund."}, {"src": "", "tgt": "Leer."},
+                                     {"src": " ".join(["word"] * 500), "tgt": "Lang."}])
+    with caplog.at_level("WARNING", logger="nmt.data"):
+        encoded = encode_eval(ds, tokenizer, config(tmp_path, max_len=50), "valid")
+    assert encoded.num_rows == 3 and max(len(x) for x in encoded["src_ids"]) == 50
+    assert "valid: 1 pairs longer than data.max_len=50 subwords were truncated" in caplog.text
