@@ -20,7 +20,6 @@ NOT_YET = ("bench",)
 
 def show_attention(overrides: list[str]) -> int:
     """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
-    from nmt.config import SITES
     from nmt.schema import compose_config, config_error_line, model_config
 
     try:
@@ -28,10 +27,10 @@ def show_attention(overrides: list[str]) -> int:
     except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
         print(f"nmt attention: {config_error_line(error)}", file=sys.stderr)
         return 2
-    for site in SITES:
+    for site, variant in cfg.variants().items():
         resolved = cfg.site(site)
         print(
-            f"{site:13s} {resolved.variant:24s} n_heads={resolved.n_heads} n_kv_heads={resolved.n_kv_heads} "
+            f"{site:13s} {variant:24s} n_heads={resolved.n_heads} n_kv_heads={resolved.n_kv_heads} "
             f"window={resolved.window} global_tokens={resolved.global_tokens} backend={resolved.backend} "
             f"dropout={resolved.dropout}"
         )

@@ -92,6 +92,10 @@ class ModelConfig:
         except ValueError as error:
             raise ValueError(f"attention.{name}: {error}") from None
 
+    def variants(self) -> dict[str, str]:
+        """The variant name of each site, e.g. {'encoder_self': 'mha+window-8', …}."""
+        return {site: self.site(site).variant for site in SITES}
+
     @property
     def target_vocab_size(self) -> int:
         return self.vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size

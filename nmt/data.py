@@ -16,6 +16,7 @@ from typing import Optional
 
 import datasets
 
+from nmt.errors import first_line
 from nmt.tokenizer import Tokenizer
 from nmt.train_config import DataConfig
 
@@ -62,13 +63,9 @@ def first_invalid_utf8_line(path: Path) -> Optional[tuple[int, str]]:
                 except UnicodeDecodeError as error:
                     return number, f"{error.reason} at byte {error.start}"
     except (OSError, EOFError) as error:  # e.g. a .gz file that is not gzip
-        return 0, f"unreadable: {_first_line(error)}"
+        return 0, f"unreadable: {first_line(error)}"
     return None
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
@@ -80,7 +77,7 @@ def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
                 raise DataError(f"{path}: {reason}") from None
             raise DataError(f"{path}:{line}: invalid UTF-8 ({reason}); convert the file to UTF-8 (e.g. iconv)") from None
     cause = error.__cause__ or error.__context__
-    detail = _first_line(cause) if cause is not None else _first_line(error)
+    detail = first_line(cause) if cause is not None else first_line(error)
     raise DataError(f"could not read {', '.join(map(str, paths))}: {detail}") from None
 
 
@@ -177,7 +174,7 @@ def _load_hub(cfg: DataConfig, split_name: str, streaming: bool):
             cache_dir=str(Path(cfg.cache_dir) / "hf"),
         )
     except Exception as error:
-        raise DataError(f"data.hub_id {cfg.hub_id!r} split {split_name!r}: {_first_line(error)}") from None
+        raise DataError(f"data.hub_id {cfg.hub_id!r} split {split_name!r}: {first_line(error)}") from None
     return _to_pairs(ds, cfg, f"{cfg.hub_id}[{split_name}]")
 
 

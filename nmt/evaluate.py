@@ -170,10 +170,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if seconds:
         metrics["speed"] = {"seconds": round(seconds, 3), "sentences_per_s": round(len(sources) / seconds, 2),
                             "tokens_per_s": round(out_tokens / seconds, 1)}
-    params = {id(p): p for p in model.parameters()}.values()
-    metrics["model"] = {"parameters": sum(p.numel() for p in params),
-                        "bytes": sum(p.numel() * p.element_size() for p in params),
-                        "attention": {site: model.cfg.site(site).variant for site in ("encoder_self", "decoder_self", "cross")}}
+    parameters, size = model.size()
+    metrics["model"] = {"parameters": parameters, "bytes": size, "attention": model.cfg.variants()}
     example = _example(sources)
     if example is not None:
         hyp_len = len(tokenizer.encode([hypotheses[example]])[0]) + 1

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_model as load_safetensors
 
 from nmt.config import ModelConfig
+from nmt.errors import first_line
 from nmt.export import CONFIG, SPM, WEIGHTS
 from nmt.model import Seq2Seq, build_model
 from nmt.tokenizer import Tokenizer
@@ -20,16 +21,11 @@ class ModelLoadError(ValueError):
     """The model directory or checkpoint cannot be used; the message says which file and why."""
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _build(cfg_dict: dict, where: Path) -> Seq2Seq:
     try:
         return build_model(ModelConfig.from_dict(cfg_dict))
     except (TypeError, ValueError) as error:
-        raise ModelLoadError(f"{where}: invalid model config ({_first_line(error)})") from None
+        raise ModelLoadError(f"{where}: invalid model config ({first_line(error)})") from None
 
 
 def _from_directory(path: Path) -> tuple[Seq2Seq, Tokenizer]:
@@ -40,17 +36,17 @@ def _from_directory(path: Path) -> tuple[Seq2Seq, Tokenizer]:
         payload = json.loads((path / CONFIG).read_text())
         cfg = payload["model"]
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
-        raise ModelLoadError(f"{path / CONFIG}: unreadable config ({_first_line(error)})") from None
+        raise ModelLoadError(f"{path / CONFIG}: unreadable config ({first_line(error)})") from None
     model = _build(cfg, path / CONFIG)
     try:
         load_safetensors(model, str(path / WEIGHTS))
     except Exception as error:  # safetensors raises its own error types for truncated or corrupted files
         raise ModelLoadError(f"{path / WEIGHTS}: truncated, corrupted or not this model's weights "
-                             f"({_first_line(error)})") from None
+                             f"({first_line(error)})") from None
     try:
         tokenizer = Tokenizer(path / SPM)
     except (OSError, RuntimeError) as error:
-        raise ModelLoadError(f"{path / SPM}: not a sentencepiece model ({_first_line(error)})") from None
+        raise ModelLoadError(f"{path / SPM}: not a sentencepiece model ({first_line(error)})") from None
     return model, tokenizer
 
 
@@ -59,9 +55,9 @@ def _from_checkpoint(path: Path) -> tuple[Seq2Seq, Tokenizer]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ModelLoadError(f"{path}: refused: it holds pickled objects other than tensors and plain config "
-                             f"({_first_line(error)[:200]})") from None
+                             f"({first_line(error)[:200]})") from None
     except Exception as error:
-        raise ModelLoadError(f"{path}: truncated or corrupted checkpoint ({_first_line(error)})") from None
+        raise ModelLoadError(f"{path}: truncated or corrupted checkpoint ({first_line(error)})") from None
     try:
         cfg = checkpoint["hyper_parameters"]["model"]
         state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
@@ -72,7 +68,7 @@ def _from_checkpoint(path: Path) -> tuple[Seq2Seq, Tokenizer]:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ModelLoadError(f"{path}: weights do not fit the model config ({_first_line(error)})") from None
+        raise ModelLoadError(f"{path}: weights do not fit the model config ({first_line(error)})") from None
     return model, Tokenizer.from_serialized(bytes(serialized.numpy().tobytes()))
 
 

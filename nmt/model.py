@@ -172,6 +172,11 @@ class Seq2Seq(nn.Module):
             with torch.no_grad():
                 embed.weight[self.cfg.pad_id].zero_()
 
+    def size(self) -> tuple[int, int]:
+        """(parameters, bytes), counting tied matrices once."""
+        unique = {id(p): p for p in self.parameters()}.values()
+        return sum(p.numel() for p in unique), sum(p.numel() * p.element_size() for p in unique)
+
     def attention_layers(self) -> list[Attention]:
         return [m for m in self.modules() if isinstance(m, Attention)]
 

@@ -49,11 +49,10 @@ def collect(run_dir: Path) -> dict:
     best = max((v for v in validations if v[2] is not None), key=lambda v: v[2], default=None)
     src = [4] * (REFERENCE["source_subwords"] - 1)
     kv = kv_cache_bytes(model, src, REFERENCE["target_subwords"], REFERENCE["beam"])
-    params = {id(p): p for p in model.parameters()}.values()
     run = {
         "run": str(run_dir),
-        "attention": {site: model.cfg.site(site).variant for site in SITES},
-        "parameters": sum(p.numel() for p in params),
+        "attention": model.cfg.variants(),
+        "parameters": model.size()[0],
         "best_val_bleu": best[2] if best else None,
         "best_step": best[0] + 1 if best else None,
         "train_tokens_per_s": round(statistics.median(throughput), 1) if throughput else None,

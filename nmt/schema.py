@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import SITES, ModelConfig
+from nmt.errors import first_line
 from nmt.train_config import TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -52,7 +53,7 @@ def config_error_line(error: BaseException) -> str:
     """One line for a composition/validation error: Hydra's message plus the OmegaConf cause that names the key."""
     parts = []
     while error is not None and len(parts) < 3:
-        line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        line = first_line(error)
         if line not in parts:
             parts.append(line.rstrip("."))
         error = error.__cause__

@@ -9,7 +9,6 @@ Bytes that are not UTF-8 are replaced (U+FFFD) with a warning naming the lines. 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nmt.attention import AttentionBackendError, AttentionConfig, MaskSpec, attend, math_attention
+from nmt.attention import AttentionBackendError, AttentionConfig, MaskSpec, attend
 from nmt.config import AttentionSites, ModelConfig
 from nmt.model import build_model
 
