@@ -11,6 +11,7 @@ commands:
   translate  translate text with an exported model directory
   evaluate   score a model with sacreBLEU and write a report
   report     compare run directories in one table with plots
+  average    average a run's last N checkpoints into a model directory
   bench      benchmark attention kernels, training and decoding
   attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
 """
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from nmt.report import main as report_main
 
         return report_main(rest)
+    if command == "average":
+        from nmt.average import main as average_main
+
+        return average_main(rest)
     if command == "evaluate":
         from nmt.evaluate import main as evaluate_main
 

@@ -137,6 +137,7 @@ class TrainerConfig:
     max_steps: int = 100_000
     val_every_n_steps: int = 1000
     checkpoint_every_n_steps: Optional[int] = None
+    keep_checkpoints: int = 1  # periodic checkpoints kept (step-NNNNNNN.ckpt), the newest ones: `nmt average` input
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 50
@@ -151,6 +152,10 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 1")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ValueError(f"trainer.checkpoint_every_n_steps ({self.checkpoint_every_n_steps}) must be >= 1")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"trainer.keep_checkpoints ({self.keep_checkpoints}) must be >= 1")
+        if self.keep_checkpoints > 1 and self.checkpoint_every_n_steps is None:
+            raise ValueError(f"trainer.keep_checkpoints ({self.keep_checkpoints}) needs trainer.checkpoint_every_n_steps")
         for name in ("gradient_clip_val", "patience", "fast_dev_run"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 0")
