@@ -16,9 +16,6 @@ commands:
   attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
 """
 
-NOT_YET = ("bench",)
-
-
 def show_attention(overrides: list[str]) -> int:
     """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
     from nmt.schema import compose_config, config_error_line, model_config
@@ -66,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         from nmt.train import main as train_main
 
         return train_main(rest)
-    if command in NOT_YET:
-        print(f"nmt {command}: not yet available in this version", file=sys.stderr)
-        return 2
+    if command == "bench":
+        from nmt.bench import main as bench_main
+
+        return bench_main(rest)
     print(f"nmt: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
 

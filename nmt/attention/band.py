@@ -25,7 +25,7 @@ def mask_problem(mask: MaskSpec) -> Optional[str]:
     return None
 
 
-def _is_decoding_step(mask: MaskSpec) -> bool:
+def is_decoding_step(mask: MaskSpec) -> bool:
     return mask.q_len != mask.k_len or mask.q_start != mask.k_start or mask.k_globals > 0
 
 
@@ -45,7 +45,7 @@ def _neighbours(x: Tensor, causal: bool) -> Tensor:
 def band_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
 ) -> tuple[Tensor, Optional[Tensor]]:
-    if _is_decoding_step(mask):
+    if is_decoding_step(mask):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(q.device), dropout_p=dropout_p,
                                              enable_gqa=k.size(1) != q.size(1))
         return out, None
@@ -55,7 +55,11 @@ def band_attention(
     qb = _blocks(q, block, n_blocks).view(B, n_kv, group, n_blocks, block, head_dim)  # (B, kv, g, nb, b, D)
     kb = _neighbours(_blocks(k, block, n_blocks), mask.causal)  # (B, kv, nb, span, D)
     vb = _neighbours(_blocks(v, block, n_blocks), mask.causal)  # (B, kv, nb, span, D)
-    scores = torch.einsum("bkgnqd,bknsd->bkgnqs", qb, kb).float() / head_dim**0.5  # (B, kv, g, nb, b, span)
+    # Scale q (small) rather than the scores (w times larger); einsum does not keep its output for backward, so
+    # the mask can fill the scores in place: the band's memory is then about two (nb, block, span) score tensors.
+    scores = torch.einsum("bkgnqd,bknsd->bkgnqs", qb * head_dim**-0.5, kb)  # (B, kv, g, nb, b, span)
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.float()  # softmax in at least fp32, as the math oracle does
 
     device = q.device
     first = torch.arange(n_blocks, device=device)[:, None] * block  # first position of each block
@@ -70,10 +74,12 @@ def band_attention(
     if mask.q_lengths is not None:
         allowed = allowed & (q_index[None] < mask.q_lengths.to(device)[:, None, None])[:, :, :, None]
     allowed = allowed[:, None, None]  # (B or 1, 1, 1, nb, b, span)
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)  # finite: empty rows stay NaN-free
-    weights = scores.softmax(dim=-1).masked_fill(~allowed, 0.0).to(q.dtype)
+    scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)  # finite: empty rows stay NaN-free
+    # Masked keys underflow to weight 0; only rows with no key at all (padding) need zeroing, done on the output.
+    weights = scores.softmax(dim=-1).to(q.dtype)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     out = torch.einsum("bkgnqs,bknsd->bkgnqd", weights, vb)  # (B, kv, g, nb, b, D)
+    out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # rows that see nothing: zeros
     out = out.reshape(B, n_heads, n_blocks * block, head_dim)[:, :, :length]  # (B, n_heads, L, D)
     return out, None

@@ -1,0 +1,27 @@
+"""``nmt bench attention|train|translate``: benchmarks that print ratios against a peer measured in the same run."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "attention": "attention kernels by variant, backend and length: time, peak memory, growth, KV-cache bytes",
+    "train": "training steps of nmt against a torch.nn.Transformer reference with the same settings",
+    "translate": "greedy and beam-5 decoding of nmt against Hugging Face MarianMTModel (and CTranslate2 if installed)",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        listing = "\n".join(f"  {name:10s} {text}" for name, text in COMMANDS.items())
+        stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
+        print(f"usage: nmt bench <{'|'.join(COMMANDS)}> [options]\n{listing}", file=stream)
+        return 0 if stream is sys.stdout else 2
+    command, rest = argv[0], argv[1:]
+    if command == "attention":
+        from nmt.bench.attention import main as run
+    elif command == "train":
+        from nmt.bench.train import main as run
+    else:
+        from nmt.bench.translate import main as run
+    return run(rest)

@@ -1,0 +1,96 @@
+"""What every benchmark shares: medians of repeated timings, peak memory of one call, JSON + Markdown output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+def environment() -> dict[str, Any]:
+    """What a number depends on: torch version, device, threads (written beside every result)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls, and every time."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+_LIBC = None
+
+
+def _release_free_heap() -> None:
+    """Make the resident set follow the live tensors: glibc serves every block above 64 KiB with its own mmap
+    (M_MMAP_THRESHOLD fixed, so it stops growing), and malloc_trim returns the free pages still in the heap, so a
+    call's peak resident set is what it held, not what earlier calls left behind for reuse."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+        M_MMAP_THRESHOLD = -3
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    _LIBC.malloc_trim(0)
+
+
+def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak memory ``fn()`` adds above what was in use when it started.
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident set (VmHWM), reset through
+    /proc/self/clear_refs just before the call, minus the resident set then (see _release_free_heap).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    _release_free_heap()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+    before = _status_kib("VmRSS")
+    fn()
+    return max(_status_kib("VmHWM") - before, 0) * 1024
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | Path, name: str, results: dict, markdown: str) -> tuple[Path, Path]:
+    """``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``; the Markdown is also what the command prints."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(markdown + "\n")
+    return json_path, md_path

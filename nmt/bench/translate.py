@@ -1,0 +1,353 @@
+"""``nmt bench translate``: sentences/s of nmt's greedy and beam decoding against Hugging Face ``MarianMTModel``
+(and CTranslate2 when it is importable), on the same source ids, batches, thread count and forced output length.
+
+The models are randomly initialised with the same dimensions: speed does not depend on the weights, but random
+models never end sensibly, so every system is forced to generate exactly ``--length`` new tokens per sentence (nmt
+``length - 1`` subwords plus its eos, Marian and CTranslate2 ``length`` tokens: ``length`` decoder steps each), and the
+bench checks and prints that the counts agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from nmt.bench.common import environment, markdown_table, median_seconds, write_results
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k" / "test_2016_flickr.en.gz"
+TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
+CPU = torch.device("cpu")
+PROG = "nmt bench translate"
+
+
+class UsageError(ValueError):
+    """A bad option or value: one line on stderr and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the usage and exit; we want one line
+        raise UsageError(message)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="conf/model preset: tiny, small or base")
+    parser.add_argument("--src", default=str(DEFAULT_SOURCE), help="raw source text (.gz fine); default Multi30k test")
+    parser.add_argument("--limit", type=int, default=None, help="first N sentences (default: all)")
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5], help="beam sizes (1 = greedy)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per system (median)")
+    parser.add_argument("--batch", type=int, default=64, help="sentences per batch (sorted by source length)")
+    parser.add_argument("--length", type=int, default=20, help="new tokens every system generates per sentence")
+    parser.add_argument("--out", default="outputs/bench", help="writes translate.json and translate.md here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
+    args = parser.parse_args(argv)
+    presets = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "model").glob("*.yaml"))
+    if args.model not in presets:
+        raise UsageError(f"--model {args.model!r} is not a preset; choose one of {', '.join(presets)}")
+    for name in ("repeats", "batch", "length"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} ({getattr(args, name)}) must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit ({args.limit}) must be >= 1")
+    if any(b < 1 for b in args.beams):
+        raise UsageError(f"--beams ({' '.join(map(str, args.beams))}) must all be >= 1")
+    if not Path(args.src).is_file():
+        raise UsageError(f"--src {args.src}: no such file")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise UsageError(f"unrecognized arguments: {' '.join(bad)} (overrides look like model.decoder_layers=2)")
+    return args
+
+
+# -- setup: config, tokenizer, batches, models ----------------------------------------------------------------------
+
+
+def load_config(model: str, overrides: list[str]):
+    """The validated TrainConfig of ``nmt train model=<model> <overrides>`` (the model's vocab is data.vocab_size)."""
+    from nmt.schema import compose_config, config_error_line, to_train_config
+
+    try:
+        cfg = to_train_config(compose_config([f"model={model}", *overrides]))
+    except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
+        raise UsageError(config_error_line(error)) from None
+    if cfg.data.path is not None and not Path(cfg.data.path).is_dir():
+        # Relative to the repository rather than the working directory, so the bench runs from anywhere.
+        cfg.data.path = str(Path(__file__).resolve().parents[2] / cfg.data.path)
+    return cfg
+
+
+def load_tokenizer(cfg):
+    """The sentencepiece model training builds from ``cfg.data`` (cached under ``data.cache_dir``/spm/<hash>)."""
+    from nmt.datamodule import TranslationData
+
+    return TranslationData(cfg.data, cfg.seed).load_tokenizer()
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (B, S) ids + eos, right-padded with PAD_ID
+    lengths: torch.Tensor  # (B,) including the eos
+    pieces: list[list[str]]  # the same tokens as sentencepiece pieces (CTranslate2 input)
+
+
+def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: int) -> list[Batch]:
+    """Sentences sorted by source length (stable), cut into batches of ``size``: the same batches for every system."""
+    from nmt.batching import collate
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = []
+    for start in range(0, len(order), size):
+        rows = [ids[i] for i in order[start : start + size]]
+        t = collate(rows, [[] for _ in rows])
+        pieces = [[pieces_of(j) for j in row[: int(n)].tolist()] for row, n in zip(t["src"], t["src_lengths"])]
+        batches.append(Batch(t["src"], t["src_lengths"], pieces))
+    return batches
+
+
+def marian_config(model_cfg, max_positions: int):
+    """A MarianConfig with nmt's dimensions and special ids (pad 0, bos 2 starts the decoder, eos 3)."""
+    from transformers import MarianConfig
+
+    from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+    return MarianConfig(
+        vocab_size=model_cfg.vocab_size,
+        d_model=model_cfg.d_model,
+        encoder_layers=model_cfg.encoder_layers,
+        decoder_layers=model_cfg.decoder_layers,
+        encoder_attention_heads=model_cfg.n_heads,
+        decoder_attention_heads=model_cfg.n_heads,
+        encoder_ffn_dim=model_cfg.d_ff,
+        decoder_ffn_dim=model_cfg.d_ff,
+        activation_function=model_cfg.activation,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_position_embeddings=max_positions,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=None,  # Marian's default (0) would force the pad id as the last token
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+    )
+
+
+class _Vocab:
+    """What CTranslate2's converter reads from a tokenizer: our sentencepiece pieces, in id order."""
+
+    bos_token, eos_token, unk_token = "<s>", "</s>", "<unk>"
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def get_vocab(self) -> dict[str, int]:
+        return {piece: i for i, piece in enumerate(self.pieces)}
+
+    def convert_ids_to_tokens(self, i: int) -> str:
+        return self.pieces[i]
+
+
+def ctranslate2_translator(marian, pieces: list[str], workdir: Path):
+    """A CTranslate2 Translator holding exactly ``marian``'s weights, or the reason there is none."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return None, "not installed"
+    # The converter drops the last vocabulary row as Marian's "<pad>" (it starts the decoder from a zero embedding
+    # instead), so save a copy with one extra row named "<pad>": the converted model then has exactly our V rows.
+    # Our own pad piece is renamed so that the vocabulary stays unique; it never appears in a source.
+    extended = copy.deepcopy(marian)
+    extended.resize_token_embeddings(len(pieces) + 1, mean_resizing=False)
+    extended.save_pretrained(workdir / "marian")
+    vocab = _Vocab(["<nmt_pad>"] + pieces[1:] + ["<pad>"])
+
+    class Converter(ctranslate2.converters.TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            return vocab
+
+    Converter(str(workdir / "marian")).convert(str(workdir / "ct2"), force=True)
+    threads = torch.get_num_threads()
+    return ctranslate2.Translator(str(workdir / "ct2"), device="cpu", intra_threads=threads, inter_threads=1), None
+
+
+# -- the systems: each decodes every batch with ``beam`` beams and returns how many new tokens it generated ----------
+
+
+def nmt_system(model, batches: list[Batch], length: int) -> Callable[[int], int]:
+    from nmt.search import DecodeConfig, decode
+
+    def run(beam: int) -> int:
+        # max length counts the final eos: length - 1 subwords (no eos before them) and the eos = length tokens.
+        cfg = DecodeConfig(beam=beam, min_len=length - 1, max_len_a=0, max_len_b=length)
+        generated = 0
+        with torch.inference_mode():
+            for b in batches:
+                generated += sum(len(h[0].tokens) + 1 for h in decode(model, b.src, b.lengths, cfg))
+        return generated
+
+    return run
+
+
+def marian_system(marian, batches: list[Batch], length: int) -> Callable[[int], int]:
+    from nmt.tokenizer import EOS_ID
+
+    inputs = [(b.src, (torch.arange(b.src.size(1))[None, :] < b.lengths[:, None]).long()) for b in batches]
+
+    def run(beam: int) -> int:
+        generated = 0
+        with torch.inference_mode():
+            for src, mask in inputs:
+                out = marian.generate(
+                    input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
+                    min_new_tokens=length, max_new_tokens=length,
+                )[:, 1:]  # (B, new tokens): without the decoder start token
+                # A row that ended early would be padded after its eos: count up to and including the first eos.
+                is_eos = out == EOS_ID
+                first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, out.size(1))
+                generated += int(first.sum())
+        return generated
+
+    return run
+
+
+def ctranslate2_system(translator, batches: list[Batch], length: int) -> Callable[[int], int]:
+    def run(beam: int) -> int:
+        generated = 0
+        for b in batches:
+            results = translator.translate_batch(
+                b.pieces, beam_size=beam, min_decoding_length=length, max_decoding_length=length,
+                return_end_token=True, max_batch_size=0,
+            )
+            generated += sum(len(r.hypotheses[0]) for r in results)
+        return generated
+
+    return run
+
+
+def time_systems(systems: dict[str, Callable[[int], int]], beam: int, repeats: int, warmup) -> dict[str, dict]:
+    """Median seconds per system; systems alternate within each repeat (rotating who goes first) so that load from
+    other processes on a noisy machine falls on all of them alike."""
+    for name, run in warmup.items():
+        run(beam)
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    tokens: dict[str, set[int]] = {name: set() for name in systems}
+    names = list(systems)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            counted = []
+            seconds, _ = median_seconds(lambda: counted.append(systems[name](beam)), 1, CPU, warmup=0)
+            times[name].append(seconds)
+            tokens[name].add(counted[0])
+    return {
+        name: {"seconds": statistics.median(times[name]), "times": times[name], "tokens": sorted(tokens[name])}
+        for name in systems
+    }
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Optional[float], digits: int = 1) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach the Hub
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+    from transformers import MarianMTModel
+
+    transformers.utils.logging.disable_progress_bar()
+
+    from nmt.evaluate import read_text
+    from nmt.model import build_model
+
+    cfg = load_config(args.model, args.overrides)
+    tokenizer = load_tokenizer(cfg)
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model {cfg.model.vocab_size}")
+    lines = [line for line in read_text(args.src) if line.strip()][: args.limit]
+    ids = tokenizer.encode(lines)
+    pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    batches = make_batches(ids, pieces.__getitem__, args.batch)
+    n = len(lines)
+
+    torch.manual_seed(args.seed)
+    model = build_model(cfg.model).eval()
+    longest = max(len(s) for s in ids) + 1
+    torch.manual_seed(args.seed)
+    marian = MarianMTModel(marian_config(cfg.model, max(512, longest + args.length + 2))).eval()
+    systems = {"nmt": nmt_system(model, batches, args.length), "Marian": marian_system(marian, batches, args.length)}
+    with tempfile.TemporaryDirectory(prefix="nmt-bench-ct2-") as workdir:
+        translator, ct2_missing = ctranslate2_translator(marian, pieces, Path(workdir))
+        if translator is not None:
+            systems["CTranslate2"] = ctranslate2_system(translator, batches, args.length)
+        # Warm-up on the first batch only: first calls allocate and pick kernels; a full pass would double the run.
+        warmup_batches = batches[:1]
+        warmup = {"nmt": nmt_system(model, warmup_batches, args.length),
+                  "Marian": marian_system(marian, warmup_batches, args.length)}
+        if translator is not None:
+            warmup["CTranslate2"] = ctranslate2_system(translator, warmup_batches, args.length)
+        measured = {beam: time_systems(systems, beam, args.repeats, warmup) for beam in args.beams}
+
+    env = environment()
+    m = cfg.model
+    setup = {
+        "model": args.model, "overrides": args.overrides, "d_model": m.d_model, "n_heads": m.n_heads, "d_ff": m.d_ff,
+        "encoder_layers": m.encoder_layers, "decoder_layers": m.decoder_layers, "vocab": m.vocab_size,
+        "source": str(args.src), "sentences": n, "batch": args.batch, "batches": len(batches),
+        "source_tokens": sum(len(s) + 1 for s in ids), "new_tokens_per_sentence": args.length,
+        "repeats": args.repeats, "ctranslate2": ct2_missing or "installed",
+    }
+    rows, results = [], []
+    for beam, by_system in measured.items():
+        per = {name: {**r, "sentences_per_s": n / r["seconds"]} for name, r in by_system.items()}
+        counts = {name: r["tokens"] for name, r in per.items()}
+        equal = len({tuple(c) for c in counts.values()}) == 1 and all(len(c) == 1 for c in counts.values())
+        ratio = per["nmt"]["sentences_per_s"] / per["Marian"]["sentences_per_s"]
+        target = TARGETS.get(beam)
+        results.append({"beam": beam, "systems": per, "nmt_over_marian": ratio, "target": target,
+                        "target_met": None if target is None else ratio >= target, "equal_tokens": equal})
+        ct2 = per.get("CTranslate2")
+        tokens = " / ".join(",".join(map(str, c)) for c in counts.values())
+        rows.append([
+            "greedy" if beam == 1 else f"beam {beam}",
+            _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
+            f"{ratio:.2f}×" + ("" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"),
+            _fmt(ct2["sentences_per_s"]) if ct2 else ct2_missing,
+            tokens + ("" if equal else " **NOT EQUAL**"),
+        ])
+    header = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "CTranslate2 sent/s",
+              "new tokens " + " / ".join(systems)]
+    markdown = (
+        f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
+        f"{m.encoder_layers}+{m.decoder_layers} layers, {m.n_heads} heads, FFN {m.d_ff}, vocab {m.vocab_size}), "
+        f"random weights, batches of {args.batch} sentences sorted by length, {args.length} new tokens per sentence "
+        f"forced in every system, median of {args.repeats}; torch {env['torch']}, {env['threads']} thread(s), "
+        f"{env['device']}\n\n" + markdown_table(header, rows)
+    )
+    write_results(args.out, "translate", {"environment": env, "setup": setup, "results": results}, markdown)
+    print(markdown)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    try:
+        return run_bench(parse_args(argv))
+    except UsageError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
