@@ -1,0 +1,165 @@
+"""``nmt bench train``: training steps of nmt against the same model built from ``torch.nn.Transformer``.
+
+Both models get the same dimensions (a ``conf/model`` preset), the same real Multi30k token-budget batches, the same
+label-smoothed loss, AdamW, gradient clipping and fp32; the reference is what a PyTorch user would write: shared
+scaled embeddings, sinusoidal positions, ``nn.Transformer(batch_first=True, norm_first=…)`` with key-padding masks
+and a causal target mask, and a tied output projection. The two alternate within each repeat (the machine is
+noisy); reported are the medians of target tokens/s and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.bench.common import environment, markdown_table, write_results
+from nmt.config import ModelConfig
+from nmt.lit_module import label_smoothed_loss
+from nmt.model import build_model
+from nmt.tokenizer import PAD_ID
+
+
+class TorchTransformer(nn.Module):
+    """The reference: ``torch.nn.Transformer`` with the embeddings, positions and output layer of ``nmt.model``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD_ID)
+        self.scale = math.sqrt(d)
+        self.transformer = nn.Transformer(
+            d, cfg.n_heads, cfg.encoder_layers, cfg.decoder_layers, cfg.d_ff, cfg.dropout, cfg.activation,
+            batch_first=True, norm_first=cfg.norm == "pre",
+        )
+        # nmt applies cfg.dropout to residuals and FFN but attention-weight dropout per site (default 0); the same
+        # here, which also keeps nn.MultiheadAttention on its fused SDPA kernel.
+        attention_dropout = cfg.site("encoder_self").dropout
+        for module in self.transformer.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                module.dropout = attention_dropout
+        position = torch.arange(4096)[:, None]
+        inv_freq = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
+        table = torch.zeros(4096, d)
+        table[:, 0::2], table[:, 1::2] = torch.sin(position * inv_freq), torch.cos(position * inv_freq)
+        self.register_buffer("positions", table, persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        return self.dropout(self.embed(tokens) * self.scale + self.positions[: tokens.size(1)])
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        src_pad = src == PAD_ID  # (B, S) True = padding
+        tgt_pad = tgt_in == PAD_ID  # (B, T)
+        T = tgt_in.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=src.device).triu(1)  # True = may not attend
+        hidden = self.transformer(
+            self._embed(src), self._embed(tgt_in), tgt_mask=causal, src_key_padding_mask=src_pad,
+            tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad, tgt_is_causal=True,
+        )
+        return F.linear(hidden, self.embed.weight)  # (B, T, vocab), tied
+
+
+def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict]:
+    """The first ``count`` training batches of the configured corpus."""
+    from nmt.datamodule import TranslationData
+    from nmt.schema import compose_config, to_train_config
+
+    cfg = to_train_config(compose_config([f"data.max_tokens={max_tokens}", *overrides]))
+    data = TranslationData(cfg.data, cfg.seed)
+    data.setup()
+    return list(itertools.islice(iter(data.train_batches()), count))
+
+
+def model_config(preset: str, overrides: list[str]) -> ModelConfig:
+    """The preset as ``nmt train model=<preset> <overrides>`` would build it (vocabulary = data.vocab_size)."""
+    from nmt.schema import compose_config, model_config as resolve
+
+    return resolve(compose_config([f"model={preset}", *overrides]))
+
+
+def tokens_per_second(model: nn.Module, work: list[dict], warmup: int) -> float:
+    """Target tokens/s of full training steps (forward, loss, backward, clipping, AdamW) over ``work``."""
+    torch.manual_seed(0)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+
+    def step(batch: dict) -> int:
+        logits = model(batch["src"], batch["src_lengths"], batch["tgt_in"])
+        loss_sum, n_tokens = label_smoothed_loss(logits, batch["tgt_out"], 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        (loss_sum / n_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return n_tokens
+
+    for batch in work[:warmup]:
+        step(batch)
+    start, tokens = time.perf_counter(), 0
+    for batch in work[warmup:]:
+        tokens += step(batch)
+    return tokens / (time.perf_counter() - start)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nmt bench train", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"], help="conf/model presets")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 warm-up steps)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget (padded tokens)")
+    parser.add_argument("--out", default="outputs/bench")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.cache_dir=DIR attention=gqa")
+    args = parser.parse_args(argv)
+    for name in ("steps", "repeats", "max_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be >= 1")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    warmup = 3
+    try:
+        configs = {name: model_config(name, args.overrides) for name in args.models}  # checked before data work
+        work = real_batches(args.max_tokens, args.steps + warmup, args.overrides)
+    except Exception as error:  # config or data problems: one line, as nmt train prints them
+        from nmt.schema import config_error_line
+
+        print(f"nmt bench train: {config_error_line(error)}", file=sys.stderr)
+        return 2
+    measured: dict[str, dict[str, list[float]]] = {name: {"nmt": [], "torch.nn.Transformer": []} for name in configs}
+    sizes = {}
+    for _ in range(args.repeats):
+        for name, cfg in configs.items():
+            for system in ("nmt", "torch.nn.Transformer"):  # alternated, each built fresh from the same seed
+                torch.manual_seed(0)
+                model = build_model(cfg) if system == "nmt" else TorchTransformer(cfg)
+                sizes[(name, system)] = sum(p.numel() for p in model.parameters())
+                measured[name][system].append(tokens_per_second(model, work, warmup))
+    rows, summary = [], {}
+    for name, runs in measured.items():
+        ours, ref = statistics.median(runs["nmt"]), statistics.median(runs["torch.nn.Transformer"])
+        summary[name] = {"nmt": ours, "torch.nn.Transformer": ref, "ratio": ours / ref, "runs": runs,
+                         "parameters": {s: sizes[(name, s)] for s in runs}}
+        rows.append([name, f"{ours:,.0f}", f"{ref:,.0f}", f"{ours / ref:.2f}×",
+                     f"{sizes[(name, 'nmt')]:,} / {sizes[(name, 'torch.nn.Transformer')]:,}"])
+    env = environment()
+    markdown = "\n".join([
+        f"Training throughput, target tokens/s (median of {args.repeats}; {args.steps} steps of ≤ {args.max_tokens}-token "
+        f"Multi30k batches, fp32; {env['device']}, {env['threads']} threads, torch {env['torch']}):", "",
+        markdown_table(["model", "nmt", "torch.nn.Transformer", "nmt ÷ reference", "parameters (nmt / reference)"],
+                       rows),
+    ])
+    results = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "out"},
+               "tokens_per_s": summary}
+    json_path, md_path = write_results(args.out, "train", results, markdown)
+    print(markdown)
+    print(f"\n(JSON: {json_path}, Markdown: {md_path})")
+    return 0

@@ -1,0 +1,64 @@
+"""Each benchmark command once on tiny sizes, so they cannot rot (speed is measured by running them, not here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nmt.bench import main
+from tests.conftest import MULTI30K
+
+
+def test_bench_attention_reports_every_case_and_exact_kv_fractions(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["attention", "--lengths", "32", "64", "--repeats", "1", "--heads", "8", "--head-dim", "8",
+                 "--window", "8", "--global-tokens", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "attention.json").read_text())
+    cases = {(c["variant"], c["backend"], c["mode"], c["length"]): c for c in results["cases"]}
+    variants = {"mha", "gqa-2", "mqa", "window-8", "sparse-8+2"}
+    assert {key[0] for key in cases} == variants and {key[1] for key in cases} == {"math", "sdpa", "flex", "band"}
+    assert len(cases) == 5 * 4 * 2 * 2
+    for v in variants:
+        for backend in ("math", "sdpa"):
+            for mode in ("forward", "forward+backward"):
+                case = cases[(v, backend, mode, 64)]
+                assert case["status"] == "ok" and case["seconds"] > 0 and case["peak_bytes"] >= 0
+    # What cannot run is a row that says why, not a gap.
+    assert "no backward pass on CPU" in cases[("mha", "flex", "forward+backward", 32)]["why"]
+    assert cases[("window-8", "flex", "forward", 64)]["status"] == "ok"
+    assert "sliding-window attention only" in cases[("mha", "band", "forward", 32)]["why"]
+    assert "global tokens" in cases[("sparse-8+2", "band", "forward", 32)]["why"]
+    assert cases[("window-8", "band", "forward+backward", 64)]["status"] == "ok"
+    assert len(results["growth_exponents"]["window-8 / band / forward+backward"]) == 1
+    kv = results["kv_cache"]
+    assert kv["mha"]["bytes_per_token"] == 2 * 8 * 8 * 4  # K and V, 8 heads × 8 dims, fp32
+    assert kv["gqa-2"]["fraction_of_mha"] == 2 / 8 and kv["mqa"]["fraction_of_mha"] == 1 / 8
+    printed = capsys.readouterr().out
+    assert "| window-8 | band | forward+backward |" in printed
+    assert (out / "attention.md").read_text().strip() in printed
+
+
+def test_bench_attention_refuses_bad_options_in_one_line(tmp_path, capsys):
+    assert main(["attention", "--variants", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown variant(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attention", "--repeats", "0"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_bench_train_compares_with_torch_nn_transformer(tmp_path, capsys):
+    out = tmp_path / "bench"
+    overrides = [f"data.path={MULTI30K}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_train_examples=2000",
+                 "data.vocab_size=1000"]
+    assert main(["train", "--models", "tiny", "--steps", "2", "--repeats", "1", "--max-tokens", "512",
+                 "--out", str(out), *overrides]) == 0
+    results = json.loads((out / "train.json").read_text())["tokens_per_s"]["tiny"]
+    assert results["nmt"] > 0 and results["torch.nn.Transformer"] > 0
+    assert results["ratio"] == pytest.approx(results["nmt"] / results["torch.nn.Transformer"])
+    # Same dimensions: the parameters differ only by nmt's embedding rows padded to a multiple of 64 (1000 → 1024).
+    assert results["parameters"]["nmt"] - results["parameters"]["torch.nn.Transformer"] == 24 * 128
+    assert "| tiny |" in capsys.readouterr().out
+    assert main(["train", "--models", "huge", "--out", str(out)]) == 2
+    assert "huge" in capsys.readouterr().err
