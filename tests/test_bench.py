@@ -62,3 +62,13 @@ def test_bench_train_compares_with_torch_nn_transformer(tmp_path, capsys):
     assert "| tiny |" in capsys.readouterr().out
     assert main(["train", "--models", "huge", "--out", str(out)]) == 2
     assert "huge" in capsys.readouterr().err
+
+
+def test_bench_attention_skips_what_would_take_too_long_and_says_so(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["attention", "--lengths", "16", "32", "--repeats", "1", "--heads", "2", "--head-dim", "8",
+                 "--variants", "mha", "--backends", "sdpa", "--modes", "forward", "--max-seconds", "1e-9",
+                 "--out", str(out)]) == 0
+    first, second = json.loads((out / "attention.json").read_text())["cases"]
+    assert first["status"] == "ok"  # nothing to extrapolate from yet
+    assert second["status"] == "skipped" and "per call predicted (> --max-seconds 1e-09)" in second["why"]

@@ -3,8 +3,9 @@
 For each (variant, backend, length, forward | forward+backward): median time over repeats, peak memory of one call,
 and the growth exponent between consecutive lengths (time ∝ length^exponent: 1 is linear, 2 quadratic). A case a
 backend cannot run is a row that says why (FlexAttention has no backward on CPU; band computes plain windows
-only); a case that would not fit in memory says how much it would need. Then the KV-cache bytes per decoded token
-of MHA, GQA and MQA, counted from the tensors a decoding layer holds.
+only); a case that would not fit in memory says how much it would need, and one whose call is predicted from the
+shorter lengths to take more than --max-seconds says so. Then the KV-cache bytes per decoded token of MHA, GQA and
+MQA, counted from the tensors a decoding layer holds.
 """
 
 from __future__ import annotations
@@ -130,6 +131,19 @@ def kv_cache_bytes_per_token(args, device, dtype, tokens: int = 64) -> dict[str,
     return result
 
 
+def predict_seconds(done: list[tuple[int, float]], length: int) -> float:
+    """Time of one call at ``length`` extrapolated from the series so far: the last measured growth exponent
+    (at least 1, and 2 while there is only one point)."""
+    if not done:
+        return 0.0
+    (n2, t2) = done[-1]
+    exponent = 2.0
+    if len(done) > 1:
+        (n1, t1) = done[-2]
+        exponent = max(1.0, math.log(t2 / t1) / math.log(n2 / n1))
+    return t2 * (length / n2) ** exponent
+
+
 def growth(rows: list[dict]) -> dict[tuple, list[Optional[float]]]:
     """Per (variant, backend, mode): log(t₂/t₁)/log(n₂/n₁) between consecutive measured lengths."""
     series: dict[tuple, list[tuple[int, float]]] = {}
@@ -189,6 +203,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--global-tokens", type=int, default=16)
     parser.add_argument("--causal", action="store_true", help="decoder self-attention (default: encoder, bidirectional)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-seconds", type=float, default=30.0,
+                        help="skip a case whose one call is predicted (from the shorter lengths) to take longer")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: float32 on CPU, bfloat16 on CUDA")
@@ -225,10 +241,17 @@ def main(argv: list[str]) -> int:
     for variant in chosen:
         for backend in backends:
             for mode in args.modes:
+                done: list[tuple[int, float]] = []  # (length, seconds) measured so far in this series
                 for length in lengths:
                     row, call = prepare_case(backend, variant, length, mode, args, device, dtype)
+                    predicted = predict_seconds(done, length)
+                    if call is not None and predicted > args.max_seconds:
+                        row, call = {**row, "status": "skipped", "why": f"~{predicted:.0f} s per call predicted "
+                                     f"(> --max-seconds {args.max_seconds:g})"}, None
                     if call is not None:
                         row = measure(row, call, args.repeats, device)
+                        if row["status"] == "ok":
+                            done.append((length, row["seconds"]))
                     rows.append(row)
                     calls.append(call if row["status"] == "ok" else None)
                     shown = f"{row['seconds'] * 1e3:.1f} ms" if row["status"] == "ok" else row["why"]
