@@ -199,20 +199,6 @@ def test_bad_training_configs_fail_at_start_with_one_line(override, message, cac
     assert time.monotonic() - start < 60
 
 
-def test_throughput_benchmark_runs(cache_dir, tmp_path):
-    """The README's training-throughput command, on tiny settings, so it cannot rot."""
-    out = tmp_path / "bench.json"
-    process = subprocess.run(
-        [sys.executable, "scripts/train_throughput.py", "--models", "tiny", "--steps", "2", "--repeats", "1",
-         "--max-tokens", "512", "--out", str(out), f"data.path={MULTI30K}", f"data.cache_dir={cache_dir}",
-         "data.max_train_examples=3000", "data.vocab_size=1000"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert "| tiny |" in process.stdout
-    assert __import__("json").loads(out.read_text())["tokens_per_s"]["tiny"]["median"] > 0
-
-
 def test_checkpoints_logs_and_validation_cadence(cache_dir, tmp_path):
     """last.ckpt after every validation and at the very end; a resumed run keeps the earlier logs; validation
     counts optimizer steps under gradient accumulation."""

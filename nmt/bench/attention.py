@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from nmt.attention import Attention, AttentionBackendError, AttentionConfig, MaskSpec, attend
-from nmt.attention.backends import call_problem, static_problem
+from nmt.attention.backends import call_problem, choose_backend, static_problem
 from nmt.bench.common import environment, markdown_table, median_seconds, peak_bytes, write_results
 
 MODES = ("forward", "forward+backward")
@@ -44,7 +44,7 @@ def variants(n_heads: int, window: int, global_tokens: int) -> list[Variant]:
 
 
 def backends_for(device: torch.device) -> list[str]:
-    return ["math", "sdpa", "flex", "band"] + (["flash"] if device.type == "cuda" else [])
+    return ["math", "sdpa", "flex", "band"] + (["flash"] if device.type == "cuda" else []) + ["auto"]
 
 
 def available_bytes(device: torch.device) -> int:
@@ -89,6 +89,8 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
         return x.requires_grad_(backward)
 
     q, k, v = tensor(args.heads), tensor(n_kv), tensor(n_kv)
+    if backend == "auto":  # the row says which kernel auto's rule chose for this case
+        row["picked"] = choose_backend("bench", q, mask, 0.0)
     grad = torch.randn(args.batch, args.heads, length, args.head_dim, generator=generator).to(device, dtype)
 
     def call() -> None:
@@ -166,7 +168,9 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
     header = ["variant", "backend", "mode", *[f"{_length(n)} ms / MiB" for n in lengths], "growth exponents"]
     table = []
     for (variant, backend, mode), cells in by_key.items():
-        row, shown_why = [variant, backend, mode], None
+        picks = sorted({r["picked"] for r in cells.values() if "picked" in r})
+        shown = f"{backend} → {'/'.join(picks)}" if picks else backend
+        row, shown_why = [variant, shown, mode], None
         for n in lengths:
             r = cells.get(n)
             if r is None:
