@@ -129,12 +129,15 @@ def test_decode_speed_benchmark_runs(tmp_path, tokenizer, test_files):
     import sys
 
     model_dir = make_model_dir(tmp_path / "model", tokenizer)
+    other = make_model_dir(tmp_path / "other", tokenizer)
     out = tmp_path / "speed.json"
     result = subprocess.run(
-        [sys.executable, "scripts/decode_speed.py", "--model", str(model_dir), "--src", str(test_files[0]),
+        [sys.executable, "scripts/decode_speed.py", "--model", str(model_dir), str(other), "--src", str(test_files[0]),
          "--limit", "5", "--repeats", "1", "--out", str(out)],
         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| greedy |" in result.stdout and "| beam 5 |" in result.stdout
-    assert all(v > 0 for v in json.loads(out.read_text())["sentences_per_s"].values())
+    assert f"| {other} | greedy |" in result.stdout and f"| {model_dir} | beam 5 |" in result.stdout
+    speeds = json.loads(out.read_text())["sentences_per_s"]
+    assert set(speeds) == {str(model_dir), str(other)}
+    assert all(v > 0 for by_beam in speeds.values() for v in by_beam.values())

@@ -56,3 +56,16 @@ def test_flash_without_the_package_runs_the_sdpa_flash_kernel(monkeypatch):
     assert "flash" in kernels, kernels
     expected, _ = _reference(case)
     assert (got.double() - expected).abs().max() <= TOLERANCE[torch.bfloat16]
+
+
+def test_bench_attention_on_cuda_measures_flash_and_the_cuda_allocator_peak(tmp_path):
+    import json
+
+    from nmt.bench import main
+
+    assert main(["attention", "--device", "cuda", "--lengths", "256", "1024", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    cases = json.loads((tmp_path / "attention.json").read_text())["cases"]
+    flash_rows = [c for c in cases if c["backend"] == "flash" and c["variant"] in ("mha", "window-256")]
+    assert flash_rows and all(c["status"] == "ok" and c["peak_bytes"] > 0 for c in flash_rows)
+    assert all(c["status"] == "ok" for c in cases if c["backend"] == "flex")  # flex has a backward on CUDA
