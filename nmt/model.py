@@ -31,7 +31,9 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.outer(self.dropout(self.activation(self.inner(x))))
+        h = self.activation(self.inner(x))
+        # Dropout is the identity in eval mode; skipping the call saves dispatch on every decoding step.
+        return self.outer(self.dropout(h) if self.training else h)
 
 
 class Sublayer(nn.Module):
@@ -45,8 +47,10 @@ class Sublayer(nn.Module):
 
     def forward(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:
-            return x + self.dropout(fn(self.norm(x)))
-        return self.norm(x + self.dropout(fn(x)))
+            y = fn(self.norm(x))
+            return x + (self.dropout(y) if self.training else y)
+        y = fn(x)
+        return self.norm(x + (self.dropout(y) if self.training else y))
 
 
 def _attend(attention: Attention, weights: Weights, *args, **kwargs) -> Tensor:
@@ -87,39 +91,76 @@ class DecoderLayer(nn.Module):
         memory_lengths: Optional[Tensor],
         caches: Optional[tuple[KVCache, KVCache]] = None,
         weights: Optional[dict[str, list]] = None,
+        beams: int = 1,
     ) -> Tensor:
+        """``beams`` > 1 (cached decoding only): every ``beams`` consecutive rows of ``x`` share one row of
+        ``memory`` and of the cross-attention cache (see DecoderState)."""
         self_cache, cross_cache = caches if caches is not None else (None, None)
         self_w = weights["decoder_self"] if weights is not None else None
         cross_w = weights["cross"] if weights is not None else None
+
+        def cross(h: Tensor) -> Tensor:
+            rows, T, d = h.shape
+            # A sentence's beams become extra queries of its one source row: same keys, so the same result, with
+            # the source K/V stored and reordered once per sentence instead of once per beam.
+            h = h.reshape(rows // beams, beams * T, d)  # (sentences, beams · T, d_model)
+            out = _attend(self.cross_attn, cross_w, h, memory, memory_lengths=memory_lengths, cache=cross_cache)
+            return out.reshape(rows, T, d)  # (rows, T, d_model)
+
         # Target padding needs no mask here: it sits after every real token, so causality already hides it.
         x = self.self_block(x, lambda h: _attend(self.self_attn, self_w, h, cache=self_cache))
-        x = self.cross_block(
-            x,
-            lambda h: _attend(self.cross_attn, cross_w, h, memory, memory_lengths=memory_lengths, cache=cross_cache),
-        )
+        x = self.cross_block(x, cross)
         return self.ff_block(x, self.feed_forward)
 
 
 @dataclass
 class DecoderState:
-    """What incremental decoding carries between steps: per-layer (self, cross) caches and the source."""
+    """What incremental decoding carries between steps: per-layer (self, cross) caches and the source.
+
+    Decoder rows are hypotheses; each ``beams`` consecutive rows decode the same source sentence. The cross-attention
+    caches, ``memory`` and ``memory_lengths`` hold one row per sentence (row i of the decoder reads sentence
+    i // beams), so beam search never copies source keys and values per beam. ``share_sources`` is False where a
+    cross-attention window makes query positions matter; there ``beams`` stays 1 and every row has its own copy.
+    """
 
     caches: list[tuple[KVCache, KVCache]]
     memory: Tensor
     memory_lengths: Optional[Tensor]
+    beams: int = 1
+    share_sources: bool = True
 
     @property
     def length(self) -> int:
         return self.caches[0][0].length
 
-    def reorder(self, index: Tensor) -> None:
-        """Beam search: batch row i continues old row ``index[i]``."""
-        for self_cache, cross_cache in self.caches:
-            self_cache.reorder(index)
+    def _reorder_sources(self, index: Tensor) -> None:
+        for _, cross_cache in self.caches:
             cross_cache.reorder(index)
         self.memory = self.memory.index_select(0, index)
         if self.memory_lengths is not None:
             self.memory_lengths = self.memory_lengths.index_select(0, index)
+
+    def reorder(self, index: Tensor) -> None:
+        """Any reordering: decoder row i continues old row ``index[i]``. Afterwards every row has its own source."""
+        sources = index
+        if self.beams > 1:
+            sentence_of_row = torch.arange(self.memory.size(0), device=index.device).repeat_interleave(self.beams)
+            sources, self.beams = sentence_of_row.index_select(0, index), 1
+        for self_cache, _ in self.caches:
+            self_cache.reorder(index)
+        self._reorder_sources(sources)
+
+    def select_beams(self, rows: Tensor, sentences: Tensor, beams: int) -> None:
+        """Beam search: decoder row i continues old row ``rows[i]``, and the new rows are ``beams`` per sentence for
+        the old sentences ``sentences`` (increasing), so ``rows[i]`` decodes old sentence ``sentences[i // beams]``."""
+        if not self.share_sources:
+            self.reorder(rows)
+            return
+        for self_cache, _ in self.caches:
+            self_cache.reorder(rows)
+        if len(sentences) != self.memory.size(0):  # an increasing subset of the same size keeps every sentence
+            self._reorder_sources(sentences)
+        self.beams = beams
 
     def self_cache_bytes(self) -> int:
         return sum(self_cache.nbytes for self_cache, _ in self.caches)
@@ -201,7 +242,7 @@ class Seq2Seq(nn.Module):
         x = embed(tokens) * self.embed_scale  # (B, T, d_model)
         if self.positions is not None:
             x = self.positions(x, start)
-        return self.dropout(x)
+        return self.dropout(x) if self.training else x
 
     def encode(
         self, src: Tensor, src_lengths: Optional[Tensor] = None, weights: Weights = None
@@ -214,7 +255,9 @@ class Seq2Seq(nn.Module):
         return self.encoder_norm(x)
 
     def _logits(self, x: Tensor) -> Tensor:
-        return self.output(self.decoder_norm(x))[..., : self.cfg.target_vocab_size]  # (B, T, vocab)
+        logits = self.output(self.decoder_norm(x))  # (B, T, padded vocab)
+        vocab = self.cfg.target_vocab_size
+        return logits if logits.size(-1) == vocab else logits[..., :vocab]  # (B, T, vocab)
 
     def decode(
         self,
@@ -235,14 +278,17 @@ class Seq2Seq(nn.Module):
 
     def init_state(self, memory: Tensor, src_lengths: Optional[Tensor] = None) -> DecoderState:
         caches = [(layer.self_attn.new_cache(), layer.cross_attn.new_cache()) for layer in self.decoder_layers]
-        return DecoderState(caches, memory, src_lengths)
+        cross = self.cfg.site("cross")
+        # Beams can share a source row only where cross-attention ignores query positions (no window, no globals).
+        share = cross.window is None and not cross.global_tokens
+        return DecoderState(caches, memory, src_lengths, share_sources=share)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Incremental decoding: tokens (B, n) at the next n positions → logits (B, n, vocab), caches updated."""
         self._check(tokens)
         x = self._embed(self.tgt_embed, tokens, start=state.length)
         for layer, caches in zip(self.decoder_layers, state.caches):
-            x = layer(x, state.memory, state.memory_lengths, caches=caches)
+            x = layer(x, state.memory, state.memory_lengths, caches=caches, beams=state.beams)
         return self._logits(x)
 
 

@@ -62,7 +62,8 @@ def collect(run_dir: Path) -> dict:
     evaluation = run_dir / "eval" / "metrics.json"
     if evaluation.is_file():
         metrics = json.loads(evaluation.read_text())
-        run["test_bleu"] = metrics["scores"]["bleu"]
+        # Models trained on tokenized references (multi30k_tok) are scored as papers do: tokenize=none.
+        run["test_bleu"] = metrics["scores"].get("bleu_tokenized", metrics["scores"]["bleu"])
         run["test_chrf"] = metrics["scores"]["chrf"]
         run["decode_sentences_per_s"] = metrics.get("speed", {}).get("sentences_per_s")
     return run

@@ -71,6 +71,10 @@ class CachedSteps:
     def reorder(self, index: Tensor) -> None:
         self.state.reorder(index)
 
+    def select(self, rows: Tensor, sentences: Tensor, beams: int) -> None:
+        """Row i continues old row ``rows[i]``; ``beams`` rows per kept sentence (``sentences``, increasing)."""
+        self.state.select_beams(rows, sentences, beams)
+
 
 class RecomputeSteps:
     """The same logits by recomputing the whole prefix each step: the oracle for the cached path."""
@@ -84,6 +88,48 @@ class RecomputeSteps:
 
     def reorder(self, index: Tensor) -> None:
         self.memory, self.src_lengths = self.memory[index], self.src_lengths[index]
+
+    def select(self, rows: Tensor, sentences: Tensor, beams: int) -> None:
+        self.reorder(rows)
+
+
+# Width of the token chunks whose maxima narrow argmax / top-k down before the exact search. On CPU, argmax and topk
+# over a (rows, 8000) tensor cost ~15x and ~20x a max-reduction over it, and they run on every decoding step.
+CHUNK = 64
+
+
+def _argmax(x: Tensor) -> Tensor:
+    """``x.argmax(-1)`` of a (rows, n) tensor, the first maximum on ties, via per-chunk maxima: the first chunk that
+    holds a row's maximum holds its first occurrence."""
+    rows, n = x.shape
+    if n % CHUNK or n <= CHUNK or not x.is_contiguous():
+        return x.argmax(-1)
+    chunks = x.view(rows, n // CHUNK, CHUNK)  # (rows, chunks, CHUNK)
+    best_chunk = chunks.amax(-1).argmax(-1)  # (rows,)
+    within = chunks[torch.arange(rows, device=x.device), best_chunk].argmax(-1)  # (rows,)
+    return best_chunk * CHUNK + within
+
+
+def _top_candidates(scores: Tensor, logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best ``scores[s, b] + logprobs[s, b, t]`` of each sentence s over beams b and tokens t, best first,
+    with their flat index ``b * vocab + t``: what ``topk`` over the summed (sentences, beams * vocab) tensor gives
+    (the same values; on exact ties possibly other indices), without summing every candidate.
+
+    Each of the k best candidates lies in one of the k chunks of CHUNK tokens with the largest maxima: fewer than k
+    chunks can have a larger maximum, as each holds a distinct better candidate. Only those chunks are summed and
+    ranked. Adding a beam's score is monotonic, so a chunk's best sum is its best log-probability plus the score.
+    """
+    n, beams, vocab = logprobs.shape
+    if vocab % CHUNK or k * CHUNK >= beams * vocab or not logprobs.is_contiguous():
+        return (scores[:, :, None] + logprobs).view(n, beams * vocab).topk(k, dim=1)
+    per_beam = vocab // CHUNK
+    chunks = logprobs.view(n, beams * per_beam, CHUNK)  # chunk c belongs to beam c // per_beam
+    chunk_scores = scores.repeat_interleave(per_beam, dim=1)  # (n, beams * per_beam)
+    top_chunks = (chunks.amax(-1) + chunk_scores).topk(k, dim=1).indices  # (n, k)
+    picked = chunks.gather(1, top_chunks[:, :, None].expand(n, k, CHUNK))  # (n, k, CHUNK)
+    candidates = (chunk_scores.gather(1, top_chunks)[:, :, None] + picked).view(n, k * CHUNK)
+    values, where = candidates.topk(k, dim=1)  # (n, k)
+    return values, top_chunks.gather(1, where // CHUNK) * CHUNK + where % CHUNK
 
 
 def max_lengths(src_lengths: Tensor, cfg: DecodeConfig) -> Tensor:
@@ -129,9 +175,12 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig) 
     for step in range(int(limits.max())):
         at_max = step + 1 >= limits[sentence]
         logprobs = _restrict(steps(tokens).float().log_softmax(-1), step, at_max, cfg)
-        best = _sample(logprobs, cfg, generator) if cfg.sampling else logprobs.argmax(-1)
+        best = _sample(logprobs, cfg, generator) if cfg.sampling else _argmax(logprobs)
         logprob = logprob + logprobs.gather(1, best[:, None]).squeeze(1)
         ended = best == EOS_ID
+        if not ended.any():  # the usual step: no sentence ends, none leaves the batch
+            tokens = torch.cat([tokens, best[:, None]], dim=1)
+            continue
         for row in ended.nonzero().flatten().tolist():
             length = tokens.size(1)  # the tokens after bos, plus this eos
             score = float(logprob[row]) / ((5 + length) / 6) ** cfg.length_penalty
@@ -154,12 +203,13 @@ def beam_search(
 
     Each step keeps, per sentence, the ``beam`` best continuations that do not end; an eos among the ``beam`` best
     candidates finishes a hypothesis. A sentence ends once it has ``beam`` finished hypotheses or reaches its max
-    length. Cross-attention K/V are computed once per sentence and copied to its beams after the first step.
+    length. Cross-attention K/V are computed and kept once per sentence; its beams share them (DecoderState).
     """
     K = cfg.beam
     steps = (RecomputeSteps if recompute else CachedSteps)(model, src, src_lengths)
     limits = max_lengths(src_lengths, cfg)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    n_finished = torch.zeros(src.size(0), dtype=torch.long, device=src.device)  # len(finished[i]), as a tensor
     sentence = torch.arange(src.size(0), device=src.device)  # original index of each alive sentence
     tokens = torch.full((src.size(0), 1), BOS_ID, device=src.device)  # (alive × beams, step + 1)
     scores = torch.zeros(src.size(0), 1, device=src.device)  # (alive, beams) summed log-probabilities
@@ -168,18 +218,20 @@ def beam_search(
         at_max = step + 1 >= limits[sentence]  # (alive,)
         logprobs = _restrict(steps(tokens).float().log_softmax(-1), step, at_max.repeat_interleave(beams), cfg)
         vocab = logprobs.size(-1)
-        candidates = (scores[:, :, None] + logprobs.view(n_alive, beams, vocab)).view(n_alive, beams * vocab)
-        top_scores, top_index = candidates.topk(min(2 * K, beams * vocab), dim=1)  # (alive, 2K)
+        top_scores, top_index = _top_candidates(
+            scores, logprobs.view(n_alive, beams, vocab), min(2 * K, beams * vocab)
+        )  # (alive, 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == EOS_ID
         penalty = ((5 + step + 1) / 6) ** cfg.length_penalty
-        for s, j in is_eos[:, :K].nonzero().tolist():
+        for s, j in is_eos[:, :K].nonzero().tolist():  # one sync per step; empty on most steps
             original = int(sentence[s])
             if len(finished[original]) < K and torch.isfinite(top_scores[s, j]):
                 logprob = float(top_scores[s, j])
                 row = s * beams + int(top_beam[s, j])
                 finished[original].append(Hypothesis(tokens[row, 1:].tolist(), logprob / penalty, logprob))
-        done = at_max | torch.tensor([len(finished[int(i)]) >= K for i in sentence], device=src.device)
+                n_finished[original] += 1
+        done = at_max | (n_finished[sentence] >= K)
         keep = (~done).nonzero().flatten()
         if len(keep) == 0:
             break
@@ -187,7 +239,7 @@ def beam_search(
         rank = torch.where(is_eos, top_scores.new_tensor(float("inf")), torch.arange(top_scores.size(1), device=src.device).float())
         pick = rank.topk(K, dim=1, largest=False).indices[keep]  # (kept, K)
         rows = (keep[:, None] * beams + top_beam[keep].gather(1, pick)).flatten()  # rows of the current layout
-        steps.reorder(rows)
+        steps.select(rows, keep, K)
         tokens = torch.cat([tokens[rows], top_token[keep].gather(1, pick).reshape(-1, 1)], dim=1)
         scores = top_scores[keep].gather(1, pick)
         sentence = sentence[keep]

@@ -170,3 +170,29 @@ def test_flex_training_on_cpu_fails_before_any_compute():
 def test_bad_model_configs_name_the_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
+
+
+@pytest.mark.parametrize("cross", [AttentionConfig(), AttentionConfig(window=3)], ids=["shared", "cross-window"])
+def test_beams_sharing_a_source_row_match_recomputation(cross):
+    """select_beams keeps one source row per sentence (unless a cross window makes query positions matter); the
+    steps after it, and after a general reorder, equal recomputing the selected prefixes."""
+    model = build_model(tiny(attention=AttentionSites(AttentionConfig(), AttentionConfig(), cross))).eval()
+    src, src_lengths, tgt = batch()
+    rows, kept = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 2])  # sentences 0 and 2 go on, two beams each
+    with torch.no_grad():
+        memory = model.encode(src, src_lengths)
+        state = model.init_state(memory, src_lengths)
+        model.decode_step(tgt[:, :1], state)
+        state.select_beams(rows, kept, 2)
+        assert (state.beams, state.memory.size(0)) == ((2, 2) if cross.window is None else (1, 4))
+        prefix = torch.cat([tgt[rows, :1], torch.randint(3, 50, (4, 1))], dim=1)
+        step = model.decode_step(prefix[:, 1:], state)
+        expected = model.decode(prefix, memory[rows], src_lengths[rows])[:, 1:]
+        assert (step - expected).abs().max() <= 1e-5
+        index = torch.tensor([3, 0])
+        state.reorder(index)
+        assert (state.beams, state.memory.size(0)) == (1, 2)
+        prefix = torch.cat([prefix[index], torch.randint(3, 50, (2, 1))], dim=1)
+        step = model.decode_step(prefix[:, 2:], state)
+        expected = model.decode(prefix, memory[rows[index]], src_lengths[rows[index]])[:, 2:]
+        assert (step - expected).abs().max() <= 1e-5

@@ -126,3 +126,24 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
 def test_bad_decode_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DecodeConfig(**kwargs)
+
+
+def test_chunked_argmax_and_top_candidates_match_the_plain_ops():
+    """The chunk-maxima shortcuts of greedy and beam search give what argmax / topk over every candidate give."""
+    from nmt.search import CHUNK, _argmax, _top_candidates
+
+    torch.manual_seed(1)
+    x = torch.randn(6, 4 * CHUNK)
+    x[0, 7] = x[0, 3 * CHUNK + 5] = 9.0  # a tie across chunks: the first occurrence wins, as with argmax
+    x[1] = float("-inf")
+    x[1, 2 * CHUNK] = -1.0
+    assert torch.equal(_argmax(x), x.argmax(-1))
+
+    scores = torch.randn(3, 2)
+    logprobs = torch.randn(3, 2, 4 * CHUNK).log_softmax(-1)
+    logprobs[0, 1] = float("-inf")  # a beam with nothing left (e.g. restricted to eos elsewhere)
+    for k in (1, 4):
+        values, index = _top_candidates(scores, logprobs, k)
+        expected_values, expected_index = (scores[:, :, None] + logprobs).view(3, -1).topk(k, dim=1)
+        assert torch.equal(values, expected_values)
+        assert torch.equal(index, expected_index)

@@ -10,12 +10,14 @@ bench checks and prints that the counts agree.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -89,9 +91,14 @@ def load_config(model: str, overrides: list[str]):
 
 def load_tokenizer(cfg):
     """The sentencepiece model training builds from ``cfg.data`` (cached under ``data.cache_dir``/spm/<hash>)."""
+    from nmt.data import DataError
     from nmt.datamodule import TranslationData
+    from nmt.tokenizer import TokenizerError
 
-    return TranslationData(cfg.data, cfg.seed).load_tokenizer()
+    try:
+        return TranslationData(cfg.data, cfg.seed).load_tokenizer()
+    except (DataError, TokenizerError) as error:  # e.g. no corpus at data.path, a vocabulary sentencepiece refuses
+        raise UsageError(str(error)) from None
 
 
 @dataclass
@@ -238,21 +245,28 @@ def ctranslate2_system(translator, batches: list[Batch], length: int) -> Callabl
 
 
 def time_systems(systems: dict[str, Callable[[int], int]], beam: int, repeats: int, warmup) -> dict[str, dict]:
-    """Median seconds per system; systems alternate within each repeat (rotating who goes first) so that load from
-    other processes on a noisy machine falls on all of them alike."""
+    """Median wall seconds per system; systems alternate within each repeat (rotating who goes first) so that load
+    from other processes on a noisy machine falls on all of them alike. The process's CPU seconds (every thread,
+    CTranslate2's workers included) are kept too: on a shared machine they vary less than wall time."""
     for name, run in warmup.items():
         run(beam)
     times: dict[str, list[float]] = {name: [] for name in systems}
+    cpu: dict[str, list[float]] = {name: [] for name in systems}
     tokens: dict[str, set[int]] = {name: set() for name in systems}
     names = list(systems)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             counted = []
+            start = time.process_time()
             seconds, _ = median_seconds(lambda: counted.append(systems[name](beam)), 1, CPU, warmup=0)
+            cpu[name].append(time.process_time() - start)
             times[name].append(seconds)
             tokens[name].add(counted[0])
     return {
-        name: {"seconds": statistics.median(times[name]), "times": times[name], "tokens": sorted(tokens[name])}
+        name: {
+            "seconds": statistics.median(times[name]), "times": times[name],
+            "cpu_seconds": statistics.median(cpu[name]), "cpu_times": cpu[name], "tokens": sorted(tokens[name]),
+        }
         for name in systems
     }
 
@@ -264,9 +278,23 @@ def _fmt(x: Optional[float], digits: int = 1) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+@contextlib.contextmanager
+def _hub_offline():
+    """Transformers never reaches the Hub here (it is imported under this, and models are built from configs); the
+    caller's environment is restored afterwards, so a test session's later tests see their own."""
+    saved = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach the Hub
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import transformers
     from transformers import MarianMTModel
 
@@ -312,42 +340,55 @@ def run_bench(args: argparse.Namespace) -> int:
         "source_tokens": sum(len(s) + 1 for s in ids), "new_tokens_per_sentence": args.length,
         "repeats": args.repeats, "ctranslate2": ct2_missing or "installed",
     }
-    rows, results = [], []
-    for beam, by_system in measured.items():
-        per = {name: {**r, "sentences_per_s": n / r["seconds"]} for name, r in by_system.items()}
-        counts = {name: r["tokens"] for name, r in per.items()}
-        equal = len({tuple(c) for c in counts.values()}) == 1 and all(len(c) == 1 for c in counts.values())
-        ratio = per["nmt"]["sentences_per_s"] / per["Marian"]["sentences_per_s"]
-        target = TARGETS.get(beam)
-        results.append({"beam": beam, "systems": per, "nmt_over_marian": ratio, "target": target,
-                        "target_met": None if target is None else ratio >= target, "equal_tokens": equal})
-        ct2 = per.get("CTranslate2")
-        tokens = " / ".join(",".join(map(str, c)) for c in counts.values())
-        rows.append([
-            "greedy" if beam == 1 else f"beam {beam}",
-            _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
-            f"{ratio:.2f}×" + ("" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"),
-            _fmt(ct2["sentences_per_s"]) if ct2 else ct2_missing,
-            tokens + ("" if equal else " **NOT EQUAL**"),
-        ])
-    header = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "CTranslate2 sent/s",
-              "new tokens " + " / ".join(systems)]
+    results, table = tabulate(measured, n, ct2_missing)
     markdown = (
         f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
         f"{m.encoder_layers}+{m.decoder_layers} layers, {m.n_heads} heads, FFN {m.d_ff}, vocab {m.vocab_size}), "
         f"random weights, batches of {args.batch} sentences sorted by length, {args.length} new tokens per sentence "
-        f"forced in every system, median of {args.repeats}; torch {env['torch']}, {env['threads']} thread(s), "
-        f"{env['device']}\n\n" + markdown_table(header, rows)
+        f"forced in every system; sentences/s from the median wall time of {args.repeats} alternated runs, CPU-time "
+        f"ratio = Marian's CPU seconds / nmt's; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
+        f"\n\n{table}"
     )
     write_results(args.out, "translate", {"environment": env, "setup": setup, "results": results}, markdown)
     print(markdown)
     return 0
 
 
+def tabulate(measured: dict[int, dict[str, dict]], n: int, ct2_missing: Optional[str]) -> tuple[list[dict], str]:
+    """Per beam size: the JSON record and a Markdown row (sentences/s, ratios against the targets, token counts)."""
+    rows, results = [], []
+    for beam, by_system in measured.items():
+        per = {name: {**r, "sentences_per_s": n / r["seconds"]} for name, r in by_system.items()}
+        counts = {name: r["tokens"] for name, r in per.items()}
+        # Equal when every system generated one and the same count in every run.
+        equal = len({tuple(c) for c in counts.values()}) == 1 and all(len(c) == 1 for c in counts.values())
+        ratio = per["nmt"]["sentences_per_s"] / per["Marian"]["sentences_per_s"]
+        cpu_ratio = per["Marian"]["cpu_seconds"] / per["nmt"]["cpu_seconds"]
+        target = TARGETS.get(beam)
+        results.append({"beam": beam, "systems": per, "nmt_over_marian": ratio, "nmt_over_marian_cpu": cpu_ratio,
+                        "target": target, "target_met": None if target is None else ratio >= target,
+                        "equal_tokens": equal})
+        ct2 = per.get("CTranslate2")
+        verdict = "" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"
+        rows.append([
+            "greedy" if beam == 1 else f"beam {beam}",
+            _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
+            f"{ratio:.2f}×{verdict}", f"{cpu_ratio:.2f}×",
+            _fmt(ct2["sentences_per_s"]) if ct2 else ct2_missing,
+            " / ".join(",".join(map(str, c)) for c in counts.values()) + ("" if equal else " **NOT EQUAL**"),
+        ])
+    systems = next(iter(measured.values())).keys()
+    header = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "nmt/Marian by CPU time", "CTranslate2 sent/s",
+              "new tokens " + " / ".join(systems)]
+    return results, markdown_table(header, rows)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
     try:
-        return run_bench(parse_args(argv))
+        args = parse_args(argv)
+        with _hub_offline():
+            return run_bench(args)
     except UsageError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
