@@ -87,6 +87,11 @@ def _flex_kernel(q: Tensor, mask: MaskSpec) -> Callable:
         return flex_attention
     if _compiled_flex is None:
         # dynamic=False: dynamic shapes hit a compiler error once a window and a padding mask were both compiled.
+        # One compile per shape/mask/GQA layout, so raise dynamo's default limit of 8 recompiles per function:
+        # past it dynamo silently runs flex eagerly (dense scores, 10-60x slower), which `nmt bench attention` caught.
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
 
