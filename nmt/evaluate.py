@@ -85,7 +85,9 @@ def kv_cache_bytes(model, src_ids: list[int], hyp_len: int, beam: int) -> dict[s
     batch = collate([src_ids], [[]])
     src, lengths = batch["src"].to(device), batch["src_lengths"].to(device)
     state = model.init_state(model.encode(src, lengths), lengths)
-    state.reorder(torch.zeros(beam, dtype=torch.long, device=device))
+    # As beam search lays it out: `beam` decoder rows over one source row (one cross-attention copy per sentence
+    # where cross-attention has no window; see DecoderState.select_beams).
+    state.select_beams(torch.zeros(beam, dtype=torch.long, device=device), torch.arange(1, device=device), beam)
     tokens = torch.full((beam, 1), BOS_ID, device=device)
     for _ in range(max(hyp_len, 1)):
         tokens = model.decode_step(tokens, state).argmax(-1)

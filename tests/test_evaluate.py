@@ -90,7 +90,8 @@ def test_kv_cache_bytes_are_measured_per_variant(tokenizer, tmp_path):
         sizes[name] = kv_cache_bytes(model, [5] * 9, hyp_len=12, beam=3)
     # 2 layers × (K and V) × beam 3 × length × heads × head_dim 8 × 4 bytes
     assert sizes["mha"]["self_attention"] == 2 * 2 * 3 * 12 * 4 * 8 * 4
-    assert sizes["mha"]["cross_attention"] == 2 * 2 * 3 * 10 * 4 * 8 * 4  # source: 9 subwords + eos
+    # Beam search keeps the source K/V once per sentence, not per beam: source 9 subwords + eos.
+    assert sizes["mha"]["cross_attention"] == 2 * 2 * 1 * 10 * 4 * 8 * 4
     assert sizes["mqa"]["total"] * 4 == sizes["mha"]["total"]
     assert sizes["window"]["self_attention"] == 2 * 2 * 3 * 4 * 4 * 8 * 4
 
