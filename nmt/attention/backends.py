@@ -160,9 +160,10 @@ _logged_choices: set[tuple] = set()
 
 
 def band_wins(mask: MaskSpec) -> bool:
-    """Where the band kernel beats SDPA's fused kernel on CPU (forward+backward, measured on 2 cores for windows of
-    8, 64 and 256): a plain window over a sequence at least 512 long and 8 (causal) or 16 (bidirectional: three key
-    blocks per query block) windows long; below that the fused full kernel is faster despite its O(n²) work."""
+    """Where the band kernel beats SDPA's fused kernel on CPU (forward+backward on 2 cores, windows of 8, 64 and 256;
+    e.g. `nmt bench attention --window 64 --variants window-64 --backends sdpa band --lengths 256 512 1024`, with
+    `--causal` for the decoder): a plain window over a sequence at least 512 long and 8 (causal) or 16
+    (bidirectional: three key blocks per query block) windows long; below that the fused full kernel is faster."""
     if mask.window is None or mask.global_tokens or band.mask_problem(mask) or band.is_decoding_step(mask):
         return False
     return mask.k_len >= max(512, (8 if mask.causal else 16) * mask.window)

@@ -62,7 +62,7 @@ def math_bytes_needed(n_heads: int, length: int, element: int, backward: bool) -
     return scores * (6 if backward else 3)
 
 
-def why_not(backend: str, variant: Variant, mask: MaskSpec, head_dim: int, backward: bool, device: torch.device,
+def why_not(backend: str, mask: MaskSpec, head_dim: int, backward: bool, device: torch.device,
             dtype: torch.dtype) -> Optional[str]:
     problem = static_problem(backend, device, dtype, backward) or call_problem(backend, mask, 0.0, head_dim)
     return problem.split(";")[0] if problem else None
@@ -75,7 +75,7 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
     mask = MaskSpec(q_len=length, k_len=length, causal=args.causal, window=variant.window,
                     global_tokens=variant.global_tokens)
     row = {"variant": variant.name, "backend": backend, "length": length, "mode": mode}
-    problem = why_not(backend, variant, mask, args.head_dim, backward, device, dtype)
+    problem = why_not(backend, mask, args.head_dim, backward, device, dtype)
     if problem is None and backend == "math":
         need = math_bytes_needed(args.heads, length, torch.finfo(dtype).bits // 8, backward)
         if need > 0.7 * available_bytes(device):
