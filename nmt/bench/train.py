@@ -3,8 +3,8 @@
 Both models get the same dimensions (a ``conf/model`` preset), the same real Multi30k token-budget batches, the same
 label-smoothed loss, AdamW, gradient clipping and fp32; the reference is what a PyTorch user would write: shared
 scaled embeddings, sinusoidal positions, ``nn.Transformer(batch_first=True, norm_first=…)`` with key-padding masks
-and a causal target mask, and a tied output projection. The two alternate within each repeat (the machine is
-noisy); reported are the medians of target tokens/s and their ratio.
+and a causal target mask, and a tied output projection. The two alternate step by step on the same batches (the
+machine is noisy); reported are the medians over repeats of target tokens/s and their ratio.
 """
 
 from __future__ import annotations
@@ -85,27 +85,42 @@ def model_config(preset: str, overrides: list[str]) -> ModelConfig:
     return resolve(compose_config([f"model={preset}", *overrides]))
 
 
-def tokens_per_second(model: nn.Module, work: list[dict], warmup: int) -> float:
-    """Target tokens/s of full training steps (forward, loss, backward, clipping, AdamW) over ``work``."""
-    torch.manual_seed(0)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+class Trainee:
+    """One system under test: its model, its optimizer and the time and target tokens its steps took."""
 
-    def step(batch: dict) -> int:
-        logits = model(batch["src"], batch["src_lengths"], batch["tgt_in"])
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.train()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+        self.seconds, self.tokens = 0.0, 0
+
+    def step(self, batch: dict) -> None:
+        """A full training step (forward, loss, backward, clipping, AdamW), timed."""
+        start = time.perf_counter()
+        logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
         loss_sum, n_tokens = label_smoothed_loss(logits, batch["tgt_out"], 0.1)
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / n_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return n_tokens
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.seconds += time.perf_counter() - start
+        self.tokens += n_tokens
 
-    for batch in work[:warmup]:
-        step(batch)
-    start, tokens = time.perf_counter(), 0
-    for batch in work[warmup:]:
-        tokens += step(batch)
-    return tokens / (time.perf_counter() - start)
+
+def tokens_per_second(models: dict[str, nn.Module], work: list[dict], warmup: int) -> dict[str, float]:
+    """Target tokens/s of each model's training steps over ``work``, the models alternating step by step.
+
+    Alternating per step (and swapping who goes first on every batch) spreads the machine's slow drifts — other load,
+    clock changes — over all systems alike; timing one system's whole run after the other's does not.
+    """
+    trainees = {name: Trainee(model) for name, model in models.items()}
+    order = list(trainees.values())
+    for index, batch in enumerate(work):
+        for trainee in order if index % 2 == 0 else order[::-1]:
+            trainee.step(batch)
+        if index + 1 == warmup:  # allocator and kernel warm-up is not throughput
+            for trainee in order:
+                trainee.seconds, trainee.tokens = 0.0, 0
+    return {name: trainee.tokens / trainee.seconds for name, trainee in trainees.items()}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -138,11 +153,14 @@ def main(argv: list[str]) -> int:
     sizes = {}
     for _ in range(args.repeats):
         for name, cfg in configs.items():
-            for system in ("nmt", "torch.nn.Transformer"):  # alternated, each built fresh from the same seed
+            models = {}
+            for system in ("nmt", "torch.nn.Transformer"):  # each built from the same seed
                 torch.manual_seed(0)
-                model = build_model(cfg) if system == "nmt" else TorchTransformer(cfg)
-                sizes[(name, system)] = sum(p.numel() for p in model.parameters())
-                measured[name][system].append(tokens_per_second(model, work, warmup))
+                models[system] = build_model(cfg) if system == "nmt" else TorchTransformer(cfg)
+                sizes[(name, system)] = sum(p.numel() for p in models[system].parameters())
+            torch.manual_seed(0)
+            for system, speed in tokens_per_second(models, work, warmup).items():
+                measured[name][system].append(speed)
     rows, summary = [], {}
     for name, runs in measured.items():
         ours, ref = statistics.median(runs["nmt"]), statistics.median(runs["torch.nn.Transformer"])
