@@ -104,7 +104,9 @@ class Attention(nn.Module):
                 k, v = self._project_kv(memory)
             else:
                 if cache.is_empty:
-                    cache.fill(*self._project_kv(memory))
+                    # Contiguous copies: every decoding step reads them, and strided K/V slow SDPA's CPU kernel.
+                    k, v = self._project_kv(memory)
+                    cache.fill(k.contiguous(), v.contiguous())
                 k, v = cache.k, cache.v
                 cache.length += T
             mask = MaskSpec(
