@@ -38,7 +38,7 @@ def test_math_matches_a_float64_loop():
                 torch.testing.assert_close(weights[b, h, i, keys], p)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "matmul"])
 @pytest.mark.parametrize("site", SITES)
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
 def test_forward_matches_math(backend, site, variant):
@@ -52,18 +52,19 @@ def test_forward_matches_math(backend, site, variant):
     assert got[2].abs().max() == 0
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "matmul"])
 @pytest.mark.parametrize("site", SITES)
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
-def test_sdpa_gradients_match_math(site, variant):
-    """Flex has no backward pass on CPU (torch 2.13); sdpa is the CPU backend with gradients besides math."""
+def test_gradients_match_math(backend, site, variant):
+    """Flex has no backward pass on CPU (torch 2.13); sdpa and matmul are the CPU backends with gradients."""
     grads = {}
-    for backend in ("math", "sdpa"):
+    for backend in ("math", backend):
         torch.manual_seed(1)
         case = make_case(variant, site, requires_grad=True)
         out, _ = attend(backend, case.q, case.k, case.v, case.mask)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads[backend] = [t.grad for t in (case.q, case.k, case.v)]
-    for expected, got in zip(grads["math"], grads["sdpa"]):
+    for expected, got in zip(grads["math"], grads[backend]):
         assert not got.isnan().any()
         assert (got - expected).abs().max() <= 1e-4
 
@@ -80,7 +81,7 @@ def test_unpadded_decoding_masks_match_math():
         q = torch.randn(2, 4, spec.q_len, 8)
         k, v = torch.randn(2, 2, spec.k_len, 8), torch.randn(2, 2, spec.k_len, 8)
         expected, _ = math_attention(q, k, v, spec)
-        for backend in ("sdpa", "flex"):
+        for backend in ("sdpa", "flex", "matmul"):
             got, _ = attend(backend, q, k, v, spec)
             assert (got - expected).abs().max() <= 1e-5, (backend, spec)
 
@@ -115,7 +116,7 @@ def test_only_math_returns_weights():
 
 def test_auto_picks_sdpa_on_cpu_and_logs_once(caplog):
     backends._logged_choices.clear()
-    case = make_case("sliding_window", "encoder_self")
+    case = make_case("sliding_window", "encoder_self", requires_grad=True)
     with caplog.at_level(logging.INFO, logger="nmt.attention.backends"):
         for _ in range(3):
             got, _ = attend("auto", case.q, case.k, case.v, case.mask, site="encoder_self")
@@ -123,6 +124,16 @@ def test_auto_picks_sdpa_on_cpu_and_logs_once(caplog):
     assert messages == ["attention encoder_self: auto picked sdpa (CPU: fused SDPA kernel for every mask, forward and backward)"]
     expected, _ = attend("sdpa", case.q, case.k, case.v, case.mask)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("q_len, k_len, needs_grad, expected", [
+    (5, 34, False, "matmul"), (8, 128, False, "matmul"), (2, 512, False, "matmul"), (1, 34, False, "sdpa"),
+    (16, 128, False, "sdpa"), (4, 512, False, "sdpa"), (5, 34, True, "sdpa"),
+])
+def test_auto_picks_matmul_for_cpu_decoding_steps(q_len, k_len, needs_grad, expected):
+    """Few queries without gradients (a decoding step, beams as extra cross-attention queries): batched matmuls."""
+    mask = MaskSpec(q_len=q_len, k_len=k_len, k_lengths=torch.tensor([k_len, 3]))
+    assert backends.choose_backend("test", torch.empty(2, 4, q_len, 8), mask, 0.0, needs_grad) == expected
 
 
 def test_flash_on_cpu_is_a_clear_error_not_a_fallback(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,13 @@ def test_bench_attention_skips_what_would_take_too_long_and_says_so(tmp_path):
     first, second = json.loads((out / "attention.json").read_text())["cases"]
     assert first["status"] == "ok"  # nothing to extrapolate from yet
     assert second["status"] == "skipped" and "per call predicted (> --max-seconds 1e-09)" in second["why"]
+
+
+def test_matmul_crossover_probe_runs(capsys):
+    """scripts/matmul_crossover.py (behind backends.MATMUL_MAX_SCORES) on tiny sizes, so it cannot rot."""
+    import runpy
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "matmul_crossover.py"))
+    module["main"](["--threads", "1", "--batch", "2", "--k-lens", "6", "--q-lens", "1", "3", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 6 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "3"]

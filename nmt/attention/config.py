@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-BACKENDS = ("auto", "math", "sdpa", "flex", "flash", "band")
+BACKENDS = ("auto", "math", "sdpa", "flex", "flash", "band", "matmul")
 
 
 @dataclass
