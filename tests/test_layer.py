@@ -129,17 +129,22 @@ def test_cross_attention_projects_the_source_once():
     assert cache.k.is_contiguous() and cache.v.is_contiguous()
 
 
-def test_reordered_cache_matches_recomputation():
-    """Beam search: after reordering rows by beam index, the next step equals recomputing the reordered prefixes."""
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_reordered_cache_matches_recomputation(grad):
+    """Beam search: after reordering rows by beam index (twice: pending orders compose), the next step equals
+    recomputing the reordered prefixes. Without autograd the reorder is gathered straight into the grown cache."""
     for cfg in (AttentionConfig(n_heads=4, n_kv_heads=2), AttentionConfig(n_heads=4, n_kv_heads=1, window=3)):
         layer = Attention(16, cfg, causal=True).eval()
         x = torch.randn(4, 6, 16)
         cache = layer.new_cache()
-        for t in range(5):
-            layer(x[:, t : t + 1], cache=cache)
-        index = torch.tensor([2, 2, 0, 3])
-        cache.reorder(index)
-        step, _ = layer(x[index, 5:6], cache=cache)
+        with torch.set_grad_enabled(grad):
+            for t in range(5):
+                layer(x[:, t : t + 1], cache=cache)
+            first, then = torch.tensor([1, 2, 0, 3]), torch.tensor([1, 1, 3, 2])
+            index = first[then]
+            cache.reorder(first)
+            cache.reorder(then)
+            step, _ = layer(x[index, 5:6], cache=cache)
         expected, _ = layer(torch.cat([x[index, :5], x[index, 5:6]], dim=1))
         assert (step[:, 0] - expected[:, 5]).abs().max() <= 1e-5
 

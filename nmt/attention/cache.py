@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -23,19 +23,37 @@ class KVCache:
 
     window: Optional[int] = None
     global_tokens: int = 0
-    k: Optional[Tensor] = None
-    v: Optional[Tensor] = None
     length: int = 0
     k_start: int = 0
     k_globals: int = 0
+    _k: Optional[Tensor] = field(default=None, repr=False)
+    _v: Optional[Tensor] = field(default=None, repr=False)
+    # Beam search reorders every step and appends right after: a pending row order lets append gather the old rows
+    # straight into the grown tensor, one copy instead of two (index_select, then cat).
+    _order: Optional[Tensor] = field(default=None, repr=False)
+
+    @property
+    def k(self) -> Optional[Tensor]:
+        self._apply_order()
+        return self._k
+
+    @property
+    def v(self) -> Optional[Tensor]:
+        self._apply_order()
+        return self._v
+
+    def _apply_order(self) -> None:
+        if self._order is not None:
+            self._k, self._v = self._k.index_select(0, self._order), self._v.index_select(0, self._order)
+            self._order = None
 
     @property
     def is_empty(self) -> bool:
-        return self.k is None
+        return self._k is None
 
     def fill(self, k: Tensor, v: Tensor) -> None:
         """Cross-attention: K/V of the whole source, computed once."""
-        self.k, self.v = k, v
+        self._k, self._v, self._order = k, v, None
 
     def append(self, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor, int, int]:
         """Add the K/V of ``k_new.size(2)`` new positions.
@@ -45,16 +63,30 @@ class KVCache:
         whatever the next query can no longer see.
         """
         n_new = k_new.size(2)
-        k, v, k_start, k_globals = self._visible_from(self.length, extra=n_new - 1)
-        k = k_new if k is None else torch.cat([k, k_new], dim=2)  # (B, n_kv_heads, len, head_dim)
-        v = v_new if v is None else torch.cat([v, v_new], dim=2)  # (B, n_kv_heads, len, head_dim)
-        self.k, self.v, self.k_start, self.k_globals = k, v, k_start, k_globals
+        if self._order is not None and self.window is None:
+            k, v = self._gather_and_append(self._k, k_new), self._gather_and_append(self._v, v_new)
+            self._order, k_start, k_globals = None, self.k_start, self.k_globals
+        else:
+            k, v, k_start, k_globals = self._visible_from(self.length, extra=n_new - 1)
+            k = k_new if k is None else torch.cat([k, k_new], dim=2)  # (B, n_kv_heads, len, head_dim)
+            v = v_new if v is None else torch.cat([v, v_new], dim=2)  # (B, n_kv_heads, len, head_dim)
+        self._k, self._v, self.k_start, self.k_globals = k, v, k_start, k_globals
         self.length += n_new
         if n_new > 1 and self.window is not None:
             # Keep only what the next query sees; clone so the dropped positions' memory is really freed.
             kept = self._visible_from(self.length, extra=0)
-            self.k, self.v, self.k_start, self.k_globals = kept[0].clone(), kept[1].clone(), kept[2], kept[3]
+            self._k, self._v, self.k_start, self.k_globals = kept[0].clone(), kept[1].clone(), kept[2], kept[3]
         return k, v, k_start, k_globals
+
+    def _gather_and_append(self, old: Tensor, new: Tensor) -> Tensor:
+        """``cat([old[self._order], new], dim=2)`` written into one new tensor."""
+        if torch.is_grad_enabled() and (old.requires_grad or new.requires_grad):  # out= has no autograd
+            return torch.cat([old.index_select(0, self._order), new], dim=2)
+        B, heads, n_old, head_dim = self._order.size(0), old.size(1), old.size(2), old.size(3)
+        out = old.new_empty(B, heads, n_old + new.size(2), head_dim)  # (B, n_kv_heads, len, head_dim)
+        torch.index_select(old, 0, self._order, out=out[:, :, :n_old])
+        out[:, :, n_old:] = new
+        return out
 
     def _visible_from(self, position: int, extra: int) -> tuple[Optional[Tensor], Optional[Tensor], int, int]:
         """Stored K/V still visible to a query at ``position`` (the ``window - 1`` previous positions plus
@@ -78,14 +110,14 @@ class KVCache:
         return k, v, oldest, g
 
     def reorder(self, index: Tensor) -> None:
-        """Beam search: row i becomes old row ``index[i]``."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        """Beam search: row i becomes old row ``index[i]`` (applied when the K/V are next read or appended to)."""
+        if self._k is not None:
+            self._order = index if self._order is None else self._order.index_select(0, index)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the cached K and V tensors."""
-        if self.k is None:
+        k, v = self.k, self.v
+        if k is None:
             return 0
-        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+        return k.numel() * k.element_size() + v.numel() * v.element_size()
