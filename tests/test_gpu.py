@@ -24,7 +24,7 @@ def _reference(case):
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "flash"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "flash", "matmul"])
 @pytest.mark.parametrize("site", SITES)
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
 def test_backend_matches_math_on_cuda(variant, site, backend, dtype, padded):
