@@ -171,8 +171,8 @@ class _Vocab:
 def _ctranslate2_worker(conn, marian_dir: str, pieces: list[str], threads: int) -> None:
     """The CTranslate2 system in a process of its own: converts the saved Marian model, then decodes on request.
 
-    In the bench's process its OpenMP threads (a second runtime beside torch's) kept competing for the two cores after
-    each run and slowed whichever torch system ran next (measured: nmt greedy 399 → 223 sentences/s, Marian 282 → 198).
+    In the bench's process its OpenMP threads (a second runtime beside torch's) kept competing for the cores after each
+    of its runs and slowed whichever torch system ran next, nmt more than Marian.
     """
     try:
         import ctranslate2
@@ -186,8 +186,12 @@ def _ctranslate2_worker(conn, marian_dir: str, pieces: list[str], threads: int) 
             return vocab
 
     out_dir = str(Path(marian_dir).parent / "ct2")
-    Converter(marian_dir).convert(out_dir, force=True)
-    translator = ctranslate2.Translator(out_dir, device="cpu", intra_threads=threads, inter_threads=1)
+    try:
+        Converter(marian_dir).convert(out_dir, force=True)
+        translator = ctranslate2.Translator(out_dir, device="cpu", intra_threads=threads, inter_threads=1)
+    except Exception as error:  # reported in the table's CTranslate2 column, as a missing package is
+        conn.send(f"conversion failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        return
     conn.send("ready")
     batch_sets: dict[int, list] = {}  # each: batches of token-piece lists
     while (request := conn.recv()) is not None:
@@ -225,7 +229,7 @@ class CTranslate2Process:
             daemon=True,
         )
         self.process.start()
-        self.batch_sets: list[int] = []
+        self.n_batch_sets = 0  # batch lists sent to the worker, which keeps them by number
         self.status = self.conn.recv() if self.conn.poll(600) else "the worker did not start within 600 s"
 
     def close(self) -> None:
@@ -289,8 +293,7 @@ def marian_system(marian, batches: list[Batch], length: int) -> Callable[[int], 
 
 
 def ctranslate2_system(worker: CTranslate2Process, batches: list[Batch], length: int) -> Callable[[int], int]:
-    key = len(worker.batch_sets)
-    worker.batch_sets.append(key)
+    key, worker.n_batch_sets = worker.n_batch_sets, worker.n_batch_sets + 1
     worker.conn.send(("batches", key, [b.pieces for b in batches]))
 
     def run(beam: int) -> int:
