@@ -82,14 +82,18 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
     callbacks: list[Callback] = [
         # best.ckpt by validation BLEU; save_last also refreshes last.ckpt after every validation has run (unless the
         # periodic callback below owns last.ckpt: two owners would make Lightning write last-v1.ckpt).
+        # No version counter on either callback: a resume whose callback state does not carry over (another
+        # checkpoint spacing, a copied run directory) would otherwise write last-v1.ckpt and leave the stale
+        # last.ckpt for the next resume=true to go back to.
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
-                        save_last=not t.checkpoint_every_n_steps),
+                        save_last=not t.checkpoint_every_n_steps, enable_version_counter=False),
         EarlyStopping(monitor="val_bleu", mode="max", patience=t.patience, check_on_train_epoch_end=False),
     ]
     if t.checkpoint_every_n_steps:  # the newest keep_checkpoints step-N.ckpt (for averaging), last.ckpt too
         callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
                                          monitor="step", mode="max", save_top_k=t.keep_checkpoints, save_last=True,
-                                         every_n_train_steps=t.checkpoint_every_n_steps))
+                                         every_n_train_steps=t.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     if cfg.trace_batches:

@@ -211,6 +211,17 @@ def test_checkpoints_logs_and_validation_cadence(cache_dir, tmp_path):
     rows = metrics(run_dir)
     assert [int(r["step"]) + 1 for r in rows if r.get("val_loss")] == [2, 4, 6]
     assert (run_dir / "logs" / "version_0").is_dir() and (run_dir / "logs" / "version_1").is_dir()
+    # Another checkpoint spacing on resume gives the periodic callback a new state key; last.ckpt is still overwritten
+    # (no last-v1.ckpt beside a stale one), so the next resume continues from step 9, not from 7.
+    train(compose_config(small_run(cache_dir, "trainer.max_steps=9", "trainer.val_every_n_steps=2", "resume=true",
+                                   "trainer.checkpoint_every_n_steps=1")), run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*-v*.ckpt")) == []
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 9
+    train(compose_config(small_run(cache_dir, "trainer.max_steps=10", "trainer.val_every_n_steps=2", "resume=true",
+                                   "trainer.checkpoint_every_n_steps=2")), run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*-v*.ckpt")) == []
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 10
     accumulated = tmp_path / "accumulated"
     train(compose_config(small_run(cache_dir, "trainer.max_steps=4", "trainer.val_every_n_steps=2",
                                    "trainer.accumulate_grad_batches=2")), accumulated)
