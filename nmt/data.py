@@ -96,9 +96,28 @@ def local_files(cfg: DataConfig, split_name: str) -> list[Path]:
     return files
 
 
+def _text_lines(path: str, stamp: str):
+    """Lines of a text file split at "\\n" only (a CR before it dropped, a byte-order mark too), as `nmt translate`,
+    `nmt evaluate` and fairseq read them. The `text` builder splits with str.splitlines, which also breaks at a lone
+    \\r, \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029: one stray inside a sentence on each side and every
+    later pair is silently misaligned. ``stamp`` (size and mtime) is only there to key the datasets cache."""
+    with _open_text(Path(path)) as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            line = line[:-1] if line.endswith(b"\r") else line
+            text = line.decode("utf-8")  # invalid UTF-8 raises; _raise_for_encoding names the file and line
+            yield {"text": text[1:] if number == 1 and text.startswith("\ufeff") else text}
+
+
+def _load_text(file: Path, cache_dir: str, streaming: bool):
+    stat = file.stat()
+    kwargs = {"path": str(file), "stamp": f"{stat.st_size}:{stat.st_mtime_ns}"}
+    if streaming:
+        return datasets.IterableDataset.from_generator(_text_lines, gen_kwargs=kwargs)
+    return datasets.Dataset.from_generator(_text_lines, gen_kwargs=kwargs, cache_dir=cache_dir)
+
+
 def _builder(cfg: DataConfig) -> tuple[str, dict]:
-    if cfg.format == "text":
-        return "text", {"keep_linebreaks": False, "encoding": "utf-8-sig"}  # -sig: drop a byte-order mark
     if cfg.format == "tsv":
         # na_filter off: pandas would otherwise turn sentences such as "NA" or "null" into missing values.
         return "csv", {"sep": "\t", "quoting": 3, "na_filter": False, "keep_default_na": False}
@@ -106,8 +125,10 @@ def _builder(cfg: DataConfig) -> tuple[str, dict]:
 
 
 def _load_files(cfg: DataConfig, files: list[Path], streaming: bool):
-    builder, kwargs = _builder(cfg)
     try:
+        if cfg.format == "text":
+            return [_load_text(file, str(Path(cfg.cache_dir) / "hf"), streaming) for file in files]
+        builder, kwargs = _builder(cfg)
         return [
             datasets.load_dataset(
                 builder,

@@ -79,6 +79,20 @@ def test_different_line_counts_name_both_files(tmp_path):
         load_split(config(tmp_path), "train")
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "stream"])
+def test_lines_break_at_newline_only(tmp_path, streaming):
+    """A lone CR, vertical tab or U+2028 inside a sentence stays in it (str.splitlines would split there, and one
+    such character per side would shift every later pair); CRLF endings and a missing final newline are fine; the
+    cache follows the file's content."""
+    (tmp_path / "train.en").write_bytes("a b\rc d\r\ne\x0bf\u2028g\r\nlast".encode())
+    write_lines(tmp_path / "train.de", ["eins\x0czwei", "drei", "vier"])
+    pairs = list(load_split(config(tmp_path), "train", streaming=streaming))
+    assert pairs == [{"src": "a b\rc d", "tgt": "eins\x0czwei"}, {"src": "e\x0bf\u2028g", "tgt": "drei"},
+                     {"src": "last", "tgt": "vier"}]
+    write_lines(tmp_path / "train.en", ["x", "y", "z"])
+    assert [p["src"] for p in load_split(config(tmp_path), "train", streaming=streaming)] == ["x", "y", "z"]
+
+
 def test_missing_file_is_named(tmp_path):
     write_lines(tmp_path / "train.en", EN)
     with pytest.raises(DataError, match=r"train.de: no such file"):
