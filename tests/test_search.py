@@ -99,8 +99,8 @@ def test_decoding_stops_when_every_sentence_has_ended():
     model, src, lengths = model_and_batch()
     model.output = EosFirst(model.output)
     calls = []
-    original = model._decode_hidden  # every decoder step, cached or not, runs it once
-    model._decode_hidden = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = model.decode_step
+    model.decode_step = lambda *a, **k: calls.append(1) or original(*a, **k)
     beam_search(model, src, lengths, DecodeConfig(beam=4, max_len_b=50))
     assert 1 <= len(calls) <= 2
 
