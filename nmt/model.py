@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from nmt.attention import Attention, AttentionBackendError, KVCache
 from nmt.attention.backends import static_problem
 from nmt.config import ModelConfig
+from nmt.packed_linear import PackedLinear
 from nmt.positions import RotaryEmbedding, SinusoidalPositions
 
 Weights = Optional[list]  # collector for per-layer attention weights (math backend), or None
@@ -184,7 +185,7 @@ class Seq2Seq(nn.Module):
             self.tgt_embed = nn.Embedding(
                 _round_up(cfg.target_vocab_size, cfg.vocab_pad_multiple), d, padding_idx=cfg.pad_id
             )
-        self.output = nn.Linear(d, self.tgt_embed.num_embeddings, bias=False)
+        self.output = PackedLinear(d, self.tgt_embed.num_embeddings, bias=False)  # CPU inference: oneDNN, packed
         self.positions = SinusoidalPositions(d) if cfg.positions == "sinusoidal" else None
         enc_rope = dec_rope = None
         if cfg.positions == "rope":

@@ -1,0 +1,79 @@
+"""The packed oneDNN output projection against F.linear: same values, current weights, autograd untouched."""
+
+import copy
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt import packed_linear
+from nmt.packed_linear import PackedLinear
+
+pytestmark = pytest.mark.skipif(not packed_linear.AVAILABLE, reason="this torch build has no oneDNN linear ops")
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (7, 16), (3, 5, 16), (2, 1, 16)])
+def test_packed_equals_f_linear(shape):
+    torch.manual_seed(0)
+    weight, x = torch.randn(40, 16), torch.randn(*shape)
+    with torch.inference_mode():
+        assert packed_linear.packs(x, weight)
+        got = packed_linear.linear(x, weight)
+    assert got.shape == (*shape[:-1], 40)
+    torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    strided = torch.randn(16, 7).t()  # (7, 16), not contiguous
+    with torch.no_grad():
+        torch.testing.assert_close(packed_linear.linear(strided, weight), F.linear(strided, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_repacked_after_every_change_of_the_weight():
+    """An optimizer step, load_state_dict and a copy in place all show in the next inference call."""
+    torch.manual_seed(0)
+    layer = PackedLinear(16, 40, bias=False)
+    x = torch.randn(4, 16)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+    check()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(x).square().sum().backward()  # grad enabled: the F.linear path, with gradients
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    optimizer.step()
+    check()
+    layer.load_state_dict({"weight": torch.randn(40, 16)})
+    check()
+    with torch.no_grad():
+        layer.weight.mul_(-2)
+    check()
+
+
+def test_training_autocast_and_other_dtypes_take_f_linear():
+    weight = torch.randn(40, 16, requires_grad=True)
+    x = torch.randn(3, 16)
+    assert not packed_linear.packs(x, weight)  # grad enabled and the weight requires it
+    with torch.no_grad():
+        assert packed_linear.packs(x, weight)
+        assert not packed_linear.packs(x.double(), weight.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not packed_linear.packs(x, weight)
+    with torch.inference_mode():
+        frozen = torch.randn(40, 16)  # an inference tensor has no version counter: never cached
+        assert not packed_linear.packs(x, frozen)
+        torch.testing.assert_close(packed_linear.linear(x, frozen), F.linear(x, frozen))
+
+
+def test_packed_copies_are_dropped_with_their_weight_and_models_still_deep_copy():
+    layer = PackedLinear(16, 40, bias=False)
+    with torch.no_grad():
+        layer(torch.randn(2, 16))
+    key = id(layer.weight)
+    assert key in packed_linear._packed
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(torch.ones(1, 16)), layer(torch.ones(1, 16)))
+    del layer
+    gc.collect()
+    assert key not in packed_linear._packed
