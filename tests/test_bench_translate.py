@@ -50,3 +50,21 @@ def test_bench_translate_bad_options_give_one_line_and_exit_2(args, message, tmp
     assert len(err.strip().splitlines()) == 1 and message in err
     assert err.startswith("nmt bench translate: ")
     assert not (tmp_path / "translate.json").exists()
+
+
+def test_systems_alternate_batch_by_batch_and_rotate_who_goes_first():
+    from nmt.bench.translate import time_systems
+
+    calls = []
+
+    def runner(name, i):
+        return lambda beam: calls.append((name, i, beam)) or 10 + i
+
+    systems = {name: [runner(name, i) for i in range(3)] for name in ("a", "b", "c")}
+    measured = time_systems(systems, 5, repeats=2, warmup={"a": lambda beam: calls.append(("warmup", beam)) or 0})
+    assert calls[0] == ("warmup", 5)
+    first = [(name, i) for name, i, _ in calls[1:10]]
+    assert first == [("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1), ("c", 2), ("a", 2), ("b", 2)]
+    assert [name for name, i, _ in calls[10:13]] == ["b", "c", "a"]  # the second repeat starts one system later
+    for record in measured.values():
+        assert record["tokens"] == [10 + 11 + 12] and len(record["times"]) == 2 and record["seconds"] >= 0

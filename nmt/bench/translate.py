@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from nmt.bench.common import environment, markdown_table, median_seconds, write_results
+from nmt.bench.common import environment, markdown_table, write_results
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k" / "test_2016_flickr.en.gz"
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
@@ -303,24 +303,33 @@ def ctranslate2_system(worker: CTranslate2Process, batches: list[Batch], length:
     return run
 
 
-def time_systems(systems: dict[str, Callable[[int], int]], beam: int, repeats: int, warmup) -> dict[str, dict]:
-    """Median wall seconds per system; systems alternate within each repeat (rotating who goes first) so that load
-    from other processes on a noisy machine falls on all of them alike. This process's CPU seconds are kept too (on a
-    shared machine they vary less than wall time); they do not count CTranslate2, which runs in its own process."""
+def time_systems(systems: dict[str, list[Callable[[int], int]]], beam: int, repeats: int, warmup) -> dict[str, dict]:
+    """Per system, the median over repeats of its wall seconds summed over the batches.
+
+    ``systems`` holds one runner per batch. The systems alternate batch by batch, who goes first rotating, so that a
+    slow spell of this noisy machine (whole passes of the same system varied ±30% minute to minute) falls on all of
+    them alike. This process's CPU seconds are kept too; they do not count CTranslate2, which runs in its own process.
+    """
     for name, run in warmup.items():
         run(beam)
     times: dict[str, list[float]] = {name: [] for name in systems}
     cpu: dict[str, list[float]] = {name: [] for name in systems}
     tokens: dict[str, set[int]] = {name: set() for name in systems}
     names = list(systems)
+    n_batches = len(next(iter(systems.values())))
     for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            counted = []
-            start = time.process_time()
-            seconds, _ = median_seconds(lambda: counted.append(systems[name](beam)), 1, CPU, warmup=0)
-            cpu[name].append(time.process_time() - start)
-            times[name].append(seconds)
-            tokens[name].add(counted[0])
+        wall, process, generated = ({name: 0.0 for name in names} for _ in range(3))
+        for i in range(n_batches):
+            first = (r + i) % len(names)
+            for name in names[first:] + names[:first]:
+                start_cpu, start = time.process_time(), time.perf_counter()
+                generated[name] += systems[name][i](beam)
+                wall[name] += time.perf_counter() - start
+                process[name] += time.process_time() - start_cpu
+        for name in names:
+            times[name].append(wall[name])
+            cpu[name].append(process[name])
+            tokens[name].add(int(generated[name]))
     return {
         name: {
             "seconds": statistics.median(times[name]), "times": times[name],
@@ -377,12 +386,14 @@ def run_bench(args: argparse.Namespace) -> int:
     longest = max(len(s) for s in ids) + 1
     torch.manual_seed(args.seed)
     marian = MarianMTModel(marian_config(cfg.model, max(512, longest + args.length + 2))).eval()
-    systems = {"nmt": nmt_system(model, batches, args.length), "Marian": marian_system(marian, batches, args.length)}
+    # One runner per batch and system: time_systems alternates the systems batch by batch.
+    systems = {"nmt": [nmt_system(model, [b], args.length) for b in batches],
+               "Marian": [marian_system(marian, [b], args.length) for b in batches]}
     with tempfile.TemporaryDirectory(prefix="nmt-bench-ct2-") as workdir:
         worker, ct2_missing = ctranslate2_translator(marian, pieces, Path(workdir))
         try:
             if worker is not None:
-                systems["CTranslate2"] = ctranslate2_system(worker, batches, args.length)
+                systems["CTranslate2"] = [ctranslate2_system(worker, [b], args.length) for b in batches]
             # Warm-up on the first batch only: first calls allocate and pick kernels; a full pass would double the run.
             warmup_batches = batches[:1]
             warmup = {"nmt": nmt_system(model, warmup_batches, args.length),
@@ -408,8 +419,8 @@ def run_bench(args: argparse.Namespace) -> int:
         f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
         f"{m.encoder_layers}+{m.decoder_layers} layers, {m.n_heads} heads, FFN {m.d_ff}, vocab {m.vocab_size}), "
         f"random weights, batches of {args.batch} sentences sorted by length, {args.length} new tokens per sentence "
-        f"forced in every system; sentences/s from the median wall time of {args.repeats} alternated runs, CPU-time "
-        f"ratio = Marian's CPU seconds / nmt's; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
+        f"forced in every system; the systems alternate batch by batch; sentences/s from the median of {args.repeats} "
+        f"runs' summed wall times, CPU-time ratio = Marian's CPU seconds / nmt's; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
         f"\n\n{table}"
     )
     write_results(args.out, "translate", {"environment": env, "setup": setup, "results": results}, markdown)
