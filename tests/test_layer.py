@@ -129,6 +129,31 @@ def test_cross_attention_projects_the_source_once():
     assert cache.k.is_contiguous() and cache.v.is_contiguous()
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "matmul", "math"])
+def test_cross_attention_mask_is_built_once_per_source_rows(backend):
+    """The steps of one batch share one mask (its dense tensor built once); a reorder of the source rows, or other
+    source lengths, makes a new one, and every step still matches attention without a cache."""
+    layer = Attention(16, AttentionConfig(n_heads=4, backend=backend), cross=True).eval()
+    memory, lengths = torch.randn(3, 6, 16), torch.tensor([6, 3, 1])
+    x = torch.randn(3, 4, 16)
+    cache = layer.new_cache()
+    with torch.no_grad():
+        first, _ = layer(x[:, :1], memory, memory_lengths=lengths, cache=cache)
+        mask = cache.mask
+        assert mask is not None and len(mask._memo) == 1
+        second, _ = layer(x[:, 1:2], memory, memory_lengths=lengths, cache=cache)
+        assert cache.mask is mask and len(mask._memo) == 1
+        full, _ = layer(x[:, :2], memory, memory_lengths=lengths)
+        assert (torch.cat([first, second], dim=1) - full).abs().max() <= 1e-5
+        index = torch.tensor([2, 0])
+        cache.reorder(index)
+        assert cache.mask is None
+        third, _ = layer(x[index, 2:3], memory[index], memory_lengths=lengths[index], cache=cache)
+        assert cache.mask is not mask and cache.mask.k_lengths.tolist() == [1, 6]
+        expected, _ = layer(x[index, :3], memory[index], memory_lengths=lengths[index])
+        assert (third - expected[:, 2:3]).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
 def test_reordered_cache_matches_recomputation(grad):
     """Beam search: after reordering rows by beam index (twice: pending orders compose), the next step equals

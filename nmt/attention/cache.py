@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from nmt.attention.masks import MaskSpec
+
 
 @dataclass
 class KVCache:
@@ -31,6 +33,8 @@ class KVCache:
     # Beam search reorders every step and appends right after: a pending row order lets append gather the old rows
     # straight into the grown tensor, one copy instead of two (index_select, then cat).
     _order: Optional[Tensor] = field(default=None, repr=False)
+    # Cross-attention: the mask of the last step, reused while queries, keys and source lengths stay the same.
+    mask: Optional[MaskSpec] = field(default=None, repr=False)
 
     @property
     def k(self) -> Optional[Tensor]:
@@ -53,7 +57,7 @@ class KVCache:
 
     def fill(self, k: Tensor, v: Tensor) -> None:
         """Cross-attention: K/V of the whole source, computed once."""
-        self._k, self._v, self._order = k, v, None
+        self._k, self._v, self._order, self.mask = k, v, None, None
 
     def append(self, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor, int, int]:
         """Add the K/V of ``k_new.size(2)`` new positions.
@@ -113,6 +117,7 @@ class KVCache:
         """Beam search: row i becomes old row ``index[i]`` (applied when the K/V are next read or appended to)."""
         if self._k is not None:
             self._order = index if self._order is None else self._order.index_select(0, index)
+        self.mask = None
 
     @property
     def nbytes(self) -> int:

@@ -109,15 +109,22 @@ class Attention(nn.Module):
                     cache.fill(k.contiguous(), v.contiguous())
                 k, v = cache.k, cache.v
                 cache.length += T
-            mask = MaskSpec(
-                q_len=T,
-                k_len=k.size(2),
-                q_start=q_start,
-                q_lengths=lengths,
-                k_lengths=memory_lengths,
-                window=self.cfg.window,
-                global_tokens=self.cfg.global_tokens,
-            )
+            mask = cache.mask if cache is not None else None
+            # Without a window, the query positions do not matter: the same queries over the same source rows keep
+            # the same mask (and its memoized tensors) from step to step.
+            if (mask is None or self.cfg.window is not None or self.cfg.global_tokens or mask.q_len != T
+                    or mask.k_len != k.size(2) or mask.k_lengths is not memory_lengths or mask.q_lengths is not lengths):
+                mask = MaskSpec(
+                    q_len=T,
+                    k_len=k.size(2),
+                    q_start=q_start,
+                    q_lengths=lengths,
+                    k_lengths=memory_lengths,
+                    window=self.cfg.window,
+                    global_tokens=self.cfg.global_tokens,
+                )
+                if cache is not None:
+                    cache.mask = mask
         else:
             q, k, v = self.qkv_proj(x).split(
                 [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], -1

@@ -7,8 +7,8 @@ position): causal alignment is therefore bottom-right by construction, the conve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -38,6 +38,7 @@ class MaskSpec:
     causal: bool = False
     window: Optional[int] = None
     global_tokens: int = 0
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.k_globals and (self.k_globals > self.global_tokens or self.k_start < self.k_globals):
@@ -106,8 +107,19 @@ class MaskSpec:
             ok = ok & (distance >= 0)
         return ok
 
+    def memoized(self, key, build: Callable[[], Optional[Tensor]]) -> Optional[Tensor]:
+        """``build()`` once per key for this mask. Cross-attention keeps one MaskSpec for as long as its source rows
+        stay the same, so its tensors are built once per batch instead of at every decoding step and layer."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
     def dense(self, device: torch.device) -> Optional[Tensor]:
-        """A bool mask broadcastable to (B, heads, q_len, k_len), or None when everything is allowed."""
+        """A bool mask broadcastable to (B, heads, q_len, k_len), or None when everything is allowed (not to be
+        modified: it may be memoized)."""
+        return self.memoized(("dense", torch.device(device)), lambda: self._dense(device))
+
+    def _dense(self, device: torch.device) -> Optional[Tensor]:
         if self.is_full:
             return None
         q_pos, k_pos = self.positions(device)
