@@ -2,9 +2,9 @@
 
 (rows, d_model) × (d_model, vocab) is the largest product of a decoding step. On the CPU, torch's ``F.linear`` runs
 it through MKL's sgemm; oneDNN with the weight reordered ahead of time into its blocked layout (what torch.compile's
-CPU freezing does) runs the same product 1.3–1.6× as fast on this 2-core CPU (`python scripts/packed_linear.py`). The packed copy is
-kept per weight and rebuilt when the weight changes (an optimizer step, a load, a move), so validation during
-training and decoding after it see the current weights. Training, autograd, autocast and other devices or dtypes
+CPU freezing does) runs the same product 1.3–1.6× as fast on this 2-core CPU (`python scripts/packed_linear.py`).
+The packed copy is kept per weight and rebuilt when the weight changes (an optimizer step, a load, a move), so
+validation during training and decoding after it see the current weights. Training, autograd, autocast and other devices or dtypes
 take ``F.linear``.
 """
 
@@ -50,7 +50,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     if cached is None or cached[0]() is not weight or cached[1] != key:
         if cached is None or cached[0]() is not weight:
             weakref.finalize(weight, _packed.pop, id(weight), None)
-        cached = _packed[id(weight)] = weakref.ref(weight), key, torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        cached = _packed[id(weight)] = weakref.ref(weight), key, packed
     rows = x.reshape(-1, x.size(-1)).contiguous()  # (rows, d_in)
     out = torch.ops.mkldnn._linear_pointwise(rows, cached[2], None, "none", [], "")  # (rows, d_out)
     return out.view(*x.shape[:-1], weight.size(0))

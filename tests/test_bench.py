@@ -93,6 +93,7 @@ def test_packed_linear_probe_runs(capsys):
     module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "packed_linear.py"))
     module["main"](["--threads", "1", "--d-model", "8", "--vocab", "16", "--rows", "1", "3", "--repeats", "1",
                     "--calls", "1"])
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "µs" not in line and "---" not in line]
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ") for line in lines if line.startswith("| ") and "µs" not in line and "---" not in line]
     assert [row[0] for row in rows] == ["| 1", "| 3"]
     assert all(float(row[4].rstrip(" |")) <= 1e-5 for row in rows)

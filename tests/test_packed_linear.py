@@ -24,7 +24,8 @@ def test_packed_equals_f_linear(shape):
     torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-5)
     strided = torch.randn(16, 7).t()  # (7, 16), not contiguous
     with torch.no_grad():
-        torch.testing.assert_close(packed_linear.linear(strided, weight), F.linear(strided, weight), rtol=1e-5, atol=1e-5)
+        got = packed_linear.linear(strided, weight)
+    torch.testing.assert_close(got, F.linear(strided, weight), rtol=1e-5, atol=1e-5)
 
 
 def test_repacked_after_every_change_of_the_weight():

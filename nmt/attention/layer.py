@@ -113,7 +113,8 @@ class Attention(nn.Module):
             # Without a window, the query positions do not matter: the same queries over the same source rows keep
             # the same mask (and its memoized tensors) from step to step.
             if (mask is None or self.cfg.window is not None or self.cfg.global_tokens or mask.q_len != T
-                    or mask.k_len != k.size(2) or mask.k_lengths is not memory_lengths or mask.q_lengths is not lengths):
+                    or mask.k_len != k.size(2) or mask.k_lengths is not memory_lengths
+                    or mask.q_lengths is not lengths):
                 mask = MaskSpec(
                     q_len=T,
                     k_len=k.size(2),

@@ -420,7 +420,8 @@ def run_bench(args: argparse.Namespace) -> int:
         f"{m.encoder_layers}+{m.decoder_layers} layers, {m.n_heads} heads, FFN {m.d_ff}, vocab {m.vocab_size}), "
         f"random weights, batches of {args.batch} sentences sorted by length, {args.length} new tokens per sentence "
         f"forced in every system; the systems alternate batch by batch; sentences/s from the median of {args.repeats} "
-        f"runs' summed wall times, CPU-time ratio = Marian's CPU seconds / nmt's; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
+        f"runs' summed wall times, CPU-time ratio = Marian's CPU seconds / nmt's; torch {env['torch']}, "
+        f"{env['threads']} thread(s), {env['device']}"
         f"\n\n{table}"
     )
     write_results(args.out, "translate", {"environment": env, "setup": setup, "results": results}, markdown)
