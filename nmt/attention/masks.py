@@ -38,7 +38,7 @@ class MaskSpec:
     causal: bool = False
     window: Optional[int] = None
     global_tokens: int = 0
-    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _memo: Optional[dict] = field(default=None, init=False, repr=False, compare=False)  # created on first use
 
     def __post_init__(self) -> None:
         if self.k_globals and (self.k_globals > self.global_tokens or self.k_start < self.k_globals):
@@ -110,6 +110,8 @@ class MaskSpec:
     def memoized(self, key, build: Callable[[], Optional[Tensor]]) -> Optional[Tensor]:
         """``build()`` once per key for this mask. Cross-attention keeps one MaskSpec for as long as its source rows
         stay the same, so its tensors are built once per batch instead of at every decoding step and layer."""
+        if self._memo is None:
+            self._memo = {}
         if key not in self._memo:
             self._memo[key] = build()
         return self._memo[key]
