@@ -29,7 +29,7 @@ def translate_texts(model, tokenizer, texts: list[str], cfg: DecodeConfig, max_t
     was_training = model.training
     try:
         translator = Translator(model, tokenizer, next(model.parameters()).device)
-        return [t.text for t in translator.translate_full(texts, cfg, max_tokens, max_len)]
+        return [t.text for t in translator.translate_full(texts, cfg, max_tokens, max_len, scores=False)]
     finally:
         model.train(was_training)
 

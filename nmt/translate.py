@@ -54,7 +54,7 @@ class Translator:
     ) -> list[str]:
         """Translations of ``texts`` in order (blank in, blank out)."""
         cfg = DecodeConfig(beam=beam, nbest=nbest, **decode_options)
-        return [t.text for t in self.translate_full(texts, cfg, max_tokens, max_source_len)]
+        return [t.text for t in self.translate_full(texts, cfg, max_tokens, max_source_len, scores=False)]
 
     def translate_full(
         self,
@@ -63,8 +63,10 @@ class Translator:
         max_tokens: int = 4096,
         max_source_len: int = 1024,
         progress: Optional[callable] = None,
+        scores: bool = True,
     ) -> list[Translation]:
-        """Translations with their n-best lists and scores; sorted by length internally, returned in input order."""
+        """Translations with their n-best lists and scores; sorted by length internally, returned in input order.
+        ``scores=False``: greedy and sampled scores are NaN, for callers that keep only the text (faster)."""
         results = [Translation("", []) for _ in texts]
         todo = [i for i, text in enumerate(texts) if text.strip()]
         if progress is not None:
@@ -82,7 +84,7 @@ class Translator:
         with torch.no_grad():
             for batch in token_batches(lens, lens, budget, rng=None):
                 tensors = collate([ids[j] for j in batch], [[] for _ in batch])
-                nbest = decode(self.model, tensors["src"].to(self.device), tensors["src_lengths"].to(self.device), cfg)
+                nbest = decode(self.model, tensors["src"].to(self.device), tensors["src_lengths"].to(self.device), cfg, scores)
                 for j, hyps in zip(batch, nbest):
                     results[todo[j]] = self._translation(hyps)
                 if progress is not None:
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> int:
         progress = _progress(len(lines)) if args.input else None
         start = time.perf_counter()
         translations = translator.translate_full(lines, cfg, args.batch_tokens, args.max_source_len,
-                                                 progress and progress.advance)
+                                                 progress and progress.advance, scores=args.nbest > 1)
         if progress:
             progress.stop()
             log.warning("%d lines in %.1f s", len(lines), time.perf_counter() - start)

@@ -42,7 +42,7 @@ def main() -> None:
             for model, translator in translators.items():
                 for beam in args.beams:
                     start = time.perf_counter()
-                    translator.translate_full(sentences, DecodeConfig(beam=beam), args.batch_tokens)
+                    translator.translate_full(sentences, DecodeConfig(beam=beam), args.batch_tokens, scores=False)
                     results[model][beam].append(len(sentences) / (time.perf_counter() - start))
     summary = {"src": args.src, "sentences": len(sentences), "threads": torch.get_num_threads(),
                "batch_tokens": args.batch_tokens, "runs": results,

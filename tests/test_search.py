@@ -1,5 +1,7 @@
 """Search: greedy, beam over caches against beam by recomputation, n-best order, lengths, sampling, early stop."""
 
+import math
+
 import pytest
 import torch
 
@@ -43,6 +45,21 @@ def test_beam_one_equals_greedy():
     by_beam = beam_search(model, src, lengths, cfg)
     assert [h[0].tokens for h in by_greedy] == [h[0].tokens for h in by_beam]
     assert [round(h[0].score, 5) for h in by_greedy] == [round(h[0].score, 5) for h in by_beam]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(max_len_b=12), dict(min_len=4, max_len_a=0, max_len_b=6), dict(sampling=True, top_k=5, top_p=0.9, seed=3)],
+    ids=["greedy", "forced-length", "sampling"],
+)
+def test_greedy_without_scores_picks_the_same_tokens(kwargs):
+    """Picking from raw logits instead of log-probabilities changes nothing but the (NaN) scores."""
+    model, src, lengths = model_and_batch()
+    cfg = DecodeConfig(**kwargs)
+    scored, unscored = greedy(model, src, lengths, cfg), greedy(model, src, lengths, cfg, scores=False)
+    assert [h[0].tokens for h in scored] == [h[0].tokens for h in unscored]
+    assert all(math.isfinite(h[0].score) for h in scored)
+    assert all(math.isnan(h[0].score) and math.isnan(h[0].logprob) for h in unscored)
 
 
 @pytest.mark.parametrize(

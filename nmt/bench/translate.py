@@ -264,7 +264,7 @@ def nmt_system(model, batches: list[Batch], length: int) -> Callable[[int], int]
         generated = 0
         with torch.inference_mode():
             for b in batches:
-                generated += sum(len(h[0].tokens) + 1 for h in decode(model, b.src, b.lengths, cfg))
+                generated += sum(len(h[0].tokens) + 1 for h in decode(model, b.src, b.lengths, cfg, scores=False))
         return generated
 
     return run
