@@ -84,7 +84,8 @@ class Translator:
         with torch.no_grad():
             for batch in token_batches(lens, lens, budget, rng=None):
                 tensors = collate([ids[j] for j in batch], [[] for _ in batch])
-                nbest = decode(self.model, tensors["src"].to(self.device), tensors["src_lengths"].to(self.device), cfg, scores)
+                src, src_lengths = tensors["src"].to(self.device), tensors["src_lengths"].to(self.device)
+                nbest = decode(self.model, src, src_lengths, cfg, scores)
                 for j, hyps in zip(batch, nbest):
                     results[todo[j]] = self._translation(hyps)
                 if progress is not None:
