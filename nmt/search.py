@@ -185,7 +185,7 @@ def greedy(
     results: list[Optional[Hypothesis]] = [None] * src.size(0)
     sentence = torch.arange(src.size(0), device=src.device)  # original index of each active row
     tokens = torch.full((src.size(0), 1), BOS_ID, device=src.device)
-    logprob = torch.zeros(src.size(0), device=src.device) + (0.0 if scores else float("nan"))
+    logprob = torch.full((src.size(0),), 0.0 if scores else float("nan"), device=src.device)
     for step in range(int(limits.max())):
         at_max = step + 1 >= limits[sentence]
         logits = steps(tokens).float()
