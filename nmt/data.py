@@ -117,6 +117,24 @@ def _load_text(file: Path, cache_dir: str, streaming: bool):
     return datasets.Dataset.from_generator(_text_lines, gen_kwargs=kwargs, cache_dir=cache_dir)
 
 
+def _check_tsv_fields(path: Path) -> None:
+    """Every row holds as many tab-separated fields as the header: pandas would fill a row without its tab with an
+    empty target (a wrong reference at evaluation, a silently dropped pair in training). Blank lines are skipped, as
+    pandas does."""
+    with _open_text(path) as f:
+        fields = None
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip(b"\r\n"):
+                continue
+            count = raw.count(b"\t") + 1
+            if fields is None:
+                fields = count
+            elif count != fields:
+                raise DataError(
+                    f"{path}:{number}: {count} tab-separated field{'s' * (count != 1)} but the header has {fields}"
+                )
+
+
 def _builder(cfg: DataConfig) -> tuple[str, dict]:
     if cfg.format == "tsv":
         # na_filter off: pandas would otherwise turn sentences such as "NA" or "null" into missing values.
@@ -129,6 +147,9 @@ def _load_files(cfg: DataConfig, files: list[Path], streaming: bool):
         if cfg.format == "text":
             return [_load_text(file, str(Path(cfg.cache_dir) / "hf"), streaming) for file in files]
         builder, kwargs = _builder(cfg)
+        if cfg.format == "tsv":
+            for file in files:
+                _check_tsv_fields(file)
         return [
             datasets.load_dataset(
                 builder,
@@ -140,6 +161,8 @@ def _load_files(cfg: DataConfig, files: list[Path], streaming: bool):
             )
             for file in files
         ]
+    except DataError:
+        raise
     except Exception as error:  # datasets wraps decoding errors in DatasetGenerationError
         _raise_for_encoding(files, error)
 

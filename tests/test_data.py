@@ -66,6 +66,14 @@ def test_tsv_jsonl_parquet(tmp_path, fmt):
     assert ds[len(rows) - 1] == {"src": "NA", "tgt": "null"}  # not turned into missing values
 
 
+@pytest.mark.parametrize("row,fields", [("no tab here", "1 tab-separated field "), ("x\ty\tz", "3 tab-separated fields ")])
+def test_tsv_row_with_wrong_field_count_names_file_and_line(tmp_path, row, fields):
+    """pandas would read a row without its tab as a pair with an empty target: a wrong reference, not a repair."""
+    (tmp_path / "train.tsv").write_text(f"en\tde\na\tb\n\n{row}\nc\td\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"train.tsv:4: {fields}but the header has 2"):
+        load_split(config(tmp_path, format="tsv", file_pattern="{split}.tsv"), "train")
+
+
 def test_missing_language_column_is_named(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"en": "a", "fr": "b"}) + "\n")
     with pytest.raises(DataError, match=r"train.jsonl: no column 'de' \(columns: en, fr\)"):
