@@ -197,6 +197,10 @@ def test_cache_bytes_follow_the_formula(dtype):
         # Nothing larger hides behind the views: the storage is exactly what is reported.
         assert cache.k.untyped_storage().nbytes() + cache.v.untyped_storage().nbytes() == cache.nbytes
         sizes[name] = cache.nbytes
+        # Beam search's pending reorder (to 2 rows here) counts the rows it will hold, and measuring leaves it pending.
+        cache.reorder(torch.tensor([2, 0]))
+        assert cache.nbytes == sizes[name] * 2 // B and cache._order is not None
+        assert cache.nbytes == cache.k.untyped_storage().nbytes() + cache.v.untyped_storage().nbytes()
     assert sizes["mha"] == n_heads * sizes["mqa"]
     assert sizes["mha"] == (n_heads // 2) * sizes["gqa"]
 

@@ -92,7 +92,9 @@ def band_attention(
     # score tensors through memory, which grew faster than linearly (16k/4k took 6.6x); bounded chunks stay linear.
     # torch.split, not slicing: its backward concatenates the chunks' gradients once, where each slice's backward
     # would write into a zero tensor the size of the whole input (quadratic in the number of chunks).
-    chunk = max(1, CHUNK_BYTES // (B * n_heads * block * kb.size(3) * 4))
+    # Scores are at least fp32 (a half-precision einsum's output is upcast for the softmax, so both copies exist).
+    score_bytes = max(4, q.element_size()) + (q.element_size() if q.element_size() < 4 else 0)
+    chunk = max(1, CHUNK_BYTES // (B * n_heads * block * kb.size(3) * score_bytes))
     pieces = zip(qb.split(chunk, dim=3), kb.split(chunk, dim=2), vb.split(chunk, dim=2), allowed.split(chunk, dim=3))
     outs = [_band_chunk(qc, kc, vc, ac, head_dim, dropout_p) for qc, kc, vc, ac in pieces]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)  # (B, kv, g, nb, b, D)

@@ -121,8 +121,9 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the cached K and V tensors."""
-        k, v = self.k, self.v
-        if k is None:
+        """Bytes held by the cached K and V tensors (once a pending beam reorder is applied; reading this does not
+        apply it, so measuring the cache does not change when its copies happen)."""
+        if self._k is None:
             return 0
-        return k.numel() * k.element_size() + v.numel() * v.element_size()
+        rows = self._k.size(0) if self._order is None else self._order.size(0)
+        return rows * sum(t[0].numel() * t.element_size() for t in (self._k, self._v))
