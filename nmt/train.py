@@ -42,6 +42,16 @@ class BatchTrace(Callback):
             f.write(f"{trainer.global_step} {epoch} {index} {digest:08x}\n")
 
 
+class ValidateLastStep(Callback):
+    """Validate after the last update too, as fairseq does: Lightning validates only every ``val_check_interval``
+    batches, so with ``max_steps`` off that grid the final updates were never scored and could not become best.ckpt.
+    Lightning validates once more when ``should_stop`` is raised by the end of a batch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside its target, then renames it into place: a kill at any
     moment leaves the previous checkpoint intact (fsspec's transaction stages in /tmp, which may be another
@@ -88,6 +98,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
                         save_last=not t.checkpoint_every_n_steps, enable_version_counter=False),
         EarlyStopping(monitor="val_bleu", mode="max", patience=t.patience, check_on_train_epoch_end=False),
+        ValidateLastStep(),
     ]
     if t.checkpoint_every_n_steps:  # the newest keep_checkpoints step-N.ckpt (for averaging), last.ckpt too
         callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,

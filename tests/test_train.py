@@ -200,8 +200,8 @@ def test_bad_training_configs_fail_at_start_with_one_line(override, message, cac
 
 
 def test_checkpoints_logs_and_validation_cadence(cache_dir, tmp_path):
-    """last.ckpt after every validation and at the very end; a resumed run keeps the earlier logs; validation
-    counts optimizer steps under gradient accumulation."""
+    """last.ckpt after every validation and at the very end; validation every val_every_n_steps and after the last
+    update; a resumed run keeps the earlier logs; validation counts optimizer steps under gradient accumulation."""
     run_dir = tmp_path / "run"
     train(compose_config(small_run(cache_dir, "trainer.max_steps=5", "trainer.val_every_n_steps=2")), run_dir)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
@@ -209,7 +209,7 @@ def test_checkpoints_logs_and_validation_cadence(cache_dir, tmp_path):
     train(compose_config(small_run(cache_dir, "trainer.max_steps=7", "trainer.val_every_n_steps=2", "resume=true")),
           run_dir)
     rows = metrics(run_dir)
-    assert [int(r["step"]) + 1 for r in rows if r.get("val_loss")] == [2, 4, 6]
+    assert [int(r["step"]) + 1 for r in rows if r.get("val_loss")] == [2, 4, 5, 6, 7]  # and after the last update
     assert (run_dir / "logs" / "version_0").is_dir() and (run_dir / "logs" / "version_1").is_dir()
     # Another checkpoint spacing on resume gives the periodic callback a new state key; last.ckpt is still overwritten
     # (no last-v1.ckpt beside a stale one), so the next resume continues from step 9, not from 7.
