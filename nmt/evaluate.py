@@ -36,7 +36,9 @@ def translate_texts(model, tokenizer, texts: list[str], cfg: DecodeConfig, max_t
 
 def _metric(name: str, tokenize: Optional[str] = None):
     if name == "bleu":
-        return sacrebleu.BLEU(**({"tokenize": tokenize} if tokenize else {}))
+        # tokenize='none' says the text is already tokenized, so sacreBLEU's "forgot to detokenize?" heuristic only
+        # repeats three warnings per validation; force silences it without entering the signature.
+        return sacrebleu.BLEU(**({"tokenize": tokenize, "force": tokenize == "none"} if tokenize else {}))
     return sacrebleu.CHRF() if name == "chrf" else sacrebleu.TER()
 
 
