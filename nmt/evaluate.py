@@ -38,7 +38,7 @@ def _metric(name: str, tokenize: Optional[str] = None):
     if name == "bleu":
         # tokenize='none' says the text is already tokenized, so sacreBLEU's "forgot to detokenize?" heuristic only
         # repeats three warnings per validation; force silences it without entering the signature.
-        return sacrebleu.BLEU(**({"tokenize": tokenize, "force": tokenize == "none"} if tokenize else {}))
+        return sacrebleu.BLEU(tokenize=tokenize, force=tokenize == "none")
     return sacrebleu.CHRF() if name == "chrf" else sacrebleu.TER()
 
 

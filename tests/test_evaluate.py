@@ -11,7 +11,7 @@ import torch
 from nmt import plots
 from nmt.cli import main
 from nmt.config import ModelConfig
-from nmt.evaluate import kv_cache_bytes
+from nmt.evaluate import bleu, kv_cache_bytes
 from nmt.export import export_model
 from nmt.model import build_model
 from nmt.tokenizer import TokenizerSettings, load_or_train
@@ -146,8 +146,6 @@ def test_decode_speed_benchmark_runs(tmp_path, tokenizer, test_files):
 
 def test_tokenized_bleu_does_not_warn_about_tokenized_text(caplog):
     """tokenize='none' declares tokenized text: sacreBLEU's detokenize warning is noise there, but stays for 13a."""
-    from nmt.evaluate import bleu
-
     lines = [f"a dog number {i} runs ." for i in range(120)]
     with caplog.at_level("WARNING", logger="sacrebleu"):
         assert bleu(lines, lines, "none") == pytest.approx(100.0)
