@@ -1,4 +1,4 @@
-"""The LightningModule: label-smoothed cross-entropy, AdamW with warmup, validation loss and BLEU."""
+"""The LightningModule: label-smoothed cross-entropy (nmt.loss), AdamW with warmup, validation loss and BLEU."""
 
 from __future__ import annotations
 
@@ -10,26 +10,14 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from nmt.config import ModelConfig
 from nmt.evaluate import bleu, translate_and_score
+from nmt.loss import ProjectedLoss
 from nmt.model import build_model
 from nmt.search import DecodeConfig
-from nmt.tokenizer import PAD_ID, Tokenizer
+from nmt.tokenizer import Tokenizer
 from nmt.train_config import OptimConfig
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, int]:
-    """Summed label-smoothed cross-entropy over non-padding targets, and their count."""
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        target.reshape(-1),
-        ignore_index=PAD_ID,
-        label_smoothing=smoothing,
-        reduction="sum",
-    )
-    return loss, int((target != PAD_ID).sum())
 
 
 def lr_lambda(cfg: OptimConfig, max_steps: int):
@@ -68,6 +56,7 @@ class TranslationModule(L.LightningModule):
         self.data_position = torch.tensor([0, -1])
         self._tick: Optional[float] = None
         self._valid_loss = [0.0, 0]
+        self.loss = ProjectedLoss()
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
@@ -78,8 +67,12 @@ class TranslationModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
 
+    def _loss(self, batch: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, int]:
+        hidden = self.model.features(batch["src"], batch["src_lengths"], batch["tgt_in"])
+        return self.loss(hidden, self.model.output_weight(), batch["tgt_out"], smoothing)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss_sum, n_tokens = label_smoothed_loss(self(batch), batch["tgt_out"], self.optim_cfg.label_smoothing)
+        loss_sum, n_tokens = self._loss(batch, self.optim_cfg.label_smoothing)
         loss = loss_sum / max(n_tokens, 1)
         self.data_position = batch["position"].detach().cpu()
         now = time.perf_counter()
@@ -94,7 +87,7 @@ class TranslationModule(L.LightningModule):
         self._valid_loss = [0.0, 0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss_sum, n_tokens = label_smoothed_loss(self(batch), batch["tgt_out"], 0.0)
+        loss_sum, n_tokens = self._loss(batch, 0.0)
         self._valid_loss[0] += float(loss_sum)
         self._valid_loss[1] += n_tokens
 

@@ -268,14 +268,29 @@ class Seq2Seq(nn.Module):
         weights: Optional[dict[str, list]] = None,
     ) -> Tensor:
         """Teacher-forced decoding: tgt_in (B, T) → logits (B, T, vocab); position t sees tgt_in[:, :t+1]."""
+        return self._logits(self._decoder_states(tgt_in, memory, src_lengths, weights))
+
+    def _decoder_states(
+        self, tgt_in: Tensor, memory: Tensor, src_lengths: Optional[Tensor], weights: Optional[dict[str, list]] = None
+    ) -> Tensor:
         self._check(tgt_in)
         x = self._embed(self.tgt_embed, tgt_in)
         for layer in self.decoder_layers:
             x = layer(x, memory, src_lengths, weights=weights)
-        return self._logits(x)
+        return x  # (B, T, d_model), before the final norm
 
     def forward(self, src: Tensor, src_lengths: Optional[Tensor], tgt_in: Tensor) -> Tensor:
         return self.decode(tgt_in, self.encode(src, src_lengths), src_lengths)
+
+    def features(self, src: Tensor, src_lengths: Optional[Tensor], tgt_in: Tensor) -> Tensor:
+        """The decoder's output before the vocabulary projection, (B, T, d_model): ``forward`` is
+        ``F.linear(features, output_weight())``. Training projects it inside the loss (nmt.loss)."""
+        memory = self.encode(src, src_lengths)
+        return self.decoder_norm(self._decoder_states(tgt_in, memory, src_lengths))
+
+    def output_weight(self) -> Tensor:
+        """The projection's rows for the real vocabulary (vocab, d_model), without the rows padding it to a multiple."""
+        return self.output.weight[: self.cfg.target_vocab_size]
 
     def init_state(self, memory: Tensor, src_lengths: Optional[Tensor] = None) -> DecoderState:
         caches = [(layer.self_attn.new_cache(), layer.cross_attn.new_cache()) for layer in self.decoder_layers]

@@ -14,7 +14,7 @@ EVERY=${EVERY:-100}
 VAL_EVERY=${VAL_EVERY:-500}
 OUT=${OUT:-outputs/multi30k}
 EXTRA=${EXTRA:-}
-DATA=../shared/data/multi30k
+DATA=${DATA:-../shared/data/multi30k}  # the corpus (the device script points it at a carried copy)
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(mha gqa mqa window sparse en_fr raw_en_de)
 

@@ -1,7 +1,8 @@
 """``nmt bench train``: training steps of nmt against the same model built from ``torch.nn.Transformer``.
 
 Both models get the same dimensions (a ``conf/model`` preset), the same real Multi30k token-budget batches, the same
-label-smoothed loss, AdamW, gradient clipping and fp32; the reference is what a PyTorch user would write: shared
+label-smoothed loss (nmt computes it as ``nmt train`` does, fused with the output projection on CPU: nmt.loss),
+AdamW, gradient clipping and fp32; the reference is what a PyTorch user would write: shared
 scaled embeddings, sinusoidal positions, ``nn.Transformer(batch_first=True, norm_first=…)`` with key-padding masks
 and a causal target mask, and a tied output projection. The two alternate step by step on the same batches (the
 machine is noisy); reported are the medians over repeats of target tokens/s and their ratio.
@@ -22,8 +23,8 @@ from torch import Tensor, nn
 
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.config import ModelConfig
-from nmt.lit_module import label_smoothed_loss
-from nmt.model import build_model
+from nmt.loss import ProjectedLoss, label_smoothed_loss
+from nmt.model import Seq2Seq, build_model
 from nmt.tokenizer import PAD_ID
 
 
@@ -92,12 +93,17 @@ class Trainee:
         self.model = model.train()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
         self.seconds, self.tokens = 0.0, 0
+        self.loss = ProjectedLoss()
 
     def step(self, batch: dict) -> None:
         """A full training step (forward, loss, backward, clipping, AdamW), timed."""
         start = time.perf_counter()
-        logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
-        loss_sum, n_tokens = label_smoothed_loss(logits, batch["tgt_out"], 0.1)
+        if isinstance(self.model, Seq2Seq):  # the loss as nmt train computes it
+            hidden = self.model.features(batch["src"], batch["src_lengths"], batch["tgt_in"])
+            loss_sum, n_tokens = self.loss(hidden, self.model.output_weight(), batch["tgt_out"], 0.1)
+        else:
+            logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
+            loss_sum, n_tokens = label_smoothed_loss(logits, batch["tgt_out"], 0.1)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / n_tokens).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

@@ -1,0 +1,124 @@
+"""The training loss: label-smoothed cross-entropy over the output projection, fused on CPU.
+
+The readable path, ``label_smoothed_loss(F.linear(hidden, weight), target, ε)``, is the test oracle and what runs on
+GPUs and under autocast. On CPU in float32, ``ProjectedLoss`` computes the same value and gradients in one
+(tokens, vocab) buffer that it keeps from step to step: the logits, then, in place, their softmax minus the smoothed
+target distribution, which is the gradient, so backward is two matmuls. The readable path allocates three fresh
+(tokens, vocab) tensors per step (logits, log-probabilities, their gradient; 4,096 × 8,000 floats = 128 MB each), and
+glibc serves blocks that large with a new mmap that the kernel faults in page by page on first touch: on this
+project's CPU machine that was over a third of a Transformer-tiny training step (``python scripts/fused_loss.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nmt.tokenizer import PAD_ID
+
+
+def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, int]:
+    """Summed label-smoothed cross-entropy over non-padding targets, and their count."""
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=PAD_ID,
+        label_smoothing=smoothing,
+        reduction="sum",
+    )
+    return loss, int((target != PAD_ID).sum())
+
+
+class _Workspace:
+    """One (rows, vocab) float32 buffer, reused by every step, lent to at most one pending backward."""
+
+    def __init__(self) -> None:
+        self.buffer: Optional[Tensor] = None
+        self.lent = False
+
+    def take(self, rows: int, cols: int, like: Tensor) -> tuple[Tensor, bool]:
+        """A (rows, cols) tensor and whether it is the shared buffer (False: a one-off, while the buffer is lent)."""
+        if self.lent:  # two forwards before one backward: the first graph still holds the buffer
+            return torch.empty(rows, cols, dtype=like.dtype, device=like.device), False
+        if self.buffer is None or self.buffer.numel() < rows * cols:
+            self.buffer = None  # free the old one before allocating its successor
+            self.buffer = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+        return self.buffer[: rows * cols].view(rows, cols), True
+
+
+class _FusedProjectedLoss(torch.autograd.Function):
+    """sum over non-padding rows of CE_ε(hidden · weightᵀ, target), with the gradient formed during forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, smoothing: float, workspace: _Workspace,
+                needs_grad: bool):
+        rows, vocab = hidden.size(0), weight.size(0)
+        logits, shared = workspace.take(rows, vocab, hidden)
+        torch.mm(hidden, weight.t(), out=logits)  # (N, vocab)
+        padding = (target == PAD_ID).nonzero().squeeze(1)  # (n_pad,)
+        picked = logits.gather(1, target[:, None]).squeeze(1)  # (N,)
+        mean = logits.mean(dim=1) if smoothing else None  # (N,)
+        # logsumexp by hand, in place: torch.logsumexp would allocate another (N, vocab) temporary
+        peak = logits.amax(dim=1)  # (N,)
+        total = logits.sub_(peak[:, None]).exp_().sum(dim=1)  # (N,); logits now hold exp(x - max)
+        lse = peak + total.log()  # (N,)
+        # CE_ε = (1-ε)(lse - x_target) + ε(lse - mean x): PyTorch's label smoothing, spread over all classes
+        per_row = lse - (1 - smoothing) * picked
+        if smoothing:
+            per_row = per_row - smoothing * mean
+        loss = per_row.index_fill(0, padding, 0.0).sum()
+        if needs_grad:  # (needs_input_grad is set under no_grad too, where no backward will come)
+            grad = logits.div_(total[:, None])  # softmax, in place: (N, vocab)
+            if smoothing:
+                grad.sub_(smoothing / vocab)
+            grad.scatter_add_(1, target[:, None], torch.full_like(picked[:, None], smoothing - 1.0))
+            grad.index_fill_(0, padding, 0.0)
+            ctx.save_for_backward(hidden, weight)
+            ctx.grad, ctx.workspace, ctx.shared = grad, workspace, shared
+            if shared:
+                workspace.lent = True
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.mm(ctx.grad, weight).mul_(grad_loss)  # (N, d_model)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.mm(ctx.grad.t(), hidden).mul_(grad_loss)  # (vocab, d_model)
+        if ctx.shared:
+            ctx.workspace.lent = False
+        ctx.grad = None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def fused_applies(hidden: Tensor, weight: Tensor) -> bool:
+    """The fused path: CPU, float32, no autocast (where the page faults it avoids were measured)."""
+    return (
+        hidden.device.type == "cpu"
+        and hidden.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class ProjectedLoss:
+    """Summed label-smoothed cross-entropy of ``F.linear(hidden, weight)`` over non-padding targets, and their count.
+
+    hidden (..., d_model), weight (vocab, d_model), target (...) token ids with PAD_ID where there is no target.
+    """
+
+    def __init__(self) -> None:
+        self.workspace = _Workspace()
+
+    def __call__(self, hidden: Tensor, weight: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, int]:
+        hidden = hidden.reshape(-1, hidden.size(-1))  # (N, d_model)
+        target = target.reshape(-1)  # (N,)
+        if not fused_applies(hidden, weight):
+            return label_smoothed_loss(F.linear(hidden, weight), target, smoothing)
+        needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+        loss = _FusedProjectedLoss.apply(hidden, weight, target, smoothing, self.workspace, needs_grad)
+        return loss, int((target != PAD_ID).sum())
