@@ -11,6 +11,7 @@ project's CPU machine that was over a third of a Transformer-tiny training step 
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -37,7 +38,18 @@ class _Workspace:
 
     def __init__(self) -> None:
         self.buffer: Optional[Tensor] = None
-        self.lent = False
+        self._borrower: Optional[weakref.ref] = None  # the gradient view a pending backward holds
+
+    @property
+    def lent(self) -> bool:
+        """Held by a graph: until its backward, or until it is dropped unused (the view then dies with it)."""
+        return self._borrower is not None and self._borrower() is not None
+
+    def lend(self, view: Tensor) -> None:
+        self._borrower = weakref.ref(view)
+
+    def give_back(self) -> None:
+        self._borrower = None
 
     def take(self, rows: int, cols: int, like: Tensor) -> tuple[Tensor, bool]:
         """A (rows, cols) tensor and whether it is the shared buffer (False: a one-off, while the buffer is lent)."""
@@ -79,11 +91,14 @@ class _FusedProjectedLoss(torch.autograd.Function):
             ctx.save_for_backward(hidden, weight)
             ctx.grad, ctx.workspace, ctx.shared = grad, workspace, shared
             if shared:
-                workspace.lent = True
+                workspace.lend(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
+        if ctx.grad is None:
+            raise RuntimeError("the fused loss forms its gradient once, in forward: a second backward through the "
+                               "same graph (retain_graph=True) is not supported; compute the loss again")
         hidden, weight = ctx.saved_tensors
         grad_hidden = grad_weight = None
         if ctx.needs_input_grad[0]:
@@ -91,7 +106,7 @@ class _FusedProjectedLoss(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = torch.mm(ctx.grad.t(), hidden).mul_(grad_loss)  # (vocab, d_model)
         if ctx.shared:
-            ctx.workspace.lent = False
+            ctx.workspace.give_back()
         ctx.grad = None
         return grad_hidden, grad_weight, None, None, None, None
 

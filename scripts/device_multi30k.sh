@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The Multi30k runs that need a GPU (README "Results on Multi30k"), for a session lent one, in one or two calls:
+# The Multi30k runs that need a GPU (README "Results on Multi30k"), for a session lent one, in one or two calls that
+# fit its 15 minutes of device time with the machine's start (a minute or two):
 #
 #   here:   scripts/device_pack.sh
-#   there:  run(command="scripts/device_multi30k.sh 480", carry=[".whl", ".data"], timeout_s=540)
+#   there:  run(command="scripts/device_multi30k.sh 420", carry=[".whl", ".data"], timeout_s=480)
 #           if it reports runs still going, at once (a warm machine waits ~30 s for the next call):
-#           run(command="scripts/device_multi30k.sh 240", timeout_s=300)
+#           run(command="scripts/device_multi30k.sh 150", timeout_s=200)
 #   here:   tar xzf <files_at>/results.tgz          # outputs/device/<group>/<run>/…, as multi30k_table.sh leaves them
 #
 # The first call installs .whl into /tmp/site and starts every run below at once, and `pytest -m gpu` beside them,
 # each in its own session (setsid) so that it outlives the call: a Transformer-tiny uses a sliver of the GPU, so the
-# runs share it. It then waits up to SECONDS and packs what there is into $OUT: results.tgz (metrics, evaluations,
-# logs; no checkpoints or models), summary.txt and gpu_tests.log. A later call on the same machine starts nothing,
-# waits again and packs again. To try it without a GPU: TRAINER=cpu STEPS=10 EVERY=1 RUNS_LIMIT=3 (the first three).
+# runs share it. Until SECONDS after the script started it repacks, every 30 s and at the end, what there is into
+# $OUT: results.tgz (metrics, evaluations, logs; no checkpoints or models), summary.txt and gpu_tests.log, so a call
+# cut off at its limit still returns the last pack. A later call on the same machine starts nothing, waits and packs
+# again. A run unfinished when the machine goes back is lost but for its metrics so far (validation BLEU every 500
+# updates): the machine keeps nothing. RUNS is in order of priority; RUNS_LIMIT=N keeps the first N.
+# To try it without a GPU: TRAINER=cpu STEPS=10 EVERY=1 RUNS_LIMIT=3 scripts/device_multi30k.sh 300.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-WAIT=${1:-480}
+BEGIN=$(date +%s)
+WAIT=${1:-420}
 ROOT=outputs/device
 STEPS=${STEPS:-8000}
 TRAINER=${TRAINER:-gpu}
@@ -27,7 +32,10 @@ if [ ! -e /tmp/nmt_site_ready ]; then
     || { echo "device_multi30k.sh: installing .whl failed (run scripts/device_pack.sh here and carry .whl)"; exit 1; }
   touch /tmp/nmt_site_ready
 fi
-mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -m nmt.cli "$@"\n' > /tmp/bin/nmt && chmod +x /tmp/bin/nmt
+if [ ! -e /tmp/bin/nmt ]; then  # written once: running jobs exec it
+  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -m nmt.cli "$@"\n' > /tmp/bin/nmt.tmp && chmod +x /tmp/bin/nmt.tmp
+  mv /tmp/bin/nmt.tmp /tmp/bin/nmt
+fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 [ -e ../shared/data/multi30k ] || { mkdir -p ../shared/data && ln -s "$DATA" ../shared/data/multi30k; }  # the tests'
 
@@ -66,9 +74,12 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda)") > $ROOT/machine.
     > $ROOT/gpu_tests.log 2>&1 < /dev/null &
   # The first three runs are one per corpus: they build the datasets caches and sentencepiece models that the others
   # then reuse, instead of twelve processes building three of them at once.
-  head -3 <<< "$RUNS" | while read -r group run every extra; do launch "$group" "$run" "$every" $extra; done
+  first=$(head -3 <<< "$RUNS")
+  while read -r group run every extra; do launch "$group" "$run" "$every" $extra; done <<< "$first"
   for _ in $(seq 180); do
-    started de_batch2 mha && started fr_batch2 en_fr && started variants raw_en_de && break
+    waiting=0
+    while read -r group run _; do started "$group" "$run" || waiting=1; done <<< "$first"
+    [ $waiting -eq 0 ] && break
     sleep 1
   done
   tail -n +4 <<< "$RUNS" | while read -r group run every extra; do launch "$group" "$run" "$every" $extra; done
@@ -81,19 +92,15 @@ pending() {
   done <<< "$RUNS"
   echo $count
 }
-deadline=$(($(date +%s) + WAIT))
-while [ "$(date +%s)" -lt $deadline ] && { [ "$(pending)" -gt 0 ] || pgrep -f "pytest -m gpu" > /dev/null; }; do
-  sleep 10
-done
+pack() {  # summary.txt, results.tgz and gpu_tests.log into $OUT; the variants' `nmt report` once all are done
+  variants=()
+  for run in mha gqa mqa window sparse; do
+    [ -e "$ROOT/variants/$run/eval_2017/metrics.json" ] && variants+=("$ROOT/variants/$run")
+  done
+  [ ${#variants[@]} -gt 0 ] && nmt report "${variants[@]}" --out $ROOT/report > $ROOT/report.log 2>&1
 
-variants=()
-for run in mha gqa mqa window sparse; do
-  [ -e "$ROOT/variants/$run/eval_2017/metrics.json" ] && variants+=("$ROOT/variants/$run")
-done
-[ ${#variants[@]} -gt 0 ] && nmt report "${variants[@]}" --out $ROOT/report > $ROOT/report.log 2>&1
-
-mkdir -p "$OUT"
-python3 - "$ROOT" "$RUNS" "$(cat $ROOT/started)" > "$OUT/summary.txt" <<'PY'
+  mkdir -p "$OUT"
+  python3 - "$ROOT" "$RUNS" "$(cat $ROOT/started)" > "$OUT/summary.txt" <<'PY'
 import csv, glob, json, sys, time
 from pathlib import Path
 
@@ -112,9 +119,18 @@ for line in runs:
             scores.append(f"{name}: BLEU {s.get('bleu_tokenized', s['bleu']):.2f} chrF {s['chrf']:.2f}")
     print(f"{group}/{run}: {max(steps, default=0)} updates; {'; '.join(scores) or 'not evaluated yet'}")
 PY
-tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=model --exclude=model_avg10 --exclude=tb \
-  --exclude='attention_*.png' --exclude=alignment.png --exclude=out $ROOT
-cp $ROOT/gpu_tests.log "$OUT/" 2> /dev/null
-cat "$OUT/summary.txt"
-tail -3 $ROOT/gpu_tests.log 2> /dev/null
-echo "pending runs: $(pending)"
+  tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=model --exclude=model_avg10 --exclude=tb \
+    --exclude='attention_*.png' --exclude=alignment.png --exclude=out $ROOT
+  cp $ROOT/gpu_tests.log "$OUT/" 2> /dev/null
+  cat "$OUT/summary.txt"
+  tail -3 $ROOT/gpu_tests.log 2> /dev/null
+  echo "pending runs: $(pending)"
+}
+
+deadline=$((BEGIN + WAIT))
+last_pack=0
+while [ "$(date +%s)" -lt $deadline ] && { [ "$(pending)" -gt 0 ] || pgrep -f "pytest -m gpu" > /dev/null; }; do
+  if [ $(($(date +%s) - last_pack)) -ge 30 ]; then pack > /dev/null 2>&1; last_pack=$(date +%s); fi
+  sleep 5
+done
+pack

@@ -117,3 +117,24 @@ def test_tied_model_parameters_get_the_readable_paths_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_graph_dropped_without_backward_gives_the_buffer_back():
+    criterion = ProjectedLoss()
+    loss, _ = criterion(*_inputs(seed=4), 0.1)
+    buffer = criterion.workspace.buffer
+    assert criterion.workspace.lent
+    del loss  # e.g. a step that raised before backward
+    assert not criterion.workspace.lent
+    hidden, weight, target = _inputs(seed=5)
+    criterion(hidden, weight, target, 0.1)[0].backward()
+    assert criterion.workspace.buffer is buffer
+    _, grad_hidden, _ = _reference(hidden, weight, target, 0.1)
+    torch.testing.assert_close(hidden.grad.double(), grad_hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_a_second_backward_through_the_same_graph_is_a_clear_error():
+    loss, _ = ProjectedLoss()(*_inputs(), 0.1)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
