@@ -92,12 +92,14 @@ pending() {
   done <<< "$RUNS"
   echo $count
 }
-pack() {  # summary.txt, results.tgz and gpu_tests.log into $OUT; the variants' `nmt report` once all are done
+pack() {  # summary.txt, results.tgz and gpu_tests.log into $OUT; `nmt report` of the variants finished so far
   variants=()
   for run in mha gqa mqa window sparse; do
     [ -e "$ROOT/variants/$run/eval_2017/metrics.json" ] && variants+=("$ROOT/variants/$run")
   done
-  [ ${#variants[@]} -gt 0 ] && nmt report "${variants[@]}" --out $ROOT/report > $ROOT/report.log 2>&1
+  if [ ${#variants[@]} -gt 0 ] && [ "${variants[*]}" != "$(cat $ROOT/report.runs 2> /dev/null)" ]; then  # new ones only
+    nmt report "${variants[@]}" --out $ROOT/report > $ROOT/report.log 2>&1 && echo "${variants[*]}" > $ROOT/report.runs
+  fi
 
   mkdir -p "$OUT"
   python3 - "$ROOT" "$RUNS" "$(cat $ROOT/started)" > "$OUT/summary.txt" <<'PY'
