@@ -1,4 +1,5 @@
-"""Typed model configuration: the single source of truth, validated before any work."""
+"""Typed model and decoding configuration: the single source of truth, validated before any work. Imports no torch,
+so `nmt train` can check a config before loading the heavy libraries."""
 
 from __future__ import annotations
 
@@ -114,3 +115,38 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**values)
+
+
+@dataclass
+class DecodeConfig:
+    """How to decode. ``length_penalty`` is GNMT's α: a hypothesis scores log P / ((5 + len) / 6)^α."""
+
+    beam: int = 1
+    nbest: int = 1
+    length_penalty: float = 0.6
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    min_len: int = 0
+    sampling: bool = False
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    seed: int = 0
+    max_sentences: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.beam < 1 or not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"decode.beam ({self.beam}) must be >= 1 and decode.nbest ({self.nbest}) in [1, beam]")
+        if self.max_len_a < 0 or self.max_len_b < 1:
+            raise ValueError(f"decode.max_len_a ({self.max_len_a}) must be >= 0 and max_len_b ({self.max_len_b}) >= 1")
+        if self.min_len < 0:
+            raise ValueError(f"decode.min_len ({self.min_len}) must be >= 0")
+        if self.sampling and self.beam != 1:
+            raise ValueError(f"decode.sampling draws one hypothesis: it needs decode.beam 1 (got {self.beam})")
+        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ValueError(
+                f"decode.top_k ({self.top_k}) must be >= 0, top_p ({self.top_p}) in (0, 1], "
+                f"temperature ({self.temperature}) > 0"
+            )
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise ValueError(f"decode.max_sentences ({self.max_sentences}) must be >= 1 or null")

@@ -16,7 +16,8 @@ from typing import Optional
 
 import datasets
 
-from nmt.errors import first_line
+from nmt.corpora import local_files
+from nmt.errors import DataError, first_line
 from nmt.tokenizer import Tokenizer
 from nmt.train_config import DataConfig
 
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
 
 HUB_HOST = ("huggingface.co", 443)
-
-
-class DataError(ValueError):
-    """A corpus problem, described in one line naming the file, line or config key."""
 
 
 @dataclass
@@ -79,21 +76,6 @@ def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
     cause = error.__cause__ or error.__context__
     detail = first_line(cause) if cause is not None else first_line(error)
     raise DataError(f"could not read {', '.join(map(str, paths))}: {detail}") from None
-
-
-def local_files(cfg: DataConfig, split_name: str) -> list[Path]:
-    root = Path(cfg.path)
-    if not root.is_dir():
-        raise DataError(
-            f"data.path {cfg.path!r} is not a folder"
-            + (f"; set data.path=null to load {cfg.hub_id!r} from the Hub instead" if cfg.hub_id else "")
-        )
-    langs = (cfg.src_lang, cfg.tgt_lang) if cfg.format == "text" else (None,)
-    files = [root / cfg.file_pattern.format(split=split_name, lang=lang) for lang in langs]
-    for file in files:
-        if not file.is_file():
-            raise DataError(f"{file}: no such file (data.path={cfg.path!r}, data.file_pattern={cfg.file_pattern!r})")
-    return files
 
 
 def _text_lines(path: str, stamp: str):

@@ -16,7 +16,7 @@ from typing import Optional
 import sacrebleu
 import torch
 
-from nmt.search import DecodeConfig
+from nmt.config import DecodeConfig
 
 log = logging.getLogger("nmt.evaluate")
 

@@ -15,7 +15,7 @@ from nmt.config import ModelConfig
 from nmt.evaluate import bleu, translate_and_score
 from nmt.loss import ProjectedLoss
 from nmt.model import build_model
-from nmt.search import DecodeConfig
+from nmt.config import DecodeConfig
 from nmt.tokenizer import Tokenizer
 from nmt.train_config import OptimConfig
 

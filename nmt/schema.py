@@ -10,14 +10,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import SITES, ModelConfig
+from nmt.corpora import corpus_dir
 from nmt.errors import first_line
 from nmt.train_config import TrainConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: a wheel trains from any directory
+
+
+def _register_resolvers() -> None:
+    """``${corpus:multi30k}``: the folder of a corpus shipped with nmt (nmt.corpora), wherever nmt is installed."""
+    if not OmegaConf.has_resolver("corpus"):
+        OmegaConf.register_new_resolver("corpus", lambda name: str(corpus_dir(name)))
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="nmt_schema", node=TrainConfig)
+    _register_resolvers()
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -56,5 +64,8 @@ def config_error_line(error: BaseException) -> str:
         line = first_line(error)
         if line not in parts:
             parts.append(line.rstrip("."))
+        options = getattr(error, "options", None)  # Hydra's MissingConfigException: a group's choices
+        if options:
+            parts.append(f"options: {', '.join(sorted(options))}")
         error = error.__cause__
     return ": ".join(parts)

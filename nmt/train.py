@@ -1,187 +1,64 @@
-"""``nmt train``: compose the Hydra config, then ``train(cfg)`` — the function tests call directly."""
+"""``nmt train``: check the command line, then let Hydra start the run and ``nmt.trainer.train`` do it.
+
+Every job's config is composed and validated first (``nmt.overrides``) with Hydra and the dataclass schemas alone, so
+``--help``, ``--cfg job`` and any config error answer in about a second: one line naming the key, exit status 2, and
+no run folder. Lightning, datasets and torch are imported only once the config is known to be good.
+"""
 
 from __future__ import annotations
 
 import __main__
 import importlib.util
-import logging
 import os
+import shutil
 import sys
-import tempfile
+import time
 from pathlib import Path
-from typing import Optional
 
 import hydra
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.plugins import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from nmt.datamodule import TranslationData
-from nmt.export import export_model
-from nmt.lit_module import TranslationModule, module_from_configs
-from nmt.schema import CONF_DIR, config_error_line, register_configs, to_train_config
-from nmt.train_config import TrainConfig
+from nmt.overrides import check_command_line
+from nmt.schema import CONF_DIR, config_error_line, register_configs
 
-log = logging.getLogger(__name__)
+# Flags that print something and start no run: Hydra answers them itself.
+INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info"}
+_STARTED = time.time()
 
 
-class BatchTrace(Callback):
-    """Writes each rank's consumed batch positions and a fingerprint of their tokens (``trace_batches=true``)."""
+def __getattr__(name: str):
+    """``from nmt.train import train`` keeps working; the import of Lightning waits until it is asked for."""
+    if name == "train":
+        from nmt.trainer import train
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        epoch, index = batch["position"].tolist()
-        digest = hash(tuple(batch["src"].flatten().tolist())) & 0xFFFFFFFF
-        with open(self.directory / f"rank{trainer.global_rank}.txt", "a") as f:
-            f.write(f"{trainer.global_step} {epoch} {index} {digest:08x}\n")
+        return train
+    raise AttributeError(f"module 'nmt.train' has no attribute {name!r}")
 
 
-class ValidateLastStep(Callback):
-    """Validate after the last update too, as fairseq does: Lightning validates only every ``val_check_interval``
-    batches, so with ``max_steps`` off that grid the final updates were never scored and could not become best.ckpt.
-    Lightning validates once more when ``should_stop`` is raised by the end of a batch."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
-            trainer.should_stop = True
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside its target, then renames it into place: a kill at any
-    moment leaves the previous checkpoint intact (fsspec's transaction stages in /tmp, which may be another
-    filesystem, where the final move is a copy)."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            torch.save(checkpoint, tmp)
-        os.replace(tmp.name, path)
-
-
-def _compute_dtype(precision: str) -> torch.dtype:
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return torch.float32
-
-
-def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
-    """Failures we can see before touching data: a device that is absent, a precision it lacks, a backend that
-    cannot run there."""
-    accelerator = cfg.trainer.accelerator
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
-    if cfg.trainer.precision.startswith("bf16") and accelerator in ("gpu", "cuda") and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; use trainer.precision=16-mixed")
-    uses_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if uses_cuda else "cpu")
-    module.model.check_backends(device, _compute_dtype(cfg.trainer.precision), training=True)
-
-
-def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
-    t = cfg.trainer
-    checkpoints = run_dir / "checkpoints"
-    callbacks: list[Callback] = [
-        # best.ckpt by validation BLEU; save_last also refreshes last.ckpt after every validation has run (unless the
-        # periodic callback below owns last.ckpt: two owners would make Lightning write last-v1.ckpt).
-        # No version counter on either callback: a resume whose callback state does not carry over (another
-        # checkpoint spacing, a copied run directory) would otherwise write last-v1.ckpt and leave the stale
-        # last.ckpt for the next resume=true to go back to.
-        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
-                        save_last=not t.checkpoint_every_n_steps, enable_version_counter=False),
-        EarlyStopping(monitor="val_bleu", mode="max", patience=t.patience, check_on_train_epoch_end=False),
-        ValidateLastStep(),
-    ]
-    if t.checkpoint_every_n_steps:  # the newest keep_checkpoints step-N.ckpt (for averaging), last.ckpt too
-        callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
-                                         monitor="step", mode="max", save_top_k=t.keep_checkpoints, save_last=True,
-                                         every_n_train_steps=t.checkpoint_every_n_steps,
-                                         enable_version_counter=False))
-    if t.enable_progress_bar:
-        callbacks.append(RichProgressBar())
-    if cfg.trace_batches:
-        callbacks.append(BatchTrace(run_dir / "batch_trace"))
-    return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        max_steps=t.max_steps,
-        max_epochs=-1,
-        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # Lightning counts batches here
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        gradient_clip_val=t.gradient_clip_val,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        log_every_n_steps=t.log_every_n_steps,
-        fast_dev_run=t.fast_dev_run or False,
-        enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.deterministic,
-        use_distributed_sampler=False,  # batches are sharded by rank in nmt.batching
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        # One version folder per (re)start: a resumed run appends logs/version_1 instead of overwriting version_0.
-        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")],
-        default_root_dir=run_dir,
-    )
-
-
-def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -> Path:
-    """Train, checkpoint, and export the best model to ``<run_dir>/model``; returns the run directory."""
-    if isinstance(cfg, DictConfig):
-        cfg = to_train_config(cfg)
-    run_dir = Path(run_dir or cfg.run_dir or "outputs/run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, verbose=False)
-    module = module_from_configs(cfg.model, cfg.optim, cfg.decode, cfg.trainer.max_steps, cfg.data.bleu_tokenize)
-    check_runtime(cfg, module)
-    data = TranslationData(cfg.data, cfg.seed)
-    trainer = build_trainer(cfg, run_dir)
-    if trainer.global_rank == 0:
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = None
-    if cfg.resume:
-        if last.exists():
-            ckpt_path = str(last)
-        else:
-            log.warning("resume=true but %s does not exist: starting from scratch", last)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    if not cfg.trainer.fast_dev_run:
-        trainer.save_checkpoint(last)  # the final state, whatever step the periodic saves last fell on
-        if trainer.global_rank == 0:
-            export_best(trainer, module, data, run_dir)
-    return run_dir
-
-
-def export_best(trainer: L.Trainer, module: TranslationModule, data: TranslationData, run_dir: Path) -> None:
-    best = trainer.checkpoint_callbacks[0].best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
-    if Path(best).exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-    extra = {"checkpoint": Path(best).name, "bleu_tokenize": data.cfg.bleu_tokenize}
-    export_model(module.model.cpu(), data.tokenizer, run_dir / "model", extra=extra)
-    log.info("exported %s → %s", Path(best).name, run_dir / "model")
+def remove_failed_start(run_dir: Path, started: float) -> None:
+    """Remove the run folder a failed start left, if everything in it was written by this start and none of it is a
+    checkpoint or model: a resumed run, or a folder holding anything older, is left as it is."""
+    if not run_dir.is_dir():
+        return
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    if any(p.suffix in (".ckpt", ".safetensors") or p.stat().st_mtime < started for p in files):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-    except Exception as error:  # config values, data problems, Lightning's own checks: one line (NMT_DEBUG=1: trace)
+        from nmt.trainer import train
+
+        train(cfg, run_dir=run_dir)
+    except Exception as error:  # data problems, Lightning's own checks: one line (NMT_DEBUG=1: the traceback)
         if os.environ.get("NMT_DEBUG") == "1":
             raise
+        remove_failed_start(run_dir, _STARTED)
         kind = "" if isinstance(error, ValueError) else f"{type(error).__name__}: "
         print(f"nmt train: {kind}{config_error_line(error)}", file=sys.stderr)
         sys.exit(2)
@@ -190,6 +67,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main(argv: list[str]) -> int:
     """Entry for ``nmt train ARGS``: Hydra reads sys.argv, and Lightning's DDP launcher re-runs this file with it."""
     register_configs()
+    if not INFO_FLAGS & set(argv):
+        error = check_command_line(argv)
+        if error is not None:
+            print(f"nmt train: {error}", file=sys.stderr)
+            return 2
     # Lightning's DDP launcher re-runs `python -m <__main__'s module>` (or `python <sys.argv[0]>`) with sys.argv[1:]
     # in each child process: point both at this module so the children train with the same overrides.
     sys.argv = [str(Path(__file__).resolve()), *argv]

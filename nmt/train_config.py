@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from nmt.config import ModelConfig
-from nmt.search import DecodeConfig
+from nmt.config import DecodeConfig
 
 FORMATS = ("text", "tsv", "jsonl", "parquet")
 SPM_TYPES = ("bpe", "unigram")

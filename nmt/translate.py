@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from nmt.batching import collate, token_batches
-from nmt.search import DecodeConfig, Hypothesis, decode
+from nmt.config import DecodeConfig
+from nmt.search import Hypothesis, decode
 
 log = logging.getLogger("nmt.translate")
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from nmt.config import DecodeConfig
+from nmt.corpora import corpus_dir
 from nmt.evaluate import read_text
-from nmt.search import DecodeConfig
 from nmt.translate import Translator
 
-DEFAULT_SRC = Path(__file__).resolve().parent.parent.parent / "shared/data/multi30k/test_2016_flickr.en.gz"
+DEFAULT_SRC = corpus_dir("multi30k") / "test_2016_flickr.en.gz"
 
 
 def main() -> None:

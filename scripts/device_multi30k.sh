@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The Multi30k runs that need a GPU (README "Results on Multi30k"), for a session lent one, in one or two calls that
+# The Multi30k runs that need a GPU (docs/results.md), for a session lent one, in one or two calls that
 # fit its 15 minutes of device time with the machine's start (a minute or two):
 #
 #   here:   scripts/device_pack.sh
-#   there:  run(command="scripts/device_multi30k.sh 420", carry=[".whl", ".data"], timeout_s=480)
+#   there:  run(command="scripts/device_multi30k.sh 420", carry=[".whl"], timeout_s=480)
 #           if it reports runs still going, at once (a warm machine waits ~30 s for the next call):
 #           run(command="scripts/device_multi30k.sh 150", timeout_s=200)
 #   here:   tar xzf <files_at>/results.tgz          # outputs/device/<group>/<run>/…, as multi30k_table.sh leaves them
@@ -24,7 +24,7 @@ ROOT=outputs/device
 STEPS=${STEPS:-8000}
 TRAINER=${TRAINER:-gpu}
 PRECISION=${PRECISION:-32-true}  # the CPU rows' precision, so that the rows compare
-DATA=$PWD/.data/multi30k
+DATA=$PWD/data/multi30k
 OUT=${OUT:-$ROOT/out}
 
 if [ ! -e /tmp/nmt_site_ready ]; then
@@ -37,7 +37,6 @@ if [ ! -e /tmp/bin/nmt ]; then  # written once: running jobs exec it
   mv /tmp/bin/nmt.tmp /tmp/bin/nmt
 fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-[ -e ../shared/data/multi30k ] || { mkdir -p ../shared/data && ln -s "$DATA" ../shared/data/multi30k; }  # the tests'
 
 # group, multi30k_table.sh run, checkpoint spacing (updates), overrides. Accumulating 2 batches per update is the
 # published run's ~8,192 tokens per update (two GPUs); its averaged epoch checkpoints were ~50 updates apart.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Multi30k table (README "Results"): train the Transformer-tiny recipe per attention variant, average the last 10
+# The Multi30k table (docs/results.md): train the Transformer-tiny recipe per attention variant, average the last 10
 # checkpoints, evaluate with beam 5 on test_2016_flickr (run/eval, read by `nmt report`) and test_2017_flickr.
 #
 #   scripts/multi30k_table.sh [RUN…]        RUN ∈ mha gqa mqa window sparse en_fr raw_en_de (default: all, in order)
@@ -14,7 +14,7 @@ EVERY=${EVERY:-100}
 VAL_EVERY=${VAL_EVERY:-500}
 OUT=${OUT:-outputs/multi30k}
 EXTRA=${EXTRA:-}
-DATA=${DATA:-../shared/data/multi30k}  # the corpus (the device script points it at a carried copy)
+DATA=${DATA:-$(python -c 'from nmt.corpora import corpus_dir; print(corpus_dir("multi30k"))')}  # the shipped corpus
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(mha gqa mqa window sparse en_fr raw_en_de)
 

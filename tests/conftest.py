@@ -16,9 +16,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-from pathlib import Path  # noqa: E402
+from nmt.corpora import corpus_dir  # noqa: E402
 
-MULTI30K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k"
+MULTI30K = corpus_dir("multi30k")  # the copy inside the repository (data/multi30k), or the installed wheel's
 
 
 def multi30k_sample(n: int = 3000) -> list[str]:

@@ -7,7 +7,8 @@ import torch
 
 from nmt.config import ModelConfig
 from nmt.model import build_model
-from nmt.search import DecodeConfig, beam_search, decode, greedy, max_lengths
+from nmt.config import DecodeConfig
+from nmt.search import beam_search, decode, greedy, max_lengths
 from nmt.tokenizer import EOS_ID
 
 

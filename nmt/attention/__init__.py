@@ -1,19 +1,26 @@
-"""Swappable attention: one config per site, one mask description, four backends, a KV cache."""
+"""Swappable attention: one config per site, one mask description, several backends, a KV cache.
 
-from nmt.attention.backends import AttentionBackendError, attend, math_attention, sdpa_attention
-from nmt.attention.cache import KVCache
-from nmt.attention.config import BACKENDS, AttentionConfig
-from nmt.attention.layer import Attention
-from nmt.attention.masks import MaskSpec
+The names below load on first use (PEP 562), so ``nmt.attention.config`` — which the config modules need — imports
+no torch: `nmt train` checks a config in about a second before loading the heavy libraries.
+"""
 
-__all__ = [
-    "BACKENDS",
-    "Attention",
-    "AttentionBackendError",
-    "AttentionConfig",
-    "KVCache",
-    "MaskSpec",
-    "attend",
-    "math_attention",
-    "sdpa_attention",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "AttentionBackendError": "backends",
+    "attend": "backends",
+    "math_attention": "backends",
+    "sdpa_attention": "backends",
+    "KVCache": "cache",
+    "BACKENDS": "config",
+    "AttentionConfig": "config",
+    "Attention": "layer",
+    "MaskSpec": "masks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nmt.attention' has no attribute {name!r}")
+    return getattr(import_module(f"nmt.attention.{_EXPORTS[name]}"), name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import statistics
@@ -25,8 +26,9 @@ import torch
 
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
+from nmt.corpora import corpus_dir
+from nmt.schema import CONF_DIR
 
-DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k" / "test_2016_flickr.en.gz"
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
 CPU = torch.device("cpu")
 PROG = "nmt bench translate"
@@ -43,8 +45,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="conf/model preset: tiny, small or base")
-    parser.add_argument("--src", default=str(DEFAULT_SOURCE), help="raw source text (.gz fine); default Multi30k test")
+    parser.add_argument("--model", default="tiny", help="nmt/conf/model preset: tiny, small or base")
+    parser.add_argument("--src", default=str(corpus_dir("multi30k") / "test_2016_flickr.en.gz"),
+                        help="raw source text (.gz fine); default Multi30k test_2016_flickr")
     parser.add_argument("--limit", type=int, default=None, help="first N sentences (default: all)")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5], help="beam sizes (1 = greedy)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per system (median)")
@@ -54,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
     args = parser.parse_args(argv)
-    presets = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "model").glob("*.yaml"))
+    presets = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     if args.model not in presets:
         raise UsageError(f"--model {args.model!r} is not a preset; choose one of {', '.join(presets)}")
     for name in ("repeats", "batch", "length"):
@@ -83,9 +86,6 @@ def load_config(model: str, overrides: list[str]):
         cfg = to_train_config(compose_config([f"model={model}", *overrides]))
     except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
         raise UsageError(config_error_line(error)) from None
-    if cfg.data.path is not None and not Path(cfg.data.path).is_dir():
-        # Relative to the repository rather than the working directory, so the bench runs from anywhere.
-        cfg.data.path = str(Path(__file__).resolve().parents[2] / cfg.data.path)
     return cfg
 
 
@@ -126,7 +126,8 @@ def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: in
 
 
 def nmt_system(model, batches: list[Batch], length: int) -> Callable[[int], int]:
-    from nmt.search import DecodeConfig, decode
+    from nmt.config import DecodeConfig
+    from nmt.search import decode
 
     def run(beam: int) -> int:
         # max length counts the final eos: length - 1 subwords (no eos before them) and the eos = length tokens.
@@ -200,15 +201,17 @@ def _hub_offline():
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import transformers
-    from transformers import MarianMTModel
-
-    transformers.utils.logging.disable_progress_bar()
-
     from nmt.evaluate import read_text
     from nmt.model import build_model
 
     cfg = load_config(args.model, args.overrides)
+    if importlib.util.find_spec("transformers") is None:
+        raise UsageError("times nmt against Hugging Face MarianMTModel, which is not installed: "
+                         "pip install 'nmt[bench]' (from a checkout: pip install -e '.[bench]')")
+    import transformers
+    from transformers import MarianMTModel
+
+    transformers.utils.logging.disable_progress_bar()
     tokenizer = load_tokenizer(cfg)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise UsageError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model {cfg.model.vocab_size}")

@@ -1,0 +1,100 @@
+"""``nmt train``'s command line checked before any work: every override names a key of the schema or a config group
+(with "did you mean" for a near miss), and every job — one, or each of a ``-m`` sweep — composes and validates, and
+finds its local training and validation files.
+
+Only Hydra, OmegaConf and the dataclass schemas are imported here (no torch, Lightning or datasets), so a typo is
+reported in about a second. Hydra alone would accept ``+trainer.max_stpes=10`` (``+`` adds a key), drop it when the
+config becomes a dataclass, and start a 100,000-step run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nmt.corpora import local_files
+from nmt.schema import CONF_DIR, compose_config, config_error_line, to_train_config
+from nmt.train_config import TrainConfig
+
+
+class OverrideError(ValueError):
+    """An override that names no key of the schema and no config group."""
+
+
+def schema_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass schema, nodes and leaves: ['model', 'model.d_model', …]."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        key = f"{prefix}{field.name}"
+        keys.append(key)
+        if dataclasses.is_dataclass(hints[field.name]):
+            keys += schema_keys(hints[field.name], key + ".")
+    return keys
+
+
+def config_groups(config_dirs: Sequence[Path] = ()) -> set[str]:
+    """The config groups (sub-folders holding YAML) of nmt's configs and of the user's extra config folders."""
+    groups = set()
+    for root in (CONF_DIR, *config_dirs):
+        groups |= {str(p.parent.relative_to(root)) for p in Path(root).glob("**/*.yaml") if p.parent != Path(root)}
+    return groups
+
+
+def check_key(key: str, groups: set[str], keys: Sequence[str]) -> None:
+    """Raise OverrideError for a key that is neither a config group nor a schema key; Hydra checks its own."""
+    if key in groups or key in keys or key == "hydra" or key.startswith("hydra."):
+        return
+    close = difflib.get_close_matches(key, [*keys, *groups], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else " (nmt train --help lists the groups and keys)"
+    raise OverrideError(f"unknown key {key}{hint}")
+
+
+def _with_search_path(overrides: list[str], config_dir: Optional[str]) -> list[str]:
+    """``--config-dir DIR`` as the compose API takes it: DIR added to hydra.searchpath."""
+    if not config_dir:
+        return overrides
+    entry = f"file://{Path(config_dir).resolve()}"
+    rest = [o for o in overrides if not o.startswith("hydra.searchpath=")]
+    given = [o.split("=", 1)[1].strip("[]") for o in overrides if o.startswith("hydra.searchpath=")]
+    return [*rest, f"hydra.searchpath=[{','.join([entry, *filter(None, given)])}]"]
+
+
+def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job: one job, or the cross product of a sweep's values (Hydra's basic sweeper)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_local_files(cfg: TrainConfig) -> None:
+    """The training and validation files of a local corpus exist (DataError naming the one that does not)."""
+    if cfg.data.path is not None:
+        for split in (cfg.data.splits.train, cfg.data.splits.valid):
+            local_files(cfg.data, split)
+
+
+def check_command_line(argv: list[str]) -> Optional[str]:
+    """None when every job of ``nmt train ARGV`` composes and validates, else one line saying what is wrong."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = get_args_parser().parse_args(argv)  # a bad flag exits with argparse's usage line, status 2
+    config_dirs = [Path(args.config_dir)] if args.config_dir else []
+    try:
+        keys, groups = schema_keys(), config_groups(config_dirs)
+        for override in OverridesParser.create().parse_overrides(args.overrides):
+            check_key(override.key_or_group, groups, keys)
+        for job in jobs(args.overrides, args.multirun):
+            cfg = to_train_config(compose_config(_with_search_path(job, args.config_dir), args.config_name or "train"))
+            check_local_files(cfg)
+    except Exception as error:  # Hydra, OmegaConf and __post_init__ errors alike: one line
+        return config_error_line(error)
+    return None

@@ -1,0 +1,188 @@
+"""The Lightning side of ``nmt train``: callbacks, the Trainer, and ``train(cfg)`` — the function tests call directly.
+
+``nmt train`` (``nmt.train``) imports this module only after the config has composed and validated, so a typo is
+reported before Lightning, datasets and torch load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.datamodule import TranslationData
+from nmt.export import export_model
+from nmt.lit_module import TranslationModule, module_from_configs
+from nmt.schema import to_train_config
+from nmt.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+# Lightning 2.6's pytree helper trips over torch 2.13's own deprecation on every fit: noise to a user, nothing to do.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class BatchTrace(Callback):
+    """Writes each rank's consumed batch positions and a fingerprint of their tokens (``trace_batches=true``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        epoch, index = batch["position"].tolist()
+        digest = hash(tuple(batch["src"].flatten().tolist())) & 0xFFFFFFFF
+        with open(self.directory / f"rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step} {epoch} {index} {digest:08x}\n")
+
+
+class ValidateLastStep(Callback):
+    """Validate after the last update too, as fairseq does: Lightning validates only every ``val_check_interval``
+    batches, so with ``max_steps`` off that grid the final updates were never scored and could not become best.ckpt.
+    Lightning validates once more when ``should_stop`` is raised by the end of a batch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it into place: a kill at any
+    moment leaves the previous checkpoint intact (fsspec's transaction stages in /tmp, which may be another
+    filesystem, where the final move is a copy)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            torch.save(checkpoint, tmp)
+        os.replace(tmp.name, path)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich bar for step-bounded training: 'Epoch 3' and 'step 1200/8000' where Lightning wrote
+    'Epoch 3/-2' (max_epochs - 1, and max_epochs is -1 when trainer.max_steps bounds the run)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"Epoch {current_epoch}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        return {"step": f"{trainer.global_step}/{trainer.max_steps}", **super().get_metrics(trainer, pl_module)}
+
+
+def _compute_dtype(precision: str) -> torch.dtype:
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
+    """Failures we can see before touching data: a device that is absent, a precision it lacks, a backend that
+    cannot run there."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
+    if cfg.trainer.precision.startswith("bf16") and accelerator in ("gpu", "cuda") and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; use trainer.precision=16-mixed")
+    uses_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if uses_cuda else "cpu")
+    module.model.check_backends(device, _compute_dtype(cfg.trainer.precision), training=True)
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
+    t = cfg.trainer
+    checkpoints = run_dir / "checkpoints"
+    callbacks: list[Callback] = [
+        # best.ckpt by validation BLEU; save_last also refreshes last.ckpt after every validation has run (unless the
+        # periodic callback below owns last.ckpt: two owners would make Lightning write last-v1.ckpt).
+        # No version counter on either callback: a resume whose callback state does not carry over (another
+        # checkpoint spacing, a copied run directory) would otherwise write last-v1.ckpt and leave the stale
+        # last.ckpt for the next resume=true to go back to.
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
+                        save_last=not t.checkpoint_every_n_steps, enable_version_counter=False),
+        EarlyStopping(monitor="val_bleu", mode="max", patience=t.patience, check_on_train_epoch_end=False),
+        ValidateLastStep(),
+    ]
+    if t.checkpoint_every_n_steps:  # the newest keep_checkpoints step-N.ckpt (for averaging), last.ckpt too
+        callbacks.append(ModelCheckpoint(dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
+                                         monitor="step", mode="max", save_top_k=t.keep_checkpoints, save_last=True,
+                                         every_n_train_steps=t.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
+    if t.enable_progress_bar:
+        callbacks.append(StepProgressBar())
+    if cfg.trace_batches:
+        callbacks.append(BatchTrace(run_dir / "batch_trace"))
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # Lightning counts batches here
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        fast_dev_run=t.fast_dev_run or False,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        use_distributed_sampler=False,  # batches are sharded by rank in nmt.batching
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        # One version folder per (re)start: a resumed run appends logs/version_1 instead of overwriting version_0.
+        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")],
+        default_root_dir=run_dir,
+    )
+
+
+def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -> Path:
+    """Train, checkpoint, and export the best model to ``<run_dir>/model``; returns the run directory."""
+    if isinstance(cfg, DictConfig):
+        cfg = to_train_config(cfg)
+    run_dir = Path(run_dir or cfg.run_dir or "outputs/run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, verbose=False)
+    module = module_from_configs(cfg.model, cfg.optim, cfg.decode, cfg.trainer.max_steps, cfg.data.bleu_tokenize)
+    check_runtime(cfg, module)
+    data = TranslationData(cfg.data, cfg.seed)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.global_rank == 0:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if cfg.resume:
+        if last.exists():
+            ckpt_path = str(last)
+        else:
+            log.warning("resume=true but %s does not exist: starting from scratch", last)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    if not cfg.trainer.fast_dev_run:
+        # The final state, whatever step the periodic saves last fell on; all of it (optimizer, loops) for resume.
+        trainer.save_checkpoint(last, weights_only=False)
+        if trainer.global_rank == 0:
+            export_best(trainer, module, data, run_dir)
+    return run_dir
+
+
+def export_best(trainer: L.Trainer, module: TranslationModule, data: TranslationData, run_dir: Path) -> None:
+    best = trainer.checkpoint_callbacks[0].best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
+    if Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    extra = {"checkpoint": Path(best).name, "bleu_tokenize": data.cfg.bleu_tokenize}
+    export_model(module.model.cpu(), data.tokenizer, run_dir / "model", extra=extra)
+    log.info("exported %s → %s", Path(best).name, run_dir / "model")
