@@ -36,10 +36,10 @@ def schema_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def config_groups(config_dirs: Sequence[Path] = ()) -> set[str]:
-    """The config groups (sub-folders holding YAML) of nmt's configs and of the user's extra config folders."""
+def config_groups(roots: Sequence[Path] = (CONF_DIR,)) -> set[str]:
+    """The config groups (sub-folders holding YAML) of nmt's config folder and the user's."""
     groups = set()
-    for root in (CONF_DIR, *config_dirs):
+    for root in roots:
         groups |= {str(p.parent.relative_to(root)) for p in Path(root).glob("**/*.yaml") if p.parent != Path(root)}
     return groups
 
@@ -51,6 +51,33 @@ def check_key(key: str, groups: set[str], keys: Sequence[str]) -> None:
     close = difflib.get_close_matches(key, [*keys, *groups], n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else " (nmt train --help lists the groups and keys)"
     raise OverrideError(f"unknown key {key}{hint}")
+
+
+def check_option(override, roots: Sequence[Path]) -> None:
+    """A group override names options that exist: Hydra silently ignores a missing option of an ``optional`` group
+    (``experiment=typo`` ran the defaults)."""
+    group = override.key_or_group
+    options = {p.stem for root in roots for p in (Path(root) / group).glob("*.yaml")}
+    if override.is_delete() or not options:
+        return
+    values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    for value in values:
+        for name in value if isinstance(value, list) else [value]:
+            if name is not None and str(name) not in options:
+                raise OverrideError(f"{group}={name}: no such option; options: {', '.join(sorted(options))}")
+
+
+def _search_roots(overrides, config_dir: Optional[str]) -> Optional[list[Path]]:
+    """nmt's config folder and the user's (``--config-dir``, ``hydra.searchpath`` file:// entries); None where a
+    search path entry is not a folder we can list (pkg://), so options are left to Hydra."""
+    roots = [CONF_DIR, *([Path(config_dir)] if config_dir else [])]
+    for override in overrides:
+        if override.key_or_group == "hydra.searchpath":
+            for entry in override.value() or []:
+                if not str(entry).startswith("file://"):
+                    return None
+                roots.append(Path(str(entry)[len("file://"):]))
+    return roots
 
 
 def _with_search_path(overrides: list[str], config_dir: Optional[str]) -> list[str]:
@@ -87,11 +114,15 @@ def check_command_line(argv: list[str]) -> Optional[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = get_args_parser().parse_args(argv)  # a bad flag exits with argparse's usage line, status 2
-    config_dirs = [Path(args.config_dir)] if args.config_dir else []
     try:
-        keys, groups = schema_keys(), config_groups(config_dirs)
-        for override in OverridesParser.create().parse_overrides(args.overrides):
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        roots = _search_roots(parsed, args.config_dir)
+        keys = schema_keys()
+        groups = config_groups(roots or [CONF_DIR, *([Path(args.config_dir)] if args.config_dir else [])])
+        for override in parsed:
             check_key(override.key_or_group, groups, keys)
+            if roots is not None and override.key_or_group in groups:
+                check_option(override, roots)
         for job in jobs(args.overrides, args.multirun):
             cfg = to_train_config(compose_config(_with_search_path(job, args.config_dir), args.config_name or "train"))
             check_local_files(cfg)

@@ -1,0 +1,196 @@
+"""A new user's first minutes: the corpus and configs found from anywhere, `nmt train` answering config errors before
+it loads anything heavy, failed starts leaving no run folder, the progress bar and log free of noise, and a wheel
+that trains and translates from an empty directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from nmt import corpora
+from nmt.corpora import corpus_dir
+from nmt.overrides import check_command_line, schema_keys
+from nmt.train import main as train_main
+from nmt.train import remove_failed_start
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "lightning", "datasets", "transformers")
+
+
+def run(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 300):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+# -- the corpus and the configs ------------------------------------------------------------------------------------
+
+
+def test_multi30k_is_found_in_the_checkout_and_preferred_inside_an_installed_package(tmp_path, monkeypatch):
+    assert corpus_dir("multi30k") == ROOT / "data" / "multi30k"
+    assert (corpus_dir("multi30k") / "tok" / "train.lc.norm.tok.de.gz").is_file()
+    installed = tmp_path / "nmt"
+    (installed / "_data" / "multi30k").mkdir(parents=True)
+    (installed / "_data" / "multi30k" / "README.md").write_text("shipped\n")
+    monkeypatch.setattr(corpora, "_PACKAGE", installed)
+    assert corpus_dir("multi30k") == installed / "_data" / "multi30k"
+    with pytest.raises(ValueError, match="unknown corpus 'wmt': nmt ships multi30k"):
+        corpus_dir("wmt")
+    monkeypatch.setattr(corpora, "_PACKAGE", tmp_path / "empty" / "nmt")
+    with pytest.raises(FileNotFoundError, match="corpus 'multi30k' is missing from this install"):
+        corpus_dir("multi30k")
+
+
+def test_no_code_config_or_test_names_a_folder_outside_the_repository():
+    outside = ("../" + "shared", "/" + "shared/data", "parents" + "[3]")
+    offenders = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for folder in ("nmt", "tests", "scripts", ".ci")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file() and path.suffix in (".py", ".yaml", ".sh", "") and "__pycache__" not in path.parts
+        for needle in outside
+        if needle in path.read_text(errors="replace")
+    ]
+    assert not offenders
+
+
+def test_the_data_config_resolves_to_the_shipped_corpus_from_any_directory(tmp_path):
+    process = run(["-c", "from nmt.schema import compose_config, to_train_config; "
+                         "print(to_train_config(compose_config(['data=multi30k_tok'])).data.path)"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.strip() == str(ROOT / "data" / "multi30k")
+
+
+# -- checking the command line before any work ----------------------------------------------------------------------
+
+
+def test_the_config_check_imports_nothing_heavy():
+    code = ("import sys; from nmt.train import main; from nmt.overrides import check_command_line; "
+            "print(check_command_line(['attention=gqa', 'trainer.max_steps=5'])); "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    process = run(["-c", code])
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.split("\n")[:2] == ["None", "[]"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["+trainer.max_stpes=10"], "unknown key trainer.max_stpes; did you mean trainer.max_steps?"),
+        (["trainer.max_stpes=10"], "unknown key trainer.max_stpes; did you mean trainer.max_steps?"),
+        (["++model.atention.cross.window=4"], "unknown key model.atention.cross.window; did you mean "
+                                             "model.attention.cross.window?"),
+        (["atention=gqa"], "unknown key atention; did you mean attention?"),
+        (["attention=nope"], "attention=nope: no such option; options: flash, gqa, mha, mqa, sliding_window, sparse"),
+        (["experiment=cpu_smok"], "experiment=cpu_smok: no such option; options: cpu_smoke, quickstart"),
+        (["-m", "attention=mha,gqq"], "attention=gqq: no such option"),
+        (["trainer.max_steps=abc"], "trainer.max_steps=abc: Value 'abc' of type 'str' could not be converted"),
+        (["data.max_tokens=100"], "data.max_tokens (100) must hold one sentence of data.max_len (250) + 2"),
+        (["-m", "attention=mha,gqa", "model.attention.cross.window=0"], "window (0) must be >= 1"),
+        (["data=local", "data.path=/nonexistent-folder"], "data.path '/nonexistent-folder' is not a folder"),
+    ],
+)
+def test_config_errors_are_one_line_with_status_2_and_no_run_folder(argv, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train_main([*argv, f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nmt train: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not run_dir.exists()
+
+
+def test_every_schema_key_and_group_passes_the_key_check():
+    keys = schema_keys()
+    assert {"trainer.max_steps", "model.attention.cross.n_kv_heads", "data.splits.valid", "decode.beam"} <= set(keys)
+    assert check_command_line(["model.attention.decoder_self.window=4", "data.splits.valid=val", "seed=3",
+                               "hydra.job.name=x", "attention=[sliding_window,gqa]"]) is None
+
+
+def test_a_users_own_config_folder_adds_experiments(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 7\n")
+    assert check_command_line(["--config-dir", str(tmp_path), "experiment=mine"]) is None
+    assert "experiment=mine: no such option" in check_command_line(["experiment=mine"])
+    assert check_command_line([f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"]) is None
+    process = run(["-m", "nmt.cli", "train", "--config-dir", str(tmp_path), "experiment=mine", "--cfg", "job"],
+                  cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert "  max_steps: 7\n" in process.stdout
+
+
+def test_help_lists_the_groups_and_loads_no_training_library():
+    process = run(["-c", "import sys; from nmt.train import main; main(['--help'])"])
+    assert process.returncode == 0, process.stderr
+    assert "nmt train: train an encoder-decoder Transformer" in process.stdout
+    assert "attention: flash, gqa, mha, mqa, sliding_window, sparse" in process.stdout
+
+
+# -- failed starts, the progress bar and the log --------------------------------------------------------------------
+
+
+def test_a_start_that_fails_in_the_run_removes_its_folder_but_never_an_older_one(tmp_path):
+    bad = tmp_path / "corpus"
+    bad.mkdir()
+    for split in ("train", "valid"):
+        (bad / f"{split}.en").write_bytes(b"a dog\n")
+        (bad / f"{split}.de").write_bytes(b"ein \xff Hund\n")  # invalid UTF-8: found only when the data is read
+    run_dir = tmp_path / "run"
+    args = ["-m", "nmt.cli", "train", "data=local", f"data.path={bad}", f"data.cache_dir={tmp_path / 'cache'}",
+            "trainer.enable_progress_bar=false"]
+    process = run([*args, f"hydra.run.dir={run_dir}"])
+    assert process.returncode == 2 and "train.de:1: invalid UTF-8" in process.stderr, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    assert not run_dir.exists()
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "notes.txt").write_text("mine\n")
+    os.utime(older / "notes.txt", (0, 0))
+    remove_failed_start(older, started=1.0)
+    assert (older / "notes.txt").is_file()
+
+
+def test_the_progress_bar_counts_steps_not_a_negative_epoch_total():
+    from types import SimpleNamespace
+
+    from nmt.trainer import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(global_step=5, max_steps=20, max_epochs=-1)
+    assert bar._get_train_description(0) == "Epoch 0"
+
+
+# -- a wheel, installed apart from the checkout ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_configs_and_corpus_and_trains_and_translates_from_an_empty_directory(tmp_path):
+    wheels, site, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    built = run(["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+                timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("nmt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"nmt/conf/train.yaml", "nmt/conf/experiment/quickstart.yaml", "nmt/_data/multi30k/README.md",
+            "nmt/_data/multi30k/tok/test_2016_flickr.lc.norm.tok.de.gz"} <= names
+    installed = run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], timeout=600)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    located = run(["-c", "import nmt, nmt.corpora as c; print(nmt.__file__); print(c.corpus_dir('multi30k'))"],
+                  cwd=empty, env=env)
+    assert located.stdout.split() == [str(site / "nmt" / "__init__.py"), str(site / "nmt" / "_data" / "multi30k")]
+    trained = run(["-m", "nmt.cli", "train", "experiment=cpu_smoke", "trainer.max_steps=4",
+                   "trainer.val_every_n_steps=2", "decode.max_sentences=4", "data.max_train_examples=2000",
+                   "data.vocab_size=500", "trainer.enable_progress_bar=false", "hydra.run.dir=run"],
+                  cwd=empty, env=env, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "weights_only` was not set" not in trained.stdout + trained.stderr
+    translated = subprocess.run([sys.executable, "-m", "nmt.cli", "translate", "--model", "run/model", "--beam", "2"],
+                                input="A dog runs.\n\nTwo men.\n", cwd=empty, env=env, capture_output=True,
+                                text=True, timeout=300)
+    assert translated.returncode == 0, translated.stderr[-2000:]
+    assert len(translated.stdout.split("\n")) == 4 and translated.stdout.split("\n")[1] == ""
