@@ -17,7 +17,7 @@ from nmt.cli import main as cli_main
 from nmt.loading import load_model
 from nmt.report import read_metrics
 from nmt.schema import CONF_DIR, compose_config
-from nmt.train import train
+from nmt.trainer import train
 from tests.conftest import MULTI30K
 
 ROOT = Path(__file__).resolve().parent.parent
