@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
+from nmt.attention.backends import site_problem
 from nmt.attention.config import AttentionConfig
 
 SITES = ("encoder_self", "decoder_self", "cross")
@@ -85,6 +86,9 @@ class ModelConfig:
             head_dim = self.d_model // resolved.n_heads
             if self.positions == "rope" and site != "cross" and head_dim % 2:
                 raise ValueError(f"positions 'rope' needs an even head_dim; attention.{site} has {head_dim}")
+            problem = site_problem(resolved.backend, window=resolved.window, cross=site == "cross")
+            if problem is not None:
+                raise ValueError(f"attention.{site}: {problem}")
 
     def site(self, name: str) -> AttentionConfig:
         """The attention config of one site with the model's n_heads filled in where the site leaves it unset."""

@@ -1,4 +1,4 @@
-"""Where `auto` switches CPU inference from SDPA's fused kernel to the `matmul` backend (backends.MATMUL_MAX_SCORES).
+"""Where `auto` switches CPU inference from SDPA's fused kernel to the `matmul` backend (dispatch.MATMUL_MAX_SCORES).
 
 Times both backends on decoding-step shapes — q_len queries (1 for a self-attention step, the beams for a shared
 cross-attention row) over k_len padded keys — alternated, medians of 5, and prints sdpa ÷ matmul (> 1: matmul wins).

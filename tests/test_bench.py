@@ -77,7 +77,7 @@ def test_bench_attention_skips_what_would_take_too_long_and_says_so(tmp_path):
 
 
 def test_matmul_crossover_probe_runs(capsys):
-    """scripts/matmul_crossover.py (behind backends.MATMUL_MAX_SCORES) on tiny sizes, so it cannot rot."""
+    """scripts/matmul_crossover.py (behind dispatch.MATMUL_MAX_SCORES) on tiny sizes, so it cannot rot."""
     import runpy
 
     module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "matmul_crossover.py"))

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.attention import Attention, AttentionConfig
 from nmt.cli import main
 from nmt.model import build_model
 from nmt.schema import CONF_DIR, compose_config, model_config
@@ -62,35 +61,6 @@ def test_per_site_overrides_compose():
     )
     assert dotted.site("encoder_self").window == 16 and dotted.site("encoder_self").n_kv_heads == 4
     assert dotted.site("cross").n_kv_heads == 2
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(n_heads=8, n_kv_heads=3), r"n_heads \(8\) must be divisible by n_kv_heads \(3\)"),
-        (dict(n_kv_heads=0), r"n_kv_heads \(0\) must be >= 1"),
-        (dict(window=0), r"window \(0\) must be >= 1"),
-        (dict(window=-4), r"window \(-4\) must be >= 1"),
-        (dict(global_tokens=2), r"global_tokens \(2\) needs a window"),
-        (dict(global_tokens=-1, window=4), r"global_tokens \(-1\) must be >= 0"),
-        (dict(backend="fast"), r"backend \('fast'\) must be one of auto, math, sdpa, flex, flash"),
-        (dict(dropout=1.0), r"dropout \(1.0\) must be in \[0, 1\)"),
-        (dict(backend="flex", dropout=0.1), r"backend 'flex' cannot apply attention dropout \(dropout=0.1\)"),
-        (dict(backend="flash", window=4, global_tokens=1), r"backend 'flash' cannot express global tokens"),
-    ],
-)
-def test_bad_attention_configs_name_the_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        AttentionConfig(**kwargs)
-
-
-def test_bad_attention_modules_fail_at_construction():
-    with pytest.raises(ValueError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
-        Attention(30, AttentionConfig(n_heads=4))
-    with pytest.raises(ValueError, match=r"backend 'flash' aligns windows bottom-right.*window=4"):
-        Attention(32, AttentionConfig(n_heads=4, window=4, backend="flash"), cross=True)
-    with pytest.raises(ValueError, match="n_heads is unset"):
-        Attention(32, AttentionConfig())
 
 
 @pytest.mark.parametrize(

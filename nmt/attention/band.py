@@ -4,6 +4,7 @@ gradients on any device (plain tensor ops, so autograd gives the backward pass).
 Queries are cut into blocks of ``window`` positions; a block attends to its own key block and the previous one
 (causal), or the previous, its own and the next one (bidirectional), which covers every key at distance < window.
 A cached decoding step already holds only the window's keys, so there the same attention runs as one SDPA call.
+What band cannot compute is declared in its entry of `nmt.attention.backends.REGISTRY`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,8 @@ from nmt.attention.masks import MaskSpec
 CHUNK_BYTES = 32 << 20  # the scores one chunk of query blocks may hold (see band_attention)
 
 
-def mask_problem(mask: MaskSpec) -> Optional[str]:
-    if mask.window is None:
-        return "backend 'band' computes sliding-window attention only; this site has no window (use sdpa)"
-    if mask.global_tokens:
-        return f"backend 'band' cannot add global tokens (global_tokens={mask.global_tokens}); use sdpa or flex"
-    return None
-
-
 def is_decoding_step(mask: MaskSpec) -> bool:
+    """A cached step: its keys are the window's cache (and kept globals), not the queries' own positions."""
     return mask.q_len != mask.k_len or mask.q_start != mask.k_start or mask.k_globals > 0
 
 
@@ -64,6 +58,7 @@ def _band_chunk(qb: Tensor, kb: Tensor, vb: Tensor, allowed: Tensor, head_dim: i
 def band_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
 ) -> tuple[Tensor, Optional[Tensor]]:
+    """The band backend's kernel (kernel signature: `nmt.attention.kernels`), on a mask the registry has checked."""
     if is_decoding_step(mask):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(q.device), dropout_p=dropout_p,
                                              enable_gqa=k.size(1) != q.size(1))

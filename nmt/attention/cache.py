@@ -1,4 +1,4 @@
-"""Key/value cache of one attention layer for incremental decoding."""
+"""Key/value cache of one attention layer for incremental decoding (shape letters: `nmt.attention`)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,24 @@ from nmt.attention.masks import MaskSpec
 
 @dataclass
 class KVCache:
-    """K/V of the positions decoded so far, stored with ``n_kv_heads`` heads: (B, n_kv_heads, len, head_dim).
+    """K/V of the positions decoded so far, stored with ``n_kv_heads`` heads: (B, n_kv_heads, stored, head_dim).
 
     Self-attention appends each step's K/V; with a ``window`` it keeps only the last ``window`` positions (plus the
     ``global_tokens`` first positions, which every later token still sees). Cross-attention fills it once per source
-    sentence (``static``) and reuses it at every step.
+    sentence (`fill`: stored = S) and reuses it at every step.
 
     Stored keys are laid out as ``k_globals`` global positions 0 … k_globals-1, then a contiguous run from
     ``k_start``; ``length`` is the number of positions decoded so far (the absolute position of the next query).
+    A self-attention cache with window 3 and global_tokens 2 after 8 positions (test_cache_layout_… in
+    tests/attention/test_cache.py builds this one)::
+
+        index along dim 2     0   1   2   3   4       stored = k_globals + (length - k_start) = 5
+        absolute position     0   1   5   6   7       length = 8: the next query is position 8
+                              └─┬─┘   └────┬────┘
+                        k_globals = 2    contiguous from k_start = 5
+
+    Without a window nothing is dropped: k_globals = 0, k_start = 0 and stored = length.
+    Beam search's `reorder` is kept pending in ``_order`` and applied when the K/V are next read or appended to.
     """
 
     window: Optional[int] = None
@@ -33,7 +43,7 @@ class KVCache:
     # Beam search reorders every step and appends right after: a pending row order lets append gather the old rows
     # straight into the grown tensor, one copy instead of two (index_select, then cat).
     _order: Optional[Tensor] = field(default=None, repr=False)
-    # Cross-attention: the mask of the last step, reused while queries, keys and source lengths stay the same.
+    # Cross-attention: the mask of the last step, reused while MaskSpec.reusable_for allows.
     mask: Optional[MaskSpec] = field(default=None, repr=False)
 
     @property

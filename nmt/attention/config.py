@@ -1,11 +1,12 @@
-"""Per-site attention configuration: one dataclass, validated when it is built."""
+"""Per-site attention configuration: one dataclass, validated when it is built (against the backend registry,
+which, like this module, imports no torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Optional
 
-BACKENDS = ("auto", "math", "sdpa", "flex", "flash", "band", "matmul")
+from nmt.attention.backends import BACKENDS, mask_problem
 
 
 @dataclass
@@ -51,20 +52,9 @@ class AttentionConfig:
             raise ValueError(f"backend ({self.backend!r}) must be one of {', '.join(BACKENDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout ({self.dropout}) must be in [0, 1)")
-        if self.backend == "flex" and self.dropout > 0:
-            raise ValueError(
-                f"backend 'flex' cannot apply attention dropout (dropout={self.dropout}); use dropout 0 or backend sdpa"
-            )
-        if self.backend == "band" and (self.window is None or self.global_tokens > 0):
-            raise ValueError(
-                f"backend 'band' computes plain sliding windows: it needs a window and no global tokens "
-                f"(window={self.window}, global_tokens={self.global_tokens})"
-            )
-        if self.backend == "flash" and self.global_tokens > 0:
-            raise ValueError(
-                f"backend 'flash' cannot express global tokens (global_tokens={self.global_tokens}): flash kernels "
-                "take only causal/window/padding masks; use backend flex, sdpa or auto"
-            )
+        problem = mask_problem(self.backend, window=self.window, global_tokens=self.global_tokens, dropout=self.dropout)
+        if problem is not None:
+            raise ValueError(problem)
 
     def resolve(self, n_heads: int) -> "AttentionConfig":
         """A copy with ``n_heads`` and ``n_kv_heads`` filled in (``n_heads`` from the model when unset)."""

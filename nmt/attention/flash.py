@@ -1,7 +1,10 @@
-"""The ``flash`` backend: flash-attn's varlen kernel when it imports, else PyTorch's FlashAttention-2 through SDPA.
+"""The ``flash`` backend: flash-attn's varlen kernel when it imports, else PyTorch's FlashAttention-2 through SDPA
+(Dao 2023, FlashAttention-2; flash-attn's ``flash_attn_varlen_func`` interface).
 
 Never a silent fallback to another algorithm: where neither kernel can run (CPU, fp32, a mask flash cannot express)
-the caller gets an AttentionBackendError naming what is missing.
+the caller gets an AttentionBackendError naming what is missing. The registry entry (`nmt.attention.backends`)
+declares what every flash kernel lacks; `device_problem` and `call_problem` here add what depends on the GPU and on
+which kernel imports.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from nmt.attention.masks import MaskSpec
 
 log = logging.getLogger(__name__)
-
-HALF = (torch.float16, torch.bfloat16)
 
 
 @functools.cache
@@ -50,13 +51,8 @@ def kernel_name() -> str:
 
 
 def device_problem(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    if device.type != "cuda":
-        return (
-            f"backend 'flash' needs a CUDA device (got {device.type}): flash kernels have no CPU implementation; "
-            "use backend sdpa or auto"
-        )
-    if dtype not in HALF:
-        return f"backend 'flash' needs fp16 or bf16 inputs (got {dtype}); train with bf16/fp16 precision or use sdpa"
+    """The registry's device check: flash kernels need compute capability 8.0 (Ampere) or later. The registry has
+    already checked that ``device`` is CUDA and ``dtype`` fp16/bf16."""
     capability = torch.cuda.get_device_capability(device)
     if capability < (8, 0):
         return f"backend 'flash' needs a GPU of compute capability >= 8.0 (this one has {capability[0]}.{capability[1]})"
@@ -80,10 +76,7 @@ def _offsets_aligned(mask: MaskSpec) -> bool:
 
 
 def mask_problem(mask: MaskSpec) -> Optional[str]:
-    if mask.global_tokens:
-        return f"backend 'flash' cannot express global tokens (global_tokens={mask.global_tokens}); use flex or sdpa"
-    if mask.k_globals:
-        return "backend 'flash' cannot express a cache holding global tokens; use flex or sdpa"
+    """What the kernel that will run cannot express of this mask (global tokens are refused by the registry)."""
     if _varlen_kernel()[0] is not None:
         if (mask.causal or mask.window is not None) and not _offsets_aligned(mask):
             return (
@@ -105,6 +98,11 @@ def dropout_problem(dropout_p: float) -> Optional[str]:
     return None
 
 
+def call_problem(mask: MaskSpec, dropout_p: float, head_dim: int) -> Optional[str]:
+    """The registry's call check: what only this module knows (which kernel imports, how it aligns masks)."""
+    return mask_problem(mask) or dropout_problem(dropout_p) or head_dim_problem(head_dim)
+
+
 def window_size(mask: MaskSpec) -> tuple[int, int]:
     """flash's inclusive (left, right) window, -1 for unbounded; ours lets distance < window through."""
     left = -1 if mask.window is None else mask.window - 1
@@ -119,7 +117,11 @@ def _cu_seqlens(lengths: Tensor) -> Tensor:
 def varlen_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float, kernel: Callable
 ) -> Tensor:
-    """Pack the real tokens of a padded batch, run a varlen kernel on them, scatter back (padded rows are zero)."""
+    """Pack the real tokens of a padded batch, run a varlen kernel on them, scatter back (padded rows are zero).
+
+    ``kernel`` has flash_attn_varlen_func's signature: packed q (total_q, n_heads, head_dim), k, v
+    (total_k, n_kv_heads, head_dim), int32 cumulative lengths cu_seqlens (B + 1,). Returns (B, n_heads, T, head_dim).
+    """
     B, n_heads, q_len, head_dim = q.shape
     device = q.device
     q_lengths = mask.q_lengths if mask.q_lengths is not None else torch.full((B,), q_len)
@@ -155,6 +157,7 @@ _logged = False
 def flash_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float = 0.0, need_weights: bool = False
 ) -> tuple[Tensor, Optional[Tensor]]:
+    """The flash backend's kernel (kernel signature: `nmt.attention.kernels`)."""
     global _logged
     kernel, name = _varlen_kernel()
     if not _logged:

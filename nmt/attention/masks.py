@@ -16,9 +16,9 @@ from torch import Tensor
 
 @dataclass
 class MaskSpec:
-    """Which (query, key) pairs may interact in one attention call.
+    r"""Which (query, key) pairs may interact in one attention call.
 
-    q_len, k_len: padded lengths of the query and key sequences.
+    q_len, k_len: padded lengths T and S of the query and key sequences.
     q_start, k_start: absolute position of the first query / key.
     k_globals: how many leading keys are the global positions 0 … k_globals-1, kept by a windowed cache ahead of its
         tail; the remaining keys are contiguous from k_start. 0 means all keys are contiguous from k_start.
@@ -26,6 +26,37 @@ class MaskSpec:
     causal: a query may not see later positions.
     window: a query sees keys at distance < window (see AttentionConfig).
     global_tokens: positions < global_tokens see and are seen by all (still subject to causality and padding).
+
+    Drawn as `dense` builds them (1: may attend; rows are queries, columns keys, each labelled with its absolute
+    position; tests/attention/test_masks.py renders these calls and compares):
+
+    causal with a window, ``MaskSpec(q_len=6, k_len=6, causal=True, window=3)``::
+
+        q\k  0 1 2 3 4 5
+          0  1 0 0 0 0 0
+          1  1 1 0 0 0 0
+          2  1 1 1 0 0 0
+          3  0 1 1 1 0 0
+          4  0 0 1 1 1 0
+          5  0 0 0 1 1 1
+
+    bidirectional window plus global tokens, ``MaskSpec(q_len=7, k_len=7, window=2, global_tokens=2)``::
+
+        q\k  0 1 2 3 4 5 6
+          0  1 1 1 1 1 1 1
+          1  1 1 1 1 1 1 1
+          2  1 1 1 1 0 0 0
+          3  1 1 1 1 1 0 0
+          4  1 1 0 1 1 1 0
+          5  1 1 0 0 1 1 1
+          6  1 1 0 0 0 1 1
+
+    a cached decoding step of two queries over a window-3 cache that kept the 2 global positions ahead of its tail,
+    ``MaskSpec(q_len=2, k_len=6, q_start=9, k_start=7, k_globals=2, causal=True, window=3, global_tokens=2)``::
+
+        q\k   0  1  7  8  9 10
+          9   1  1  1  1  1  0
+         10   1  1  0  1  1  1
     """
 
     q_len: int
@@ -88,6 +119,7 @@ class MaskSpec:
         )
 
     def positions(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Absolute positions of the queries (T,) and keys (S,): kept globals first, then the contiguous run."""
         q_pos = torch.arange(self.q_start, self.q_start + self.q_len, device=device)
         k_pos = torch.arange(self.k_start, self.k_last + 1, device=device)
         if self.k_globals:
@@ -106,6 +138,26 @@ class MaskSpec:
         if self.causal:
             ok = ok & (distance >= 0)
         return ok
+
+    def reusable_for(
+        self, q_len: int, k_len: int, q_lengths: Optional[Tensor], k_lengths: Optional[Tensor]
+    ) -> bool:
+        """Whether this mask also describes a later call with these lengths, wherever its queries start: the rule by
+        which a cross-attention step reuses the previous step's mask, and with it the dense tensor memoized on it.
+
+        Only without a window, global tokens or causality do query positions not matter (every query sees every
+        real key), so only then is the mask the same from step to step. The shapes must match, and the length
+        tensors must be the very same objects: comparing values would cost a device sync at every step, and a beam
+        reorder or a new batch brings new tensors.
+        """
+        return (
+            self.window is None
+            and not self.global_tokens
+            and not self.causal
+            and (self.q_len, self.k_len) == (q_len, k_len)
+            and self.q_lengths is q_lengths
+            and self.k_lengths is k_lengths
+        )
 
     def memoized(self, key, build: Callable[[], Optional[Tensor]]) -> Optional[Tensor]:
         """``build()`` once per key for this mask. Cross-attention keeps one MaskSpec for as long as its source rows

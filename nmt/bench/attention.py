@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 
 from nmt.attention import Attention, AttentionBackendError, AttentionConfig, MaskSpec, attend
-from nmt.attention.backends import call_problem, choose_backend, static_problem
+from nmt.attention.backends import call_problem, static_problem
+from nmt.attention.dispatch import choose_backend
 from nmt.bench.common import environment, markdown_table, median_seconds, peak_bytes, write_results
 
 MODES = ("forward", "forward+backward")

@@ -1,6 +1,8 @@
 """The mask description against the rules written out pair by pair."""
 
 import itertools
+import re
+import textwrap
 
 import pytest
 import torch
@@ -68,3 +70,38 @@ def test_full_and_plain_causal_are_recognised():
     # A decoding step over a window-trimmed cache sees every cached key: no mask needed.
     assert MaskSpec(q_len=1, k_len=3, q_start=10, k_start=8, causal=True, window=3).is_full
     assert MaskSpec(q_len=1, k_len=5, q_start=10, k_start=8, k_globals=2, causal=True, window=3, global_tokens=2).is_full
+
+
+def render(spec: MaskSpec) -> str:
+    """The dense mask as the 0/1 grid MaskSpec's docstring draws: keys across, queries down, absolute positions."""
+    cpu = torch.device("cpu")
+    q_pos, k_pos = spec.positions(cpu)
+    dense = spec.dense(cpu)
+    allowed = torch.ones(spec.q_len, spec.k_len, dtype=torch.bool) if dense is None else dense[0, 0]
+    width = max(len(str(p)) for p in q_pos.tolist() + k_pos.tolist())
+    lines = ["q\\k  " + " ".join(f"{p:>{width}}" for p in k_pos.tolist())]
+    for q, row in zip(q_pos.tolist(), allowed.tolist()):
+        lines.append(f"{q:>3}  " + " ".join(f"{int(a):>{width}}" for a in row))
+    return "\n".join(lines)
+
+
+def test_the_docstring_grids_are_what_dense_builds():
+    """Each ``MaskSpec(…)``:: block of the docstring, rendered from the call it names: the pictures cannot drift."""
+    drawn = re.findall(r"``(MaskSpec\(.*?\))``::\n\n((?:        .*\n)+)", MaskSpec.__doc__)
+    assert len(drawn) == 3  # causal with a window; bidirectional window plus global tokens; a cached step
+    for call, grid in drawn:
+        spec = eval(call, {"MaskSpec": MaskSpec})
+        assert render(spec) == textwrap.dedent(grid).rstrip("\n"), call
+    assert any(eval(call, {"MaskSpec": MaskSpec}).k_globals for call, _ in drawn)
+
+
+def test_a_mask_is_reusable_only_where_query_positions_do_not_matter():
+    lengths = torch.tensor([4, 2])
+    full = MaskSpec(q_len=1, k_len=4, q_start=3, k_lengths=lengths)
+    assert full.reusable_for(1, 4, None, lengths)
+    assert not full.reusable_for(2, 4, None, lengths)  # other queries
+    assert not full.reusable_for(1, 5, None, lengths)  # other keys
+    assert not full.reusable_for(1, 4, None, lengths.clone())  # other source rows (a reorder, a new batch)
+    assert not full.reusable_for(1, 4, torch.tensor([1, 1]), lengths)
+    for where in (dict(window=2), dict(window=2, global_tokens=1), dict(causal=True)):
+        assert not MaskSpec(q_len=1, k_len=4, q_start=3, k_lengths=lengths, **where).reusable_for(1, 4, None, lengths)

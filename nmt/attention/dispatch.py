@@ -1,0 +1,96 @@
+"""The dispatcher: `attend` checks a call against the backend registry, resolves ``auto`` and runs the kernel."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from nmt.attention import band, flash
+from nmt.attention.backends import AttentionBackendError, call_problem, kernel, static_problem, weights_problem
+from nmt.attention.masks import MaskSpec
+
+log = logging.getLogger(__name__)
+
+# Where matmul_attention beats SDPA's fused kernel on CPU without gradients: 2 or more queries and T · S up to
+# this (`python scripts/matmul_crossover.py`: B 64, 4 heads of 32, 2 threads: 4-16 queries over 34 keys, 4-8 over
+# 128; at one query the two are within noise of each other).
+MATMUL_MAX_SCORES = 1024
+
+_logged_choices: set[tuple] = set()
+
+
+def runs(backend: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs_grad: bool) -> bool:
+    """Whether the registry lets ``backend`` compute this call."""
+    return (static_problem(backend, q.device, q.dtype, needs_grad) or
+            call_problem(backend, mask, dropout_p, q.size(-1))) is None
+
+
+def band_wins(mask: MaskSpec) -> bool:
+    """Where the band kernel beats SDPA's fused kernel on CPU (forward+backward on 2 cores, windows of 8, 64 and 256;
+    e.g. `nmt bench attention --window 64 --variants window-64 --backends sdpa band --lengths 256 512 1024`, with
+    `--causal` for the decoder): a plain window over a sequence at least 512 long and 8 (causal) or 16
+    (bidirectional: three key blocks per query block) windows long; below that the fused full kernel is faster."""
+    if call_problem("band", mask, 0.0, 0) or band.is_decoding_step(mask):
+        return False
+    return mask.k_len >= max(512, (8 if mask.causal else 16) * mask.window)
+
+
+def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs_grad: bool = True) -> str:
+    """``auto``: the fastest backend that supports this site's mask, device and dtype (logged once per choice).
+
+    On CPU that is sdpa (its fused kernel covers every mask with a backward pass, while flex has no backward and is
+    compiled per shape), except band for sliding windows over sequences long enough that O(n·w) wins, and matmul for
+    the few queries of a decoding step. On CUDA a flash kernel where it can express the mask, compiled flex for
+    windowed or sparse masks (it skips masked blocks), sdpa otherwise.
+    """
+    device, dtype = q.device, q.dtype
+    windowed = mask.window is not None
+    if device.type != "cuda" and band_wins(mask):
+        choice, why = "band", f"CPU: window {mask.window} over {mask.k_len} positions, O(n·w) band beats full SDPA"
+    elif device.type != "cuda" and not needs_grad and mask.q_len > 1 and mask.q_len * mask.k_len <= MATMUL_MAX_SCORES:
+        choice, why = "matmul", "CPU inference, a few queries: batched matmuls beat SDPA's blocked kernel"
+    elif device.type != "cuda":
+        choice, why = "sdpa", "CPU: fused SDPA kernel for every mask, forward and backward"
+    elif runs("flash", q, mask, dropout_p, needs_grad):
+        choice, why = "flash", f"CUDA {dtype}: flash kernel ({flash.kernel_name()})"
+    elif windowed and runs("flex", q, mask, dropout_p, needs_grad):
+        choice, why = "flex", "CUDA windowed/sparse mask: FlexAttention skips masked blocks"
+    else:
+        choice, why = "sdpa", f"CUDA {dtype}: SDPA picks its fused kernel"
+    key = (site, choice, device.type, dtype, windowed)
+    if key not in _logged_choices:
+        _logged_choices.add(key)
+        log.info("attention %s: auto picked %s (%s)", site, choice, why)
+    return choice
+
+
+def attend(
+    backend: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: MaskSpec,
+    *,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    site: str = "attention",
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Run one attention call on the named backend (``auto`` resolved here), checking support before compute.
+
+    Shapes, dtypes and what comes back: the kernel signature in `nmt.attention.kernels`. Raises
+    AttentionBackendError, naming the site, when the backend cannot compute this call.
+    """
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if need_weights and weights_problem(backend):
+        raise AttentionBackendError(f"attention {site}: {weights_problem(backend)}")
+    if backend == "auto":
+        backend = choose_backend(site, q, mask, dropout_p, needs_grad)
+    problem = static_problem(backend, q.device, q.dtype, needs_grad) or call_problem(
+        backend, mask, dropout_p, q.size(-1)
+    )
+    if problem is not None:
+        raise AttentionBackendError(f"attention {site}: {problem}")
+    return kernel(backend)(q, k, v, mask, dropout_p, need_weights)
