@@ -2,7 +2,8 @@
 
 Averaging the last checkpoints of a run (fairseq's ``average_checkpoints.py``, Vaswani et al. 2017) smooths out the
 noise of the final updates and usually adds BLEU at no training cost. Checkpoints are read with ``weights_only=True``
-and must share one model config and one sentencepiece model; the result is exported like a trained model.
+and must share one model config and one sentencepiece model; the result is exported like a trained model, with the
+run's sacreBLEU tokenizer read from the checkpoints (as an export from one of them records it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from nmt.errors import first_line
 from nmt.export import export_model
-from nmt.loading import ModelLoadError, load_model
+from nmt.loading import ModelLoadError, load_model, load_model_info
 
 STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 
@@ -47,25 +48,23 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
     run_dir = Path(run_dir)
     if last < 1:
         raise ValueError(f"--last ({last}) must be >= 1")
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: no such run folder")
     found = step_checkpoints(run_dir)
     if not found:
-        raise ValueError(f"{run_dir / 'checkpoints'}: no step-*.ckpt files (train with trainer.checkpoint_every_n_steps "
-                         "and trainer.keep_checkpoints)")
+        raise ValueError(f"{run_dir}: no checkpoints to average: no step-*.ckpt files in {run_dir / 'checkpoints'} "
+                         "(train with trainer.checkpoint_every_n_steps and trainer.keep_checkpoints)")
     if len(found) < last:
         raise ValueError(f"{run_dir / 'checkpoints'}: --last {last} asks for more checkpoints than the {len(found)} there")
     chosen = found[-last:]
-    model, tokenizer = load_model(chosen[-1])
+    model, tokenizer, info = load_model_info(chosen[-1])
     for path in chosen[:-1]:  # one model config and one vocabulary, or the mean is meaningless
         other, other_tokenizer = load_model(path)
         if other.cfg.to_dict() != model.cfg.to_dict() or other_tokenizer.serialized != tokenizer.serialized:
             raise ValueError(f"{path}: a different model config or sentencepiece model than {chosen[-1].name}")
     model.load_state_dict(average_state(chosen))
-    extra = {"checkpoint": f"average of {', '.join(p.name for p in chosen)}"}
-    config_yaml = run_dir / "config.yaml"
-    if config_yaml.is_file():  # keep the run's BLEU tokenizer, as the exported best model does
-        from omegaconf import OmegaConf
-
-        extra["bleu_tokenize"] = OmegaConf.load(config_yaml).data.get("bleu_tokenize")
+    # The run's BLEU tokenizer, from the checkpoint itself (config.yaml may not travel with copied checkpoints).
+    extra = {"checkpoint": f"average of {', '.join(p.name for p in chosen)}", "bleu_tokenize": info["bleu_tokenize"]}
     return export_model(model, tokenizer, Path(output) if output else run_dir / f"model_avg{last}", extra=extra)
 
 

@@ -139,18 +139,23 @@ class DecodeConfig:
     max_sentences: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.beam < 1 or not 1 <= self.nbest <= self.beam:
-            raise ValueError(f"decode.beam ({self.beam}) must be >= 1 and decode.nbest ({self.nbest}) in [1, beam]")
-        if self.max_len_a < 0 or self.max_len_b < 1:
-            raise ValueError(f"decode.max_len_a ({self.max_len_a}) must be >= 0 and max_len_b ({self.max_len_b}) >= 1")
-        if self.min_len < 0:
-            raise ValueError(f"decode.min_len ({self.min_len}) must be >= 0")
-        if self.sampling and self.beam != 1:
-            raise ValueError(f"decode.sampling draws one hypothesis: it needs decode.beam 1 (got {self.beam})")
-        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.temperature <= 0:
-            raise ValueError(
-                f"decode.top_k ({self.top_k}) must be >= 0, top_p ({self.top_p}) in (0, 1], "
-                f"temperature ({self.temperature}) > 0"
-            )
-        if self.max_sentences is not None and self.max_sentences < 1:
-            raise ValueError(f"decode.max_sentences ({self.max_sentences}) must be >= 1 or null")
+        # Every message names each field as decode.<field>: `nmt train` shows it as the config key, and `nmt
+        # translate` / `nmt evaluate` turn it into their flag (decode.max_len_b → --max-len-b).
+        checks = (
+            (self.beam < 1, f"decode.beam ({self.beam}) must be >= 1"),
+            (not 1 <= self.nbest <= self.beam,
+             f"decode.nbest ({self.nbest}) must be in [1, decode.beam ({self.beam})]"),
+            (self.max_len_a < 0, f"decode.max_len_a ({self.max_len_a}) must be >= 0"),
+            (self.max_len_b < 1, f"decode.max_len_b ({self.max_len_b}) must be >= 1"),
+            (self.min_len < 0, f"decode.min_len ({self.min_len}) must be >= 0"),
+            (self.sampling and self.beam != 1,
+             f"decode.sampling draws one hypothesis: it needs decode.beam 1 (got {self.beam})"),
+            (self.top_k < 0, f"decode.top_k ({self.top_k}) must be >= 0"),
+            (not 0 < self.top_p <= 1, f"decode.top_p ({self.top_p}) must be in (0, 1]"),
+            (self.temperature <= 0, f"decode.temperature ({self.temperature}) must be > 0"),
+            (self.max_sentences is not None and self.max_sentences < 1,
+             f"decode.max_sentences ({self.max_sentences}) must be >= 1 or null"),
+        )
+        for failed, message in checks:
+            if failed:
+                raise ValueError(message)

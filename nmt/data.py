@@ -6,7 +6,7 @@ Every split comes out as a dataset with ``src`` and ``tgt`` text columns; traini
 
 from __future__ import annotations
 
-import gzip
+import json
 import logging
 import os
 import socket
@@ -18,6 +18,7 @@ import datasets
 
 from nmt.corpora import local_files
 from nmt.errors import DataError, first_line
+from nmt.textio import TextError, iter_lines
 from nmt.tokenizer import Tokenizer
 from nmt.train_config import DataConfig
 
@@ -46,107 +47,127 @@ class CleaningStats:
         )
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def first_invalid_utf8_line(path: Path) -> Optional[tuple[int, str]]:
-    """(1-based line number, reason) of the first line that is not UTF-8, or None."""
+def _text_error(path: Path) -> Optional[str]:
+    """The one-line message of the first thing in ``path`` the text reader refuses (invalid UTF-8 with its line, a
+    fake or truncated .gz), or None."""
     try:
-        with _open_text(path) as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    return number, f"{error.reason} at byte {error.start}"
-    except (OSError, EOFError) as error:  # e.g. a .gz file that is not gzip
-        return 0, f"unreadable: {first_line(error)}"
+        for _ in iter_lines(path):
+            pass
+    except TextError as error:
+        return str(error)
     return None
 
 
+def _reader_error(error: Optional[BaseException]) -> Optional[BaseException]:
+    """The DataError or TextError a generator raised, from under the DatasetGenerationError datasets wraps it in."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (DataError, TextError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
-def _raise_for_encoding(paths: list[Path], error: Exception) -> None:
-    for path in paths:
-        found = first_invalid_utf8_line(path)
-        if found is not None:
-            line, reason = found
-            if line == 0:
-                raise DataError(f"{path}: {reason}") from None
-            raise DataError(f"{path}:{line}: invalid UTF-8 ({reason}); convert the file to UTF-8 (e.g. iconv)") from None
+
+def _json_error(path: Path) -> Optional[str]:
+    """``path:line: not valid JSON (...)`` for the first JSON-lines record Python's json rejects (pyarrow's own
+    message counts rows from 0 and skips blank lines), or None."""
+    try:
+        for number, line in enumerate(iter_lines(path), start=1):
+            if line.strip():
+                json.loads(line)
+    except json.JSONDecodeError as error:
+        at = "" if error.msg.endswith(" at") else " at"
+        return f"{path}:{number}: not valid JSON ({error.msg}{at} column {error.colno})"
+    except TextError as error:
+        return str(error)
+    return None
+
+
+def _raise_read_error(paths: list[Path], error: Exception, check=None) -> None:
+    """Re-raise a reading failure as one DataError line: the reader's own, else what ``check(path)`` finds (the
+    first bad line), else the library's first line."""
+    found = _reader_error(error)
+    if found is not None:
+        raise DataError(str(found)) from None
+    for path in paths if check is not None else []:
+        message = check(path)
+        if message is not None:
+            raise DataError(message) from None
     cause = error.__cause__ or error.__context__
     detail = first_line(cause) if cause is not None else first_line(error)
     raise DataError(f"could not read {', '.join(map(str, paths))}: {detail}") from None
 
 
 def _text_lines(path: str, stamp: str):
-    """Lines of a text file split at "\\n" only (a CR before it dropped, a byte-order mark too), as `nmt translate`,
-    `nmt evaluate` and fairseq read them. The `text` builder splits with str.splitlines, which also breaks at a lone
-    \\r, \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029: one stray inside a sentence on each side and every
-    later pair is silently misaligned. ``stamp`` (size and mtime) is only there to key the datasets cache."""
-    with _open_text(Path(path)) as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            line = line[:-1] if line.endswith(b"\r") else line
-            text = line.decode("utf-8")  # invalid UTF-8 raises; _raise_for_encoding names the file and line
-            yield {"text": text[1:] if number == 1 and text.startswith("\ufeff") else text}
+    """Rows ``{"text": line}`` of a text file, read by nmt.textio, the reader of every command: a line ends at "\\n"
+    only; a CR before it and a leading byte-order mark are dropped. (The `text` builder splits with str.splitlines,
+    which also breaks at a lone \\r, \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029: one stray inside a sentence on
+    each side and every later pair is silently misaligned.) Invalid UTF-8 raises TextError naming the file and line.
+    ``stamp`` (size and mtime) is only there to key the datasets cache."""
+    for text in iter_lines(path):
+        yield {"text": text}
 
 
-def _load_text(file: Path, cache_dir: str, streaming: bool):
+def _tsv_rows(path: str, stamp: str):
+    """Rows of a TSV corpus: a header naming the columns, then one record per line as nmt.textio reads lines, so a
+    record ends at "\\n" only (pandas' reader also ended one at a lone \\r and split a pair in two, unreported). No
+    quoting: a quote is text; every field stays a string ("NA" is not a missing value). Blank lines are skipped. A
+    row whose field count differs from the header's is a DataError naming the file and line: pandas would fill a
+    missing target with an empty one (a wrong reference at evaluation, a silently dropped pair in training)."""
+    header = None
+    for number, line in enumerate(iter_lines(path), start=1):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if header is None:
+            header = fields
+        elif len(fields) != len(header):
+            count = len(fields)
+            raise DataError(f"{path}:{number}: {count} tab-separated field{'s' * (count != 1)} but the header has "
+                            f"{len(header)}")
+        else:
+            yield dict(zip(header, fields))
+
+
+def _tsv_header(path: Path) -> list[str]:
+    """The column names of a TSV corpus: its first non-blank line."""
+    header = next((line for line in iter_lines(path) if line), None)
+    if header is None:
+        raise DataError(f"{path}: empty; a TSV corpus starts with a header line naming its columns (e.g. en<TAB>de)")
+    return header.split("\t")
+
+
+def _generate(generator, file: Path, cache_dir: str, streaming: bool):
+    """A dataset from one of the line generators above; its columns are declared, so an empty file gives an empty
+    dataset (datasets cannot infer columns from no rows) that the caller reports by split name."""
     stat = file.stat()
     kwargs = {"path": str(file), "stamp": f"{stat.st_size}:{stat.st_mtime_ns}"}
+    columns = ["text"] if generator is _text_lines else _tsv_header(file)
+    features = datasets.Features({name: datasets.Value("string") for name in columns})
+    if next(generator(**kwargs), None) is None:  # from_generator refuses to build a dataset of no rows
+        return datasets.Dataset.from_dict({name: [] for name in columns}, features=features)
     if streaming:
-        return datasets.IterableDataset.from_generator(_text_lines, gen_kwargs=kwargs)
-    return datasets.Dataset.from_generator(_text_lines, gen_kwargs=kwargs, cache_dir=cache_dir)
-
-
-def _check_tsv_fields(path: Path) -> None:
-    """Every row holds as many tab-separated fields as the header: pandas would fill a row without its tab with an
-    empty target (a wrong reference at evaluation, a silently dropped pair in training). Blank lines are skipped, as
-    pandas does."""
-    with _open_text(path) as f:
-        fields = None
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip(b"\r\n"):
-                continue
-            count = raw.count(b"\t") + 1
-            if fields is None:
-                fields = count
-            elif count != fields:
-                raise DataError(
-                    f"{path}:{number}: {count} tab-separated field{'s' * (count != 1)} but the header has {fields}"
-                )
-
-
-def _builder(cfg: DataConfig) -> tuple[str, dict]:
-    if cfg.format == "tsv":
-        # na_filter off: pandas would otherwise turn sentences such as "NA" or "null" into missing values.
-        return "csv", {"sep": "\t", "quoting": 3, "na_filter": False, "keep_default_na": False}
-    return ("json" if cfg.format == "jsonl" else "parquet"), {}
+        return datasets.IterableDataset.from_generator(generator, features=features, gen_kwargs=kwargs)
+    return datasets.Dataset.from_generator(generator, features=features, gen_kwargs=kwargs, cache_dir=cache_dir)
 
 
 def _load_files(cfg: DataConfig, files: list[Path], streaming: bool):
+    """One dataset per file: text and tsv through nmt.textio's line reader, jsonl and parquet through the datasets
+    builders (pyarrow ends a JSON record at "\\n" only; parquet has no lines)."""
+    cache_dir = str(Path(cfg.cache_dir) / "hf")
     try:
-        if cfg.format == "text":
-            return [_load_text(file, str(Path(cfg.cache_dir) / "hf"), streaming) for file in files]
-        builder, kwargs = _builder(cfg)
-        if cfg.format == "tsv":
-            for file in files:
-                _check_tsv_fields(file)
-        return [
-            datasets.load_dataset(
-                builder,
-                data_files=str(file),
-                split="train",
-                streaming=streaming,
-                cache_dir=str(Path(cfg.cache_dir) / "hf"),
-                **kwargs,
-            )
-            for file in files
-        ]
+        if cfg.format in ("text", "tsv"):
+            generator = _text_lines if cfg.format == "text" else _tsv_rows
+            return [_generate(generator, file, cache_dir, streaming) for file in files]
+        builder = "json" if cfg.format == "jsonl" else "parquet"
+        return [datasets.load_dataset(builder, data_files=str(file), split="train", streaming=streaming,
+                                      cache_dir=cache_dir) for file in files]
     except DataError:
         raise
-    except Exception as error:  # datasets wraps decoding errors in DatasetGenerationError
-        _raise_for_encoding(files, error)
+    except Exception as error:  # datasets wraps a generator's error in DatasetGenerationError
+        checks = {"text": _text_error, "tsv": _text_error, "jsonl": _json_error}
+        _raise_read_error(files, error, checks.get(cfg.format))
 
 
 def _to_pairs(ds, cfg: DataConfig, where: str):
@@ -205,10 +226,26 @@ def _load_hub(cfg: DataConfig, split_name: str, streaming: bool):
 
 
 def load_split(cfg: DataConfig, split: str, streaming: bool = False):
-    """The ``split`` ('train', 'valid' or 'test') as a dataset of ``src``/``tgt`` pairs (iterable when streaming)."""
+    """The ``split`` ('train', 'valid' or 'test') as a dataset of ``src``/``tgt`` pairs (iterable when streaming).
+    An empty split is an empty dataset with those two columns; callers say what it means for them."""
     split_name = getattr(cfg.splits, split)
     if split_name is None:
         raise DataError(f"data.splits.{split} is not set")
+    ds = _load_pairs(cfg, split_name, streaming)
+    if not streaming and ds.num_rows == 0:  # datasets' map drops the columns of an empty dataset
+        string = datasets.Value("string")
+        return datasets.Dataset.from_dict({"src": [], "tgt": []}, features=datasets.Features(src=string, tgt=string))
+    return ds
+
+
+def split_files(cfg: DataConfig, split: str) -> str:
+    """How an error names a split: its config key and name, and its files or Hub dataset."""
+    split_name = getattr(cfg.splits, split)
+    where = cfg.hub_id if cfg.path is None else ", ".join(str(f) for f in local_files(cfg, split_name))
+    return f"data.splits.{split}={split_name!r} ({where})"
+
+
+def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
     if cfg.path is None:
         return _load_hub(cfg, split_name, streaming)
     files = local_files(cfg, split_name)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nmt.batching import StreamBatches, TrainBatches, collate, token_batches
-from nmt.data import DataError, clean_and_encode, encode_eval, load_split, local_files
+from nmt.data import DataError, clean_and_encode, encode_eval, load_split, local_files, split_files
 from nmt.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 from nmt.train_config import DataConfig
 
@@ -31,6 +31,8 @@ class TranslationData(L.LightningDataModule):
     # -- corpus and tokenizer -------------------------------------------------------------------------------------
     def _raw_train(self):
         ds = load_split(self.cfg, "train", streaming=self.cfg.streaming)
+        if not self.cfg.streaming and ds.num_rows == 0:
+            raise DataError(f"the training split is empty: {split_files(self.cfg, 'train')} holds no pairs")
         if self.cfg.max_train_examples is not None:
             ds = ds.take(self.cfg.max_train_examples) if self.cfg.streaming else ds.select(
                 range(min(self.cfg.max_train_examples, ds.num_rows))
@@ -67,7 +69,16 @@ class TranslationData(L.LightningDataModule):
         tokenizer = self.load_tokenizer(raw)
         if not self.cfg.streaming:
             clean_and_encode(raw, tokenizer, self.cfg, "train")
-        encode_eval(load_split(self.cfg, "valid"), tokenizer, self.cfg, "valid")
+        self._valid(tokenizer)
+
+    def _valid(self, tokenizer: Tokenizer):
+        """The encoded validation pairs; DataError naming the split when it is empty (validation loss, BLEU, early
+        stopping and best.ckpt all need at least one pair)."""
+        ds = load_split(self.cfg, "valid")
+        if ds.num_rows == 0:
+            raise DataError(f"the validation split is empty: {split_files(self.cfg, 'valid')} holds no pairs; "
+                            "validation needs at least one")
+        return encode_eval(ds, tokenizer, self.cfg, "valid")
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -77,7 +88,7 @@ class TranslationData(L.LightningDataModule):
         self.train_set, self.cleaning = clean_and_encode(raw, tokenizer, self.cfg, "train", self.cfg.streaming)
         if not self.cfg.streaming and self.train_set.num_rows == 0:
             raise DataError(f"no training pairs left ({self.cleaning}); check data.max_len and data.max_ratio")
-        self.valid_set = encode_eval(load_split(self.cfg, "valid"), tokenizer, self.cfg, "valid")
+        self.valid_set = self._valid(tokenizer)
 
     # -- loaders ----------------------------------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int]:

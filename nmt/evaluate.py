@@ -4,7 +4,6 @@ evaluation report (scores, settings, speed, size, KV cache, attention pictures).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import sys
@@ -17,12 +16,15 @@ import sacrebleu
 import torch
 
 from nmt.config import DecodeConfig
+from nmt.decode_flags import MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
+from nmt.errors import first_line
+from nmt.textio import read_lines, some
 
 log = logging.getLogger("nmt.evaluate")
 
 
 def translate_texts(model, tokenizer, texts: list[str], cfg: DecodeConfig, max_tokens: int = 4096,
-                    max_len: int = 250) -> list[str]:
+                    max_len: int = MAX_SOURCE_LEN) -> list[str]:
     """Detokenized translations, one per input, in input order; a blank input gives a blank output."""
     from nmt.translate import Translator
 
@@ -59,7 +61,7 @@ def corpus_scores(hypotheses: list[str], references: list[str], tokenized: bool 
 
 
 def translate_and_score(model, tokenizer, sources: list[str], references: list[str], cfg: DecodeConfig,
-                        max_tokens: int = 4096, max_len: int = 250,
+                        max_tokens: int = 4096, max_len: int = MAX_SOURCE_LEN,
                         tokenize: Optional[str] = None) -> tuple[float, list[str]]:
     with torch.no_grad():
         hypotheses = translate_texts(model, tokenizer, sources, cfg, max_tokens, max_len)
@@ -67,13 +69,14 @@ def translate_and_score(model, tokenizer, sources: list[str], references: list[s
 
 
 def read_text(path: str | Path) -> list[str]:
-    from nmt.translate import read_lines
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    data = path.read_bytes()
-    return read_lines(gzip.decompress(data) if path.suffix == ".gz" else data, str(path))
+    """The lines of a source, reference or hypothesis file as nmt.textio reads them for every command (training and
+    validation included): .gz decompressed, split at "\\n" only, CRLF and a leading byte-order mark dropped. Invalid
+    UTF-8 is replaced (U+FFFD) with a warning naming the lines; a missing file is a one-line error."""
+    lines, invalid = read_lines(path, errors="replace")
+    if invalid:
+        log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
+                    path, len(invalid), some(invalid))
+    return lines
 
 
 @torch.no_grad()
@@ -112,15 +115,18 @@ def attention_pictures(model, tokenizer, source: str, hypothesis: str, out_dir: 
     model.decode(batch["tgt_in"].to(device), memory, batch["src_lengths"].to(device), weights=decoder_w)
     src_pieces = tokenizer.pieces(source) + ["</s>"]
     tgt_in_pieces = ["<s>"] + tokenizer.pieces(hypothesis)
+    # A decoder query row is labelled with the subword it produces, in every picture (the alignment's convention);
+    # decoder self-attention keys hold the decoder's input at their position, bos first.
     tgt_out_pieces = tokenizer.pieces(hypothesis) + ["</s>"]
     last = lambda ws: ws[-1][0].float().cpu().numpy()  # noqa: E731 (last layer, the only sentence)
     files = {
         "encoder_self": plots.head_grid(last(encoder_w), src_pieces, src_pieces, "encoder self-attention (last layer)",
-                                        out_dir / "attention_encoder_self.png"),
-        "decoder_self": plots.head_grid(last(decoder_w["decoder_self"]), tgt_in_pieces, tgt_in_pieces,
-                                        "decoder self-attention (last layer)", out_dir / "attention_decoder_self.png"),
-        "cross": plots.head_grid(last(decoder_w["cross"]), tgt_in_pieces, src_pieces,
-                                 "cross-attention (last layer)", out_dir / "attention_cross.png"),
+                                        out_dir / "attention_encoder_self.png", "source", "source"),
+        "decoder_self": plots.head_grid(last(decoder_w["decoder_self"]), tgt_out_pieces, tgt_in_pieces,
+                                        "decoder self-attention (last layer)", out_dir / "attention_decoder_self.png",
+                                        "target", "target prefix (decoder input)"),
+        "cross": plots.head_grid(last(decoder_w["cross"]), tgt_out_pieces, src_pieces,
+                                 "cross-attention (last layer)", out_dir / "attention_cross.png", "target", "source"),
         "alignment": plots.alignment(last(decoder_w["cross"]).mean(0), tgt_out_pieces, src_pieces,
                                      "cross-attention alignment (last layer, mean over heads)",
                                      out_dir / "alignment.png"),
@@ -130,42 +136,46 @@ def attention_pictures(model, tokenizer, source: str, hypothesis: str, out_dir: 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nmt evaluate", description="Translate a test set and score it.")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="exported model directory or a training .ckpt")
     parser.add_argument("--src", required=True, help="source file (.gz read transparently)")
-    parser.add_argument("--ref", required=True, help="reference file")
+    parser.add_argument("--ref", required=True, help="reference file (.gz read transparently)")
     parser.add_argument("--hyp", help="score these hypotheses instead of translating")
-    parser.add_argument("--report", help="write metrics.json, report.md and pictures here")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--length-penalty", type=float, default=0.6)
-    parser.add_argument("--max-len-a", type=float, default=1.2)
-    parser.add_argument("--max-len-b", type=int, default=10)
-    parser.add_argument("--batch-tokens", type=int, default=4096)
-    parser.add_argument("--max-source-len", type=int, default=250)
+    parser.add_argument("--report", help="write metrics.json, report.md, hypotheses.txt (nbest.txt) and pictures here")
     parser.add_argument("--tokenized", action="store_true",
-                        help="references are tokenized and lowercased: also report BLEU with tokenize=none")
-    parser.add_argument("--device", default="cpu")
+                        help="references are tokenized and lowercased: also report BLEU with tokenize=none (implied "
+                             "when the model's run used data.bleu_tokenize=none)")
+    add_decode_flags(parser)
     return parser.parse_args(argv)
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    from nmt.loading import load_model
-
-    cfg = DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
-                       max_len_b=args.max_len_b)
-    model, tokenizer = load_model(args.model, args.device)
+def _read_test_set(args: argparse.Namespace) -> tuple[list[str], list[str], Optional[list[str]]]:
+    """Sources, references and (with --hyp) hypotheses: as many lines each, and at least one."""
     sources, references = read_text(args.src), read_text(args.ref)
     if len(sources) != len(references):
         raise ValueError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
-    exported = Path(args.model) / "config.json"
-    tokenized = args.tokenized or (exported.is_file() and json.loads(exported.read_text()).get("bleu_tokenize") == "none")
+    hypotheses = read_text(args.hyp) if args.hyp else None
+    if hypotheses is not None and len(hypotheses) != len(references):
+        raise ValueError(f"{args.hyp} has {len(hypotheses)} lines but {args.ref} has {len(references)}")
+    if not references:
+        raise ValueError(f"{args.ref} has no lines: nothing to score")
+    return sources, references, hypotheses
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from nmt.loading import load_model_info
+    from nmt.translate import Translator, format_output
+
+    cfg = decode_config(args)
+    check_device(args.device)
+    sources, references, hypotheses = _read_test_set(args)
+    model, tokenizer, info = load_model_info(args.model, args.device)
+    tokenized = args.tokenized or info.get("bleu_tokenize") == "none"  # an exported directory or a checkpoint
     start = time.perf_counter()
-    if args.hyp:
-        hypotheses = read_text(args.hyp)
-        if len(hypotheses) != len(references):
-            raise ValueError(f"{args.hyp} has {len(hypotheses)} lines but {args.ref} has {len(references)}")
-        seconds = None
-    else:
-        hypotheses = translate_texts(model, tokenizer, sources, cfg, args.batch_tokens, args.max_source_len)
+    seconds, translations = None, None
+    if hypotheses is None:
+        translations = Translator(model, tokenizer, args.device).translate_full(
+            sources, cfg, args.batch_tokens, args.max_source_len, scores=cfg.nbest > 1)
+        hypotheses = [t.text for t in translations]
         seconds = time.perf_counter() - start
     metrics: dict = {"scores": corpus_scores(hypotheses, references, tokenized)}
     metrics["decoding"] = {**asdict(cfg), "batch_tokens": args.batch_tokens, "max_source_len": args.max_source_len,
@@ -184,18 +194,27 @@ def evaluate(args: argparse.Namespace) -> dict:
                                                   "target_subwords": hyp_len,
                                                   **kv_cache_bytes(model, src_ids, hyp_len, cfg.beam)}
     if args.report:
-        report_dir = Path(args.report)
-        pictures = attention_pictures(model, tokenizer, sources[example], hypotheses[example], report_dir) \
-            if example is not None else {}
-        metrics["pictures"] = pictures
-        metrics["example"] = {"line": example + 1 if example is not None else None,
-                              "source": sources[example] if example is not None else None,
-                              "hypothesis": hypotheses[example] if example is not None else None}
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-        (report_dir / "report.md").write_text(render_report(metrics, args))
-        (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        nbest = format_output(translations, cfg.nbest) if translations is not None and cfg.nbest > 1 else None
+        write_report(Path(args.report), metrics, args, model, tokenizer, sources, hypotheses, example, nbest)
     return metrics
+
+
+def write_report(report_dir: Path, metrics: dict, args: argparse.Namespace, model, tokenizer, sources: list[str],
+                 hypotheses: list[str], example: Optional[int], nbest: Optional[str]) -> None:
+    """metrics.json, report.md, hypotheses.txt (one line per source line), nbest.txt with --nbest N > 1, and the
+    attention pictures of the example sentence."""
+    pictures = attention_pictures(model, tokenizer, sources[example], hypotheses[example], report_dir) \
+        if example is not None else {}
+    metrics["pictures"] = pictures
+    metrics["example"] = {"line": example + 1 if example is not None else None,
+                          "source": sources[example] if example is not None else None,
+                          "hypothesis": hypotheses[example] if example is not None else None}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    (report_dir / "report.md").write_text(render_report(metrics, args))
+    (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    if nbest is not None:
+        (report_dir / "nbest.txt").write_text(nbest, encoding="utf-8")
 
 
 def _example(sources: list[str]) -> Optional[int]:
@@ -213,8 +232,11 @@ def render_report(metrics: dict, args: argparse.Namespace) -> str:
             signature = s[name + "_signature"].replace("|", "\\|")  # pipes would split the table cell
             lines.append(f"| {name} | {s[name]:.2f} | {signature} |")
     d = metrics["decoding"]
-    lines += ["", "## Decoding", "", f"beam {d['beam']}, length penalty α={d['length_penalty']}, max length "
-              f"{d['max_len_a']}·source + {d['max_len_b']}, batches of {d['batch_tokens']} tokens, device {d['device']}"]
+    search = (f"sampling (top-k {d['top_k']}, top-p {d['top_p']}, temperature {d['temperature']}, seed {d['seed']})"
+              if d["sampling"] else f"beam {d['beam']}, length penalty α={d['length_penalty']}")
+    lines += ["", "## Decoding", "", f"{search}, max length {d['max_len_a']}·source + {d['max_len_b']}, "
+              f"min length {d['min_len']}, sources truncated at {d['max_source_len']} subwords, batches of "
+              f"{d['batch_tokens']} tokens, device {d['device']}"]
     if "speed" in metrics:
         sp = metrics["speed"]
         lines += ["", f"Speed: {sp['sentences_per_s']} sentences/s, {sp['tokens_per_s']} target tokens/s "
@@ -239,8 +261,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         metrics = evaluate(args)
-    except (ValueError, OSError) as error:
-        print(f"nmt evaluate: {error}", file=sys.stderr)
+    except (FlagError, ValueError, OSError) as error:
+        print(f"nmt evaluate: {first_line(error)}", file=sys.stderr)
         return 2
     for name, value in metrics["scores"].items():
         print(f"{name}: {value}")

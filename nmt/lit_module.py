@@ -1,4 +1,10 @@
-"""The LightningModule: label-smoothed cross-entropy (nmt.loss), AdamW with warmup, validation loss and BLEU."""
+"""The LightningModule: label-smoothed cross-entropy (nmt.loss), AdamW with warmup, validation loss and BLEU.
+
+Normalisation (fairseq's): an update's gradient is the gradient of its summed token losses divided by its target
+tokens, however it was split — into ``trainer.accumulate_grad_batches`` micro-batches, and across DDP ranks. So an
+update accumulated from N micro-batches equals one batch holding them all; a short micro-batch's tokens weigh what
+any other token weighs (averaging per-micro-batch means weighed them more).
+"""
 
 from __future__ import annotations
 
@@ -56,10 +62,17 @@ class TranslationModule(L.LightningModule):
         self.data_position = torch.tensor([0, -1])
         self._tick: Optional[float] = None
         self._valid_loss = [0.0, 0]
+        self._update = [0.0, 0]  # this update's summed training loss and target tokens, on this rank, so far
+        # Micro-batch loss sums are multiplied by this before backward (setup: 1 / data.max_tokens), so gradients in
+        # fp16 stay near a per-token mean's size (GradScaler's initial scale was tuned for that); the division in
+        # on_before_optimizer_step takes it out again. Any constant shared by all micro-batches and ranks is exact.
+        self.loss_scale = 1.0
         self.loss = ProjectedLoss()
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
+        if data is not None:
+            self.loss_scale = 1.0 / data.cfg.max_tokens
         if data is not None and data.tokenizer is not None:
             self.tokenizer = data.tokenizer
             self.valid_sources, self.valid_references = list(data.valid_set["src"]), list(data.valid_set["tgt"])
@@ -72,16 +85,37 @@ class TranslationModule(L.LightningModule):
         return self.loss(hidden, self.model.output_weight(), batch["tgt_out"], smoothing)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The micro-batch's loss sum, scaled so that Lightning's division by accumulate_grad_batches cancels: the
+        update's gradient accumulates as the plain sum over its micro-batches, normalised before the step."""
         loss_sum, n_tokens = self._loss(batch, self.optim_cfg.label_smoothing)
-        loss = loss_sum / max(n_tokens, 1)
+        self._update[0] += float(loss_sum.detach())
+        self._update[1] += n_tokens
         self.data_position = batch["position"].detach().cpu()
         now = time.perf_counter()
         if self._tick is not None:
             self.log("tok_per_s", n_tokens / max(now - self._tick, 1e-9), prog_bar=True, on_step=True)
         self._tick = now
-        self.log("train_loss", loss, prog_bar=True, on_step=True, batch_size=n_tokens)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
-        return loss
+        return loss_sum * (self.trainer.accumulate_grad_batches * self.loss_scale)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Divide the accumulated gradient by the update's target tokens, summed over micro-batches and ranks.
+
+        Lightning calls this after the update's last backward and before gradient clipping; under 16-mixed after
+        the GradScaler has unscaled the gradients (lightning.pytorch.plugins.precision.amp), so clipping and the
+        step see the normalised gradient in every precision. DDP has averaged the gradients over ranks: the factor
+        multiplies that mean back into a sum.
+        """
+        totals = torch.tensor(self._update, dtype=torch.float64, device=self.device)  # (loss sum, tokens)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # all ranks' (identity on one device)
+        self._update = [0.0, 0]
+        tokens = max(float(totals[1]), 1.0)
+        factor = self.trainer.world_size / (self.loss_scale * tokens)
+        for parameter in self.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(factor)
+        # The update's per-token mean over all its micro-batches and ranks (the quantity whose gradient is taken).
+        self.log("train_loss", float(totals[0]) / tokens, prog_bar=True, on_step=True)
 
     def on_validation_epoch_start(self) -> None:
         self._valid_loss = [0.0, 0]

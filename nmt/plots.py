@@ -20,21 +20,38 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> Path:
-    """One panel per head: weights (n_heads, len(rows), len(cols)), queries down, keys across."""
+CMAP = "Blues"  # the grids and the alignment share one colour map, so a shade means the same weight in both
+
+
+def _label_axes(ax, rows: Sequence[str], cols: Sequence[str], row_label: str, col_label: str, fontsize: int) -> None:
+    """Subword ticks (keys across, rotated; queries down) and the axis names, the same in every attention picture."""
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(len(rows)), rows, fontsize=fontsize)
+    ax.set_xlabel(col_label, fontsize=fontsize + 1)
+    ax.set_ylabel(row_label, fontsize=fontsize + 1)
+
+
+def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path,
+              row_label: str = "target", col_label: str = "source") -> Path:
+    """One panel per head: weights (n_heads, len(rows), len(cols)), queries down, keys across, labelled as the
+    alignment heatmap is (``row_label`` / ``col_label``: "source" or "target"). All panels share one colour scale,
+    0 to the grid's largest weight, shown by one colour bar, so heads can be compared."""
     n_heads = weights.shape[0]
     ncols = min(4, n_heads)
     nrows = math.ceil(n_heads / ncols)
     size = max(2.5, 0.22 * max(len(rows), len(cols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1, size * nrows), squeeze=False)
+    vmax = max(float(weights.max(initial=0.0)), 1e-9)
+    image = None
     for head, ax in enumerate(axes.flat):
         if head >= n_heads:
             ax.axis("off")
             continue
-        ax.imshow(weights[head], cmap="viridis", vmin=0, vmax=max(float(weights[head].max()), 1e-9))
+        image = ax.imshow(weights[head], cmap=CMAP, vmin=0, vmax=vmax)
         ax.set_title(f"head {head}", fontsize=9)
-        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
-        ax.set_yticks(range(len(rows)), rows, fontsize=6)
+        _label_axes(ax, rows, cols, row_label, col_label, fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, label="attention weight")
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -42,13 +59,10 @@ def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], tit
 def alignment(weights: np.ndarray, target: Sequence[str], source: Sequence[str], title: str, path: Path) -> Path:
     """Heatmap of cross-attention (target subwords down, source subwords across)."""
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(source)), max(3, 0.35 * len(target))))
-    image = ax.imshow(weights, cmap="Blues", vmin=0, vmax=max(float(weights.max()), 1e-9))
-    ax.set_xticks(range(len(source)), source, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(target)), target, fontsize=8)
-    ax.set_xlabel("source")
-    ax.set_ylabel("target")
+    image = ax.imshow(weights, cmap=CMAP, vmin=0, vmax=max(float(weights.max(initial=0.0)), 1e-9))
+    _label_axes(ax, target, source, "target", "source", fontsize=8)
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="attention weight")
     return _save(fig, path)
 
 

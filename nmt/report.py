@@ -3,6 +3,11 @@
 Per run: the attention variant of each site, parameters, best validation BLEU and its step, training tokens/s,
 KV-cache bytes for a reference sentence (measured from the cache tensors), and — where ``nmt evaluate --report
 RUN_DIR/eval`` was run — test BLEU, chrF and decoding sentences/s.
+
+A run's model is its exported ``model/`` directory, or where there is none (a run stopped before its export) its
+``checkpoints/best.ckpt`` or ``last.ckpt``: both give the same row. Paths that are not runs (a multirun folder's
+``multirun.yaml``, a run that never finished) are skipped with a note on stderr; only when none is a run is that
+an error.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -30,19 +36,29 @@ def read_metrics(run_dir: Path) -> list[dict]:
     files = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     rows: list[dict] = []
     for file in files:
-        with open(file) as f:
+        with open(file, encoding="utf-8", newline="") as f:
             rows += list(csv.DictReader(f))
     return rows
+
+
+def run_model(run_dir: Path) -> Optional[Path]:
+    """The run's exported model directory, else its best, else its last checkpoint; None when it has none."""
+    candidates = (run_dir / "model", run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    return next((c for c in candidates if c.exists()), None)
 
 
 def collect(run_dir: Path) -> dict:
     from nmt.evaluate import kv_cache_bytes
     from nmt.loading import load_model
 
-    rows = read_metrics(run_dir)
-    if not (run_dir / "model").is_dir() or not rows:
-        raise ValueError(f"{run_dir}: not a finished nmt run (needs model/ and logs/version_*/metrics.csv)")
-    model, _ = load_model(run_dir / "model")
+    if not run_dir.is_dir():
+        what = "not a directory" if run_dir.exists() else "no such directory"
+        raise ValueError(f"{run_dir}: not a finished nmt run ({what})")
+    rows, model_path = read_metrics(run_dir), run_model(run_dir)
+    if model_path is None or not rows:
+        raise ValueError(f"{run_dir}: not a finished nmt run (needs model/ or checkpoints/best.ckpt, and "
+                         "logs/version_*/metrics.csv)")
+    model, _ = load_model(model_path)
     validations = [(int(r["step"]), _float(r.get("val_loss")), _float(r.get("val_bleu")))
                    for r in rows if r.get("val_loss")]
     throughput = [_float(r["tok_per_s"]) for r in rows if r.get("tok_per_s")]
@@ -59,14 +75,22 @@ def collect(run_dir: Path) -> dict:
         "kv_cache_bytes": kv["total"],
         "validations": [{"step": s + 1, "val_loss": loss, "val_bleu": b} for s, loss, b in validations],
     }
-    evaluation = run_dir / "eval" / "metrics.json"
-    if evaluation.is_file():
-        metrics = json.loads(evaluation.read_text())
-        # Models trained on tokenized references (multi30k_tok) are scored as papers do: tokenize=none.
-        run["test_bleu"] = metrics["scores"].get("bleu_tokenized", metrics["scores"]["bleu"])
-        run["test_chrf"] = metrics["scores"]["chrf"]
-        run["decode_sentences_per_s"] = metrics.get("speed", {}).get("sentences_per_s")
+    run.update(_test_scores(run_dir / "eval" / "metrics.json"))
     return run
+
+
+def _test_scores(evaluation: Path) -> dict:
+    """Test BLEU, chrF and decoding speed from an ``nmt evaluate --report`` folder's metrics.json, if there is one."""
+    if not evaluation.is_file():
+        return {}
+    try:
+        metrics = json.loads(evaluation.read_text(encoding="utf-8"))
+        scores = metrics["scores"]
+        # Models trained on tokenized references (multi30k_tok) are scored as papers do: tokenize=none.
+        return {"test_bleu": scores.get("bleu_tokenized", scores["bleu"]), "test_chrf": scores["chrf"],
+                "decode_sentences_per_s": metrics.get("speed", {}).get("sentences_per_s")}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{evaluation}: not an nmt evaluate metrics.json ({type(error).__name__}: {error})") from None
 
 
 def _cell(value) -> str:
@@ -91,10 +115,28 @@ def render(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect_all(paths: list[Path]) -> list[dict]:
+    """The rows of the paths that are runs; the others are skipped with a note. ValueError when none is a run."""
+    from nmt.errors import first_line
+
+    runs, skipped = [], []
+    for path in paths:
+        try:
+            runs.append(collect(path))
+        except ValueError as error:
+            skipped.append(first_line(error))
+    if not runs:
+        raise ValueError(skipped[0] if len(skipped) == 1 else f"none of the {len(paths)} paths is a finished nmt run "
+                         f"(first: {skipped[0]})")
+    for reason in skipped:  # on stderr, where they cannot mix into the table a user may redirect
+        print(f"nmt report: skipped {reason}", file=sys.stderr)
+    return runs
+
+
 def report(run_dirs: list[Path], out: Path) -> list[dict]:
     from nmt import plots
 
-    runs = [collect(d) for d in run_dirs]
+    runs = collect_all(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     names = [f"{Path(r['run']).name}: " + "/".join(r["attention"][s] for s in SITES) for r in runs]
     bleus = [r.get("test_bleu", r["best_val_bleu"]) or 0.0 for r in runs]
@@ -110,14 +152,17 @@ def report(run_dirs: list[Path], out: Path) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nmt report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run directories (a multirun's job folders)")
+    parser.add_argument("runs", nargs="+", help="run directories (a multirun's job folders: DIR/* is fine, what is "
+                                                "not a run is skipped with a note)")
     parser.add_argument("--out", default="outputs/report", help="where report.md, report.json and PNGs go")
     args = parser.parse_args(argv)
     try:
         with torch.no_grad():
             runs = report([Path(r) for r in args.runs], Path(args.out))
     except (ValueError, OSError) as error:
-        print(f"nmt report: {error}", file=sys.stderr)
+        from nmt.errors import first_line
+
+        print(f"nmt report: {first_line(error)}", file=sys.stderr)
         return 2
     print((Path(args.out) / "report.md").read_text())
     print(f"({len(runs)} runs; JSON and plots in {args.out})")

@@ -1,9 +1,12 @@
 """``nmt translate`` and the Python API: load an exported model, translate lines. Imports neither Lightning nor
 Hydra, so it starts fast.
 
-Input policy: exactly one output line per input line, in order. Blank or whitespace-only lines give blank lines.
-Bytes that are not UTF-8 are replaced (U+FFFD) with a warning naming the lines. Sources longer than
-``max_source_len`` subwords are truncated with a warning naming the lines, never dropped.
+Input policy: exactly one output record per input line (N records with ``--nbest N``), in order. Lines are read by
+nmt.textio, the reader of every command (``.gz`` decompressed, CRLF and a leading byte-order mark dropped).
+Blank or whitespace-only lines are not decoded: they give blank lines (n-best: N blank records scored 0, i.e.
+probability 1). Bytes that are not UTF-8 are replaced (U+FFFD) with a warning naming the lines. Sources longer
+than ``max_source_len`` subwords are truncated with a warning naming the lines, never dropped. An empty input gives
+an empty output.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import torch
 
 from nmt.batching import collate, token_batches
 from nmt.config import DecodeConfig
+from nmt.decode_flags import DEFAULT_BEAM, MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
+from nmt.errors import first_line
 from nmt.search import Hypothesis, decode
+from nmt.textio import read_lines, some, write_text
 
 log = logging.getLogger("nmt.translate")
 
@@ -46,29 +52,41 @@ class Translator:
 
     def translate(
         self,
-        texts: list[str],
-        beam: int = 5,
+        texts: str | list[str],
+        beam: Optional[int] = None,
         nbest: int = 1,
         max_tokens: int = 4096,
-        max_source_len: int = 1024,
+        max_source_len: int = MAX_SOURCE_LEN,
         **decode_options,
-    ) -> list[str]:
-        """Translations of ``texts`` in order (blank in, blank out)."""
+    ) -> str | list[str]:
+        """The translation of one string (a str), or of each string of a list or tuple (a list, in order; blank in,
+        blank out). ``beam`` defaults to 5, or 1 with ``sampling=True``; ``decode_options`` are DecodeConfig's other
+        fields. TypeError for any other input (a str is not taken for a sequence of characters)."""
+        if isinstance(texts, str):
+            return self.translate([texts], beam, nbest, max_tokens, max_source_len, **decode_options)[0]
+        if not isinstance(texts, (list, tuple)):
+            raise TypeError(f"Translator.translate takes a str or a list of str, not {type(texts).__name__}")
+        wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if wrong is not None:
+            raise TypeError(f"Translator.translate: item {wrong} is a {type(texts[wrong]).__name__}, not a str")
+        if beam is None:
+            beam = 1 if decode_options.get("sampling") else DEFAULT_BEAM
         cfg = DecodeConfig(beam=beam, nbest=nbest, **decode_options)
-        return [t.text for t in self.translate_full(texts, cfg, max_tokens, max_source_len, scores=False)]
+        return [t.text for t in self.translate_full(list(texts), cfg, max_tokens, max_source_len, scores=False)]
 
     def translate_full(
         self,
         texts: list[str],
         cfg: DecodeConfig,
         max_tokens: int = 4096,
-        max_source_len: int = 1024,
+        max_source_len: int = MAX_SOURCE_LEN,
         progress: Optional[callable] = None,
         scores: bool = True,
     ) -> list[Translation]:
         """Translations with their n-best lists and scores; sorted by length internally, returned in input order.
         ``scores=False``: greedy and sampled scores are NaN, for callers that keep only the text (faster)."""
-        results = [Translation("", []) for _ in texts]
+        # Blank lines are not decoded: a blank translation, and in n-best mode as many blank entries as asked for.
+        results = [Translation("", [("", 0.0)] * cfg.nbest) for _ in texts]
         todo = [i for i, text in enumerate(texts) if text.strip()]
         if progress is not None:
             progress(len(texts) - len(todo))  # blank lines are done already
@@ -77,7 +95,7 @@ class Translator:
         if truncated:
             log.warning(
                 "%d source lines longer than %d subwords were truncated (lines %s)",
-                len(truncated), max_source_len, _some(truncated),
+                len(truncated), max_source_len, some(truncated),
             )
         ids = [s[:max_source_len] for s in ids]
         lens = np.array([len(s) for s in ids], dtype=np.int64)
@@ -99,57 +117,22 @@ class Translator:
         return Translation(texts[0], [(t, h.score) for t, h in zip(texts, hyps)])
 
 
-def _some(lines: list[int], limit: int = 10) -> str:
-    return ", ".join(map(str, lines[:limit])) + (" …" if len(lines) > limit else "")
-
-
-def read_lines(data: bytes, source: str) -> list[str]:
-    """Lines of ``data`` (a final newline ends the last line; CRLF accepted); invalid UTF-8 replaced, with a warning."""
-    raw = data.split(b"\n")
-    if raw and raw[-1] == b"":
-        raw.pop()
-    lines, bad = [], []
-    for number, line in enumerate(raw, start=1):
-        line = line[:-1] if line.endswith(b"\r") else line
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            lines.append(line.decode("utf-8", errors="replace"))
-            bad.append(number)
-    if bad:
-        log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
-                    source, len(bad), _some(bad))
-    return lines
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nmt translate", description="Translate lines with an exported model.")
     parser.add_argument("--model", required=True, help="exported model directory (or a Lightning .ckpt)")
-    parser.add_argument("--input", help="input file (default: stdin)")
-    parser.add_argument("--output", help="output file (default: stdout)")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--nbest", type=int, default=1, help="N > 1 writes Moses n-best lines: index ||| text ||| score")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-tokens", type=int, default=4096)
-    parser.add_argument("--max-source-len", type=int, default=1024, help="longer sources are truncated (warned)")
-    parser.add_argument("--length-penalty", type=float, default=0.6)
-    parser.add_argument("--max-len-a", type=float, default=1.2)
-    parser.add_argument("--max-len-b", type=int, default=10)
-    parser.add_argument("--min-len", type=int, default=0)
-    parser.add_argument("--sampling", action="store_true")
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input", help="input file, .gz decompressed (default: stdin)")
+    parser.add_argument("--output", help="output file, .gz compressed (default: stdout)")
+    add_decode_flags(parser)
     return parser.parse_args(argv)
 
 
-def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    return DecodeConfig(
-        beam=args.beam, nbest=args.nbest, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b, min_len=args.min_len, sampling=args.sampling, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature, seed=args.seed,
-    )
+def read_input(path: Optional[str]) -> list[str]:
+    """The lines of ``path`` (or stdin), invalid UTF-8 replaced with a warning naming the lines."""
+    lines, invalid = read_lines(path, errors="replace")
+    if invalid:
+        log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
+                    path or "<stdin>", len(invalid), some(invalid))
+    return lines
 
 
 def format_output(translations: Iterable[Translation], nbest: int) -> str:
@@ -163,13 +146,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg = decode_config(args)
+        check_device(args.device)
+        lines = read_input(args.input)
         translator = Translator.load(args.model, args.device)
-        if args.input:
-            source = args.input
-            data = Path(args.input).read_bytes()
-        else:
-            source, data = "<stdin>", sys.stdin.buffer.read()
-        lines = read_lines(data, source)
         progress = _progress(len(lines)) if args.input else None
         start = time.perf_counter()
         translations = translator.translate_full(lines, cfg, args.batch_tokens, args.max_source_len,
@@ -179,11 +158,11 @@ def main(argv: list[str]) -> int:
             log.warning("%d lines in %.1f s", len(lines), time.perf_counter() - start)
         text = format_output(translations, args.nbest)
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            write_text(args.output, text)
         else:
             sys.stdout.write(text)
-    except (ValueError, OSError) as error:
-        print(f"nmt translate: {error}", file=sys.stderr)
+    except (FlagError, ValueError, OSError) as error:
+        print(f"nmt translate: {first_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -59,3 +59,61 @@ def test_average_refuses_checkpoints_of_different_models(run_dir, cache_dir, tmp
     shutil.copy(other / "checkpoints" / "step-0000001.ckpt", mixed / "checkpoints" / "step-0000003.ckpt")
     with pytest.raises(ValueError, match="a different model config"):
         average_run(mixed, last=4)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    from nmt.config import ModelConfig
+    from nmt.model import build_model
+    from nmt.tokenizer import TokenizerSettings, load_or_train
+    from tests.conftest import multi30k_sample
+
+    tokenizer = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "a", tmp_path_factory.mktemp("s"))
+    cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=4, d_ff=64, encoder_layers=1, decoder_layers=1)
+    return build_model(cfg), tokenizer
+
+
+def _checkpoints(folder, small_model, bleu_tokenize="none", steps=(1, 2, 3)):
+    """A run folder holding only step checkpoints (no config.yaml: copied checkpoints, say)."""
+    from tests.checkpoints import save_checkpoint
+
+    model, tokenizer = small_model
+    for step in steps:
+        torch.manual_seed(step)
+        for parameter in model.parameters():
+            torch.nn.init.normal_(parameter, std=0.02)
+        save_checkpoint(model, tokenizer, folder / "checkpoints" / f"step-{step:07d}.ckpt", bleu_tokenize, step)
+    return folder
+
+
+def test_average_records_the_checkpoints_bleu_tokenizer(small_model, tmp_path):
+    """Issue 24, fault 6: the average took bleu_tokenize from config.yaml only; without it an average of a
+    multi30k_tok run was scored with 13a."""
+    import json
+
+    from nmt.loading import load_model_info
+
+    run = _checkpoints(tmp_path / "run", small_model)
+    out = average_run(run, last=2)
+    assert json.loads((out / "config.json").read_text())["bleu_tokenize"] == "none"
+    assert load_model_info(out)[2]["bleu_tokenize"] == load_model_info(step_checkpoints(run)[-1])[2]["bleu_tokenize"]
+
+
+def test_average_names_the_missing_parameter_and_the_run_folder(small_model, tmp_path, capsys):
+    """Issue 24, faults 7 and 2: a checkpoint without one parameter was refused without naming it; no checkpoints
+    (or no folder) names the run folder."""
+    run = _checkpoints(tmp_path / "run", small_model)
+    broken = step_checkpoints(run)[1]
+    checkpoint = torch.load(broken, weights_only=True)
+    del checkpoint["state_dict"]["model.decoder_layers.0.feed_forward.inner.weight"]
+    torch.save(checkpoint, broken)
+    assert main([str(run), "--last", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"nmt average: {broken}: weights do not fit the model config (missing "
+                                        "parameter decoder_layers.0.feed_forward.inner.weight)"]
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    for folder, message in ((tmp_path / "empty", "no checkpoints to average: no step-*.ckpt files in"),
+                            (tmp_path / "nowhere", "no such run folder")):
+        assert main([str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nmt average: {folder}: {message}") and len(err.strip().splitlines()) == 1

@@ -225,3 +225,87 @@ def test_validation_pairs_are_all_kept_and_long_ones_truncated(tmp_path, caplog)
         encoded = encode_eval(ds, tokenizer, config(tmp_path, max_len=50), "valid")
     assert encoded.num_rows == 3 and max(len(x) for x in encoded["src_ids"]) == 50
     assert "valid: 1 pairs longer than data.max_len=50 subwords were truncated" in caplog.text
+
+
+# Inside fields: a lone CR, U+2028 (line separator), U+0085 (next line), a vertical tab and a form feed; one of
+# them on a side of a pair must not end the record (issue 24, fault 3: TSV split `A cat<CR>sits.` into two pairs).
+INSIDE = [("A dog.", "Ein Hund."), ("A cat\rsits.", "Eine Katze sitzt."), ("Line\u2028sep", "Zeile\u0085weiter"),
+          ("Tab\x0bbed\x0c.", "Letzte."), ("Last.", "Ende.")]
+
+
+def _write_format(tmp_path, fmt: str, rows, crlf: bool = False, bom: bool = False) -> DataConfig:
+    import pandas as pd
+
+    end = "\r\n" if crlf else "\n"
+    file = tmp_path / f"train.{fmt}"
+    if fmt == "tsv":
+        text = "en\tde" + end + "".join(f"{en}\t{de}{end}" for en, de in rows)
+    elif fmt == "jsonl":  # ensure_ascii=False: U+2028 and U+0085 stay raw characters, as many writers leave them
+        text = "".join(json.dumps({"en": en, "de": de}, ensure_ascii=False) + end for en, de in rows)
+    if fmt == "parquet":
+        pd.DataFrame([{"en": en, "de": de} for en, de in rows]).to_parquet(file)
+    else:
+        file.write_bytes((("\ufeff" if bom else "") + text).encode())
+    return config(tmp_path, format=fmt, file_pattern="{split}." + fmt)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "stream"])
+@pytest.mark.parametrize("fmt, crlf, bom", [("tsv", False, False), ("tsv", True, True), ("jsonl", False, False),
+                                            ("jsonl", True, True), ("parquet", False, False)])
+def test_every_format_ends_a_record_at_newline_only(tmp_path, fmt, crlf, bom, streaming):
+    cfg = _write_format(tmp_path, fmt, INSIDE, crlf, bom)
+    pairs = [(p["src"], p["tgt"]) for p in load_split(cfg, "train", streaming=streaming)]
+    assert pairs == INSIDE
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "stream"])
+def test_tsv_field_count_is_checked_per_record(tmp_path, streaming):
+    """The field-count check counted tabs per "\\n" line while pandas split at "\\r" too: now one reader does both."""
+    (tmp_path / "train.tsv").write_bytes(b"en\tde\nA cat\rsits.\tEine Katze.\nno tab\n")
+    cfg = config(tmp_path, format="tsv", file_pattern="{split}.tsv")
+    with pytest.raises(DataError, match=r"train.tsv:3: 1 tab-separated field but the header has 2"):
+        list(load_split(cfg, "train", streaming=streaming))
+
+
+def test_a_bad_jsonl_record_names_file_and_line(tmp_path):
+    """pyarrow's message counts rows from 0 ("in row 1") and names no file; a raw control character is not JSON."""
+    (tmp_path / "train.jsonl").write_bytes(b'{"en": "a", "de": "b"}\n\n{"en": "A cat\rsits.", "de": "c"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:3: not valid JSON \(Invalid control character at column 14\)"):
+        load_split(config(tmp_path, format="jsonl", file_pattern="{split}.jsonl"), "train")
+
+
+@pytest.mark.parametrize("fmt", ["text", "tsv"])
+def test_empty_files_are_empty_splits(tmp_path, fmt):
+    """An empty split loads as zero pairs (datasets refused to build it: 'corresponds to no data'), for the caller to
+    name it."""
+    if fmt == "text":
+        (tmp_path / "valid.en").write_bytes(b"")
+        (tmp_path / "valid.de").write_bytes(b"\xef\xbb\xbf")  # only a byte-order mark: no line either
+        cfg = config(tmp_path)
+    else:
+        (tmp_path / "valid.tsv").write_bytes(b"en\tde\r\n")
+        cfg = config(tmp_path, format="tsv", file_pattern="{split}.tsv")
+    ds = load_split(cfg, "valid")
+    assert ds.num_rows == 0 and ds.column_names == ["src", "tgt"]
+
+
+@pytest.mark.parametrize("split", ["valid", "train"])
+def test_training_on_an_empty_split_names_it(tmp_path, split):
+    """Issue 24, fault 2: every command given zero lines answers in one line; training names the split."""
+    from nmt.datamodule import TranslationData
+
+    sample = multi30k_sample(500)
+    write_lines(tmp_path / "train.en", sample[:500])
+    write_lines(tmp_path / "train.de", sample[500:])
+    write_lines(tmp_path / "valid.en", sample[:3])
+    write_lines(tmp_path / "valid.de", sample[500:503])
+    for lang in ("en", "de"):
+        (tmp_path / f"{split}.{lang}").write_bytes(b"")
+    data = TranslationData(config(tmp_path, vocab_size=400), seed=1)
+    files = f"{tmp_path / f'{split}.en'}, {tmp_path / f'{split}.de'}"
+    name = "validation" if split == "valid" else "training"
+    with pytest.raises(DataError, match=rf"^the {name} split is empty: data.splits.{split}='{split}' \({files}\) "
+                                        "holds no pairs"):
+        data.prepare_data()
+    with pytest.raises(DataError, match=f"the {name} split is empty"):
+        data.setup("fit")

@@ -1,6 +1,7 @@
 """nmt evaluate (scores, report, pictures, KV-cache bytes) and nmt report (run comparison)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ import torch
 
 from nmt import plots
 from nmt.cli import main
-from nmt.config import ModelConfig
-from nmt.evaluate import bleu, kv_cache_bytes
+from nmt.config import DecodeConfig, ModelConfig
+from nmt.evaluate import bleu, kv_cache_bytes, translate_texts
 from nmt.export import export_model
 from nmt.model import build_model
 from nmt.tokenizer import TokenizerSettings, load_or_train
@@ -153,3 +154,181 @@ def test_tokenized_bleu_does_not_warn_about_tokenized_text(caplog):
     with caplog.at_level("WARNING", logger="sacrebleu"):
         bleu(lines, lines)
     assert "tokenized period" in caplog.text
+
+
+def evaluate_cli(args, capsys):
+    status = main(["evaluate", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_zero_lines_are_nothing_to_score_in_one_line(tmp_path, tokenizer, test_files, capsys):
+    """Issue 24, fault 2: an empty test set was an IndexError traceback from inside sacreBLEU."""
+    model_dir = make_model_dir(tmp_path / "model", tokenizer)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    src, ref = test_files
+    for files in (["--src", empty, "--ref", empty], ["--src", empty, "--ref", empty, "--hyp", empty]):
+        status, _, err = evaluate_cli(["--model", model_dir, *files], capsys)
+        assert status == 2 and err.strip().splitlines() == [f"nmt evaluate: {empty} has no lines: nothing to score"]
+    status, _, err = evaluate_cli(["--model", model_dir, "--src", src, "--ref", ref, "--hyp", empty], capsys)
+    assert status == 2 and err.strip() == f"nmt evaluate: {empty} has 0 lines but {ref} has 20"
+
+
+def test_hypotheses_keep_blank_lines(tmp_path, tokenizer, capsys):
+    """Issue 24, fault 1: hypotheses.txt (and nbest.txt) hold a record per source line, blank where it is blank."""
+    model_dir = make_model_dir(tmp_path / "model", tokenizer)
+    lines = ["A dog runs.", "", "A cat sleeps.", "  \t "]
+    (tmp_path / "src.txt").write_text("\n".join(lines) + "\n")
+    status, _, err = evaluate_cli(["--model", model_dir, "--src", tmp_path / "src.txt", "--ref", tmp_path / "src.txt",
+                                   "--beam", "3", "--nbest", "2", "--report", tmp_path / "eval"], capsys)
+    assert status == 0, err
+    hypotheses = (tmp_path / "eval" / "hypotheses.txt").read_text().split("\n")
+    assert len(hypotheses) == 5 and hypotheses[1] == hypotheses[3] == "" and hypotheses[0] and hypotheses[2]
+    nbest = [line.split(" ||| ") for line in (tmp_path / "eval" / "nbest.txt").read_text().splitlines()]
+    assert [int(r[0]) for r in nbest] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [r[1] for r in nbest if r[0] in ("1", "3")] == ["", "", "", ""]
+
+
+def _validation(model, tokenizer, folder: Path, monkeypatch=None) -> tuple[float, list[str]]:
+    """Validation BLEU as training computes it: the valid split read by the corpus reader (nmt.data), translated
+    and scored by the LightningModule's own _validation_bleu with its decoding settings (greedy)."""
+    import lightning as L
+
+    from dataclasses import asdict
+
+    from nmt.data import load_split
+    from nmt.lit_module import TranslationModule
+    from nmt.train_config import DataConfig, OptimConfig
+
+    cfg = DataConfig(path=str(folder), file_pattern="{split}.{lang}", cache_dir=str(folder / "cache"),
+                     splits={"train": "valid", "valid": "valid", "test": None})
+    valid = load_split(cfg, "valid")
+    module = TranslationModule(model.cfg.to_dict(), asdict(OptimConfig()), {}, 1, None)
+    module.model.load_state_dict(model.state_dict())
+    module.tokenizer, module.valid_sources, module.valid_references = tokenizer, list(valid["src"]), list(valid["tgt"])
+    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    return module._validation_bleu(), module.valid_references
+
+
+def test_validation_bleu_equals_evaluate_bleu_on_bom_crlf_and_no_final_newline(tmp_path, tokenizer, test_files,
+                                                                              monkeypatch, capsys):
+    """Issue 24, fault 4: the same hypotheses scored 100.0 as validation BLEU and 99.59 in `nmt evaluate` against a
+    reference file with a byte-order mark (the training reader dropped it, evaluate's kept it)."""
+    from nmt import translate
+    from nmt.loading import load_model
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    clean = {lang: path.read_text().splitlines()[:8] for lang, path in zip(("en", "de"), test_files)}
+    for lang, lines in clean.items():  # a byte-order mark, CRLF endings, no final newline
+        (folder / f"valid.{lang}").write_bytes(("\ufeff" + "\r\n".join(lines)).encode())
+    args = ["--src", folder / "valid.en", "--ref", folder / "valid.de", "--beam", "1", "--report", tmp_path / "eval"]
+    model_dir = make_model_dir(tmp_path / "model", tokenizer)
+    model, tok = load_model(model_dir)
+
+    # A translator that knows the answers: BLEU is 100 exactly when both readers give the clean sentences.
+    answers = dict(zip(clean["en"], clean["de"]))
+    monkeypatch.setattr(translate.Translator, "translate_full", lambda self, texts, *a, **k: [
+        translate.Translation(answers.get(t, "?"), [(answers.get(t, "?"), 0.0)]) for t in texts])
+    validation, references = _validation(model, tok, folder)
+    assert references == clean["de"] and validation == pytest.approx(100.0)
+    status, out, err = evaluate_cli(["--model", model_dir, *args], capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["scores"]["bleu"] == pytest.approx(validation)
+    monkeypatch.undo()
+
+    # The model itself: the same hypotheses, the same BLEU.
+    validation, _ = _validation(model, tok, folder)
+    assert evaluate_cli(["--model", model_dir, *args], capsys)[0] == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["scores"]["bleu"] == pytest.approx(validation, abs=1e-3)
+    hypotheses = (tmp_path / "eval" / "hypotheses.txt").read_text().split("\n")[:-1]
+    assert hypotheses == translate_texts(model, tok, clean["en"], DecodeConfig())
+
+
+def test_checkpoint_and_exported_directory_evaluate_alike(tmp_path, tokenizer, test_files, capsys):
+    """Issue 24, fault 6: a checkpoint of a run with bleu_tokenize=none was scored with 13a only."""
+    from nmt.loading import load_model
+    from tests.checkpoints import checkpoint_and_export
+
+    model, tok = load_model(make_model_dir(tmp_path / "m", tokenizer))
+    ckpt, directory = checkpoint_and_export(model, tok, tmp_path / "run", bleu_tokenize="none")
+    for lang, path in zip(("en", "de"), test_files):
+        (tmp_path / f"test.{lang}").write_text("".join(line + "\n" for line in path.read_text().splitlines()[:5]))
+    outputs = []
+    for path in (ckpt, directory):
+        status, out, err = evaluate_cli(["--model", path, "--src", tmp_path / "test.en", "--ref", tmp_path / "test.de",
+                                         "--beam", "2"], capsys)
+        assert status == 0, err
+        outputs.append([line for line in out.splitlines() if not line.startswith("sentences/s")])
+    assert outputs[0] == outputs[1]
+    assert "bleu_tokenized_signature: nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:" + sacrebleu.__version__ \
+        in outputs[0]
+
+
+def _fake_run(run: Path, tokenizer, model_from: str = "model", bleu: float = 4.0) -> Path:
+    from nmt.loading import load_model
+    from tests.checkpoints import checkpoint_and_export
+
+    model, tok = load_model(make_model_dir(run / "m", tokenizer))
+    checkpoint_and_export(model, tok, run)
+    if model_from == "checkpoint":  # a run stopped before its export
+        shutil.rmtree(run / "model")
+    shutil.rmtree(run / "m")
+    (run / "logs" / "version_0").mkdir(parents=True)
+    (run / "logs" / "version_0" / "metrics.csv").write_text(
+        f"epoch,step,lr,tok_per_s,train_loss,val_bleu,val_loss\n0,9,0.001,1000,5.0,,\n0,9,,,,{bleu},4.2\n")
+    return run
+
+
+def test_report_skips_what_is_not_a_run_and_reads_checkpoint_runs_alike(tmp_path, tokenizer, capsys):
+    """Issue 23, item 8: `nmt report outputs/multirun/DATE/TIME/*` also matches multirun.yaml (and a job folder that
+    never finished); issue 24, fault 6: a run with only its checkpoint reports like one with its export."""
+    sweep = tmp_path / "multirun"
+    _fake_run(sweep / "0", tokenizer)
+    _fake_run(sweep / "1", tokenizer, model_from="checkpoint")
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job that failed at start
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    out = tmp_path / "report"
+    assert main(["report", *map(str, sorted(sweep.iterdir())), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {sweep / 'multirun.yaml'}: not a finished nmt run (not a directory)" in err
+    assert f"skipped {sweep / '2'}: not a finished nmt run" in err
+    rows = json.loads((out / "report.json").read_text())
+    assert [Path(r["run"]).name for r in rows] == ["0", "1"]
+    same = ("attention", "parameters", "kv_cache_bytes", "best_val_bleu")
+    assert {k: rows[0][k] for k in same} == {k: rows[1][k] for k in same}
+    assert main(["report", str(sweep / "multirun.yaml"), str(sweep / "2"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"nmt report: none of the 2 paths is a finished nmt run (first: "
+                                        f"{sweep / 'multirun.yaml'}: not a finished nmt run (not a directory))"]
+
+
+def test_attention_grids_share_one_colour_scale_with_a_colour_bar_and_the_alignment_labels(tmp_path, monkeypatch,
+                                                                                           tokenizer):
+    """Issue 24, fault 7: each head was scaled to its own maximum, without a colour bar, and the grids' axes were
+    labelled otherwise than the alignment's (rows by decoder input, not by the subword produced)."""
+    from nmt.evaluate import attention_pictures
+    from nmt.loading import load_model
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.stem, fig) and path)
+    model, tok = load_model(make_model_dir(tmp_path / "model", tokenizer))
+    attention_pictures(model, tok, "A dog runs in the park.", "Ein Hund rennt.", tmp_path)
+    alignment = figures["alignment"].axes[0]
+    for name in ("attention_encoder_self", "attention_decoder_self", "attention_cross"):
+        fig = figures[name]
+        panels = [ax for ax in fig.axes if ax.images]
+        colour_bars = [ax for ax in fig.axes if not ax.images and ax.get_label() == "<colorbar>"]
+        assert len(panels) == 4 and len(colour_bars) == 1, name
+        largest = max(float(ax.images[0].get_array().max()) for ax in panels)
+        assert all(ax.images[0].get_clim() == (0.0, pytest.approx(largest)) for ax in panels), name
+        assert panels[0].images[0].get_cmap().name == alignment.images[0].get_cmap().name
+    cross = [ax for ax in figures["attention_cross"].axes if ax.images][0]
+    assert (cross.get_xlabel(), cross.get_ylabel()) == (alignment.get_xlabel(), alignment.get_ylabel()) == \
+        ("source", "target")
+    ticks = lambda axis: [t.get_text() for t in axis.get_ticklabels()]  # noqa: E731
+    assert ticks(cross.yaxis) == ticks(alignment.yaxis) and ticks(cross.xaxis) == ticks(alignment.xaxis)
+    encoder = [ax for ax in figures["attention_encoder_self"].axes if ax.images][0]
+    assert (encoder.get_xlabel(), encoder.get_ylabel()) == ("source", "source")

@@ -1,0 +1,116 @@
+"""The decoding flags of ``nmt translate`` and ``nmt evaluate``, declared once from DecodeConfig's fields so the two
+commands cannot drift, and the checks that turn a bad value into one line naming the flag.
+
+``--beam`` defaults to 5, or to 1 with ``--sampling`` (sampling draws one hypothesis); ``--sampling`` with an
+explicit ``--beam`` above 1 is an error naming both flags. ``--max-source-len`` defaults to 1024 subwords in both
+commands (and in validation): longer sources are truncated with a warning. Imports no torch at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import MISSING, fields
+
+from nmt.config import DecodeConfig
+
+DEFAULT_BEAM = 5
+DEFAULT_BATCH_TOKENS = 4096
+# Both commands truncate the same: `nmt translate` + sacreBLEU scores what `nmt evaluate` scores. 1024 subwords cuts
+# no realistic test sentence (250 did: an evaluation silently lost content that a translation kept).
+MAX_SOURCE_LEN = 1024
+TRAINING_ONLY = ("max_sentences",)  # validation's subset of the valid split; not a decoding choice at inference
+
+HELP = {
+    "beam": f"beam size (default {DEFAULT_BEAM}; 1 is greedy search; --sampling implies 1)",
+    "nbest": "N > 1: the N best hypotheses of each line as Moses n-best lines, index ||| text ||| score (N <= --beam; "
+             "nmt evaluate writes them to REPORT/nbest.txt and scores the best)",
+    "length_penalty": "GNMT's alpha: a hypothesis scores log P / ((5 + length) / 6)^alpha",
+    "max_len_a": "maximum output length: a * source subwords + b",
+    "max_len_b": "maximum output length: a * source subwords + b",
+    "min_len": "no end of sentence before this many subwords",
+    "sampling": "draw each next subword at random (with --top-k, --top-p, --temperature, --seed) instead of searching",
+    "top_k": "sample among the k most likely subwords (0: all)",
+    "top_p": "sample among the most likely subwords whose probabilities add up to p (nucleus sampling)",
+    "temperature": "divide the logits by this before sampling",
+    "seed": "seed of the sampling generator",
+}
+
+
+class FlagError(ValueError):
+    """A command-line value that cannot be used; the message names the flag."""
+
+
+def flag(name: str) -> str:
+    """The flag of a DecodeConfig field: max_len_b → --max-len-b."""
+    return "--" + name.replace("_", "-")
+
+
+def to_flags(message: str) -> str:
+    """A DecodeConfig message with its config keys (decode.max_len_b) written as flags (--max-len-b)."""
+    return re.sub(r"\bdecode\.([a-z_]+)", lambda m: flag(m.group(1)), message)
+
+
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """DecodeConfig's fields as flags (defaults from DecodeConfig, but --beam's), and the batching, source-length
+    and device flags both commands share."""
+    group = parser.add_argument_group("decoding")
+    for field in fields(DecodeConfig):
+        if field.name in TRAINING_ONLY:
+            continue
+        default = field.default if field.default is not MISSING else None
+        if field.name == "beam":
+            group.add_argument("--beam", type=int, default=None, help=HELP["beam"])
+        elif isinstance(default, bool):
+            group.add_argument(flag(field.name), action="store_true", help=HELP.get(field.name))
+        else:
+            group.add_argument(flag(field.name), type=type(default), default=default,
+                               help=f"{HELP.get(field.name, '')} (default {default})".strip())
+    group.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
+                       help=f"source subwords per batch (default {DEFAULT_BATCH_TOKENS})")
+    group.add_argument("--max-source-len", type=int, default=MAX_SOURCE_LEN,
+                       help=f"longer sources are truncated, with a warning (default {MAX_SOURCE_LEN} subwords)")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+
+
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """The DecodeConfig the flags ask for; FlagError naming the flag(s) when they cannot be used together."""
+    if args.sampling and args.beam is not None and args.beam != 1:
+        raise FlagError(f"--sampling draws one hypothesis per line: it cannot be combined with --beam {args.beam} "
+                        "(leave --beam out, or give --beam 1)")
+    if args.sampling and args.nbest != 1:
+        raise FlagError(f"--sampling draws one hypothesis per line: --nbest {args.nbest} needs beam search "
+                        "(leave --sampling out)")
+    for name in ("batch_tokens", "max_source_len"):
+        if getattr(args, name) < 1:
+            raise FlagError(f"{flag(name)} ({getattr(args, name)}) must be >= 1")
+    values = {f.name: getattr(args, f.name) for f in fields(DecodeConfig) if f.name not in TRAINING_ONLY}
+    if values["beam"] is None:
+        values["beam"] = 1 if args.sampling else DEFAULT_BEAM
+    try:
+        return DecodeConfig(**values)
+    except ValueError as error:
+        raise FlagError(to_flags(str(error))) from None
+
+
+def check_device(name: str) -> str:
+    """``name`` when torch can run there; FlagError naming --device otherwise (an unknown name, no CUDA or MPS, a
+    CUDA index beyond the visible devices)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise FlagError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FlagError(f"--device {name}: no CUDA device is visible on this machine; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise FlagError(f"--device {name}: only {count} CUDA device{'s' * (count != 1)} visible "
+                            f"(cuda:0 … cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise FlagError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise FlagError(f"--device {name}: nmt runs on cpu, cuda or mps")
+    return name

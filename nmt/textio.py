@@ -1,0 +1,91 @@
+"""The one reader of text files: training and validation corpora, `nmt translate`, `nmt evaluate` (sources,
+references, hypotheses) and TSV corpora all read lines here, so every command sees the same sentences.
+
+A line ends at "\\n" only: a CR before it is dropped (CRLF files), and so is a CR that ends the file; a lone CR,
+vertical tab, form feed, U+0085, U+2028 or U+2029 inside a line stays in it (``str.splitlines`` would split there,
+and one stray character on one side of a parallel corpus misaligns every later pair). A UTF-8 byte-order mark
+at the start of the file is dropped (a file of nothing else has no lines). A final newline ends the last line;
+without one the last line still counts.
+``.gz`` files are decompressed. Imports neither torch nor datasets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator, Optional
+
+BOM = "\ufeff"
+
+
+class TextError(ValueError):
+    """A text file that cannot be read as UTF-8 lines; the message names the file (and line) in one line."""
+
+
+def open_binary(path: str | Path) -> BinaryIO:
+    """The file's bytes, decompressed when its name ends in ``.gz``. TextError naming the file when it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextError(f"{path}: no such file")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def decode_lines(raw_lines: Iterable[bytes], source: str, errors: str = "strict",
+                 invalid: Optional[list[int]] = None) -> Iterator[str]:
+    """Decoded lines of an iterable of byte chunks that each end at b"\\n" (a binary file, ``io.BytesIO``).
+
+    ``errors='strict'``: a line that is not UTF-8 raises TextError naming ``source`` and the 1-based line.
+    ``errors='replace'``: invalid bytes become U+FFFD and the line's number is appended to ``invalid``.
+    Reading errors (a ``.gz`` file that is not gzip, a truncated one) raise TextError naming ``source``.
+    """
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    number = 0
+    try:
+        for number, raw in enumerate(raw_lines, start=1):
+            if number == 1 and raw == BOM.encode():  # a file holding only a byte-order mark holds no line
+                return
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            line = line[:-1] if line.endswith(b"\r") else line
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                if errors == "strict":
+                    raise TextError(f"{source}:{number}: invalid UTF-8 ({error.reason} at byte {error.start}); "
+                                    "convert the file to UTF-8 (e.g. iconv)") from None
+                text = line.decode("utf-8", errors="replace")
+                if invalid is not None:
+                    invalid.append(number)
+            yield text[1:] if number == 1 and text.startswith(BOM) else text
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = f"{source}:{number + 1}" if number else source
+        raise TextError(f"{where}: unreadable ({detail})") from None
+
+
+def iter_lines(path: str | Path, errors: str = "strict", invalid: Optional[list[int]] = None) -> Iterator[str]:
+    """The lines of a text file (plain or ``.gz``), one at a time; see ``decode_lines`` for ``errors``."""
+    with open_binary(path) as f:
+        yield from decode_lines(f, str(path), errors, invalid)
+
+
+def read_lines(path: str | Path | None, errors: str = "replace") -> tuple[list[str], list[int]]:
+    """All lines of a file, or of stdin when ``path`` is None or "-", and the numbers of lines whose invalid
+    UTF-8 was replaced (empty with ``errors='strict'``, which raises instead)."""
+    invalid: list[int] = []
+    if path is None or str(path) == "-":
+        return list(decode_lines(sys.stdin.buffer, "<stdin>", errors, invalid)), invalid
+    return list(iter_lines(path, errors, invalid)), invalid
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` as UTF-8, gzip-compressed when the name ends in ``.gz`` (as the readers expect)."""
+    path = Path(path)
+    data = text.encode("utf-8")
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+
+
+def some(numbers: list[int], limit: int = 10) -> str:
+    """The first ``limit`` line numbers, comma-separated, with an ellipsis when there are more."""
+    return ", ".join(map(str, numbers[:limit])) + (" …" if len(numbers) > limit else "")
