@@ -18,7 +18,7 @@ commands:
 
 def show_attention(overrides: list[str]) -> int:
     """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
-    from nmt.schema import compose_config, config_error_line, model_config
+    from nmt.compose import compose_config, config_error_line, model_config
 
     try:
         cfg = model_config(compose_config(overrides))

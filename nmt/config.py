@@ -136,7 +136,6 @@ class DecodeConfig:
     top_p: float = 1.0
     temperature: float = 1.0
     seed: int = 0
-    max_sentences: Optional[int] = None
 
     def __post_init__(self) -> None:
         # Every message names each field as decode.<field>: `nmt train` shows it as the config key, and `nmt
@@ -153,8 +152,6 @@ class DecodeConfig:
             (self.top_k < 0, f"decode.top_k ({self.top_k}) must be >= 0"),
             (not 0 < self.top_p <= 1, f"decode.top_p ({self.top_p}) must be in (0, 1]"),
             (self.temperature <= 0, f"decode.temperature ({self.temperature}) must be > 0"),
-            (self.max_sentences is not None and self.max_sentences < 1,
-             f"decode.max_sentences ({self.max_sentences}) must be >= 1 or null"),
         )
         for failed, message in checks:
             if failed:

@@ -3,7 +3,7 @@ directory; and the local files a data config names, checked before any library l
 
 A source checkout or an editable install reads the repository's ``data/<name>/``; an installed wheel carries the same
 files as ``nmt/_data/<name>/`` (pyproject's force-include). Hydra configs name a shipped corpus as
-``${corpus:multi30k}``, a resolver registered by ``nmt.schema``.
+``${corpus:multi30k}``, a resolver registered by ``nmt.compose``.
 """
 
 from __future__ import annotations

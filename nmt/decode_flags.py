@@ -19,7 +19,6 @@ DEFAULT_BATCH_TOKENS = 4096
 # Both commands truncate the same: `nmt translate` + sacreBLEU scores what `nmt evaluate` scores. 1024 subwords cuts
 # no realistic test sentence (250 did: an evaluation silently lost content that a translation kept).
 MAX_SOURCE_LEN = 1024
-TRAINING_ONLY = ("max_sentences",)  # validation's subset of the valid split; not a decoding choice at inference
 
 HELP = {
     "beam": f"beam size (default {DEFAULT_BEAM}; 1 is greedy search; --sampling implies 1)",
@@ -56,8 +55,6 @@ def add_decode_flags(parser: argparse.ArgumentParser) -> None:
     and device flags both commands share."""
     group = parser.add_argument_group("decoding")
     for field in fields(DecodeConfig):
-        if field.name in TRAINING_ONLY:
-            continue
         default = field.default if field.default is not MISSING else None
         if field.name == "beam":
             group.add_argument("--beam", type=int, default=None, help=HELP["beam"])
@@ -84,7 +81,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     for name in ("batch_tokens", "max_source_len"):
         if getattr(args, name) < 1:
             raise FlagError(f"{flag(name)} ({getattr(args, name)}) must be >= 1")
-    values = {f.name: getattr(args, f.name) for f in fields(DecodeConfig) if f.name not in TRAINING_ONLY}
+    values = {f.name: getattr(args, f.name) for f in fields(DecodeConfig)}
     if values["beam"] is None:
         values["beam"] = 1 if args.sampling else DEFAULT_BEAM
     try:

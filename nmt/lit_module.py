@@ -17,13 +17,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from nmt.config import ModelConfig
-from nmt.evaluate import bleu, translate_and_score
+from nmt.config import DecodeConfig, ModelConfig
+from nmt.scoring import bleu, translate_and_score
 from nmt.loss import ProjectedLoss
 from nmt.model import build_model
-from nmt.config import DecodeConfig
 from nmt.tokenizer import Tokenizer
-from nmt.train_config import OptimConfig
+from nmt.train_config import OptimConfig, TrainConfig
 
 
 def lr_lambda(cfg: OptimConfig, max_steps: int):
@@ -48,7 +47,8 @@ def lr_lambda(cfg: OptimConfig, max_steps: int):
 class TranslationModule(L.LightningModule):
     """Holds the Seq2Seq model; hyperparameters are plain dicts, so checkpoints load with ``weights_only=True``."""
 
-    def __init__(self, model: dict, optim: dict, decode: dict, max_steps: int, bleu_tokenize: Optional[str] = None):
+    def __init__(self, model: dict, optim: dict, decode: dict, max_steps: int, bleu_tokenize: Optional[str] = None,
+                 val_max_sentences: Optional[int] = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(ModelConfig.from_dict(model))
@@ -56,6 +56,7 @@ class TranslationModule(L.LightningModule):
         self.decode_cfg = DecodeConfig(**decode)
         self.max_steps = max_steps
         self.bleu_tokenize = bleu_tokenize
+        self.val_max_sentences = val_max_sentences  # validation BLEU on the first N sentences (None: all)
         self.tokenizer: Optional[Tokenizer] = None  # from the datamodule in setup(); for validation BLEU
         self.valid_sources: list[str] = []
         self.valid_references: list[str] = []
@@ -137,8 +138,8 @@ class TranslationModule(L.LightningModule):
     def _validation_bleu(self) -> float:
         """Each rank translates its share; BLEU is computed on the gathered corpus (same on every rank)."""
         sources, references = self.valid_sources, self.valid_references
-        if self.decode_cfg.max_sentences is not None:
-            sources, references = sources[: self.decode_cfg.max_sentences], references[: self.decode_cfg.max_sentences]
+        if self.val_max_sentences is not None:
+            sources, references = sources[: self.val_max_sentences], references[: self.val_max_sentences]
         rank, world = self.global_rank, self.trainer.world_size
         _, hypotheses = translate_and_score(
             self.model, self.tokenizer, sources[rank::world], references[rank::world], self.decode_cfg
@@ -176,6 +177,7 @@ class TranslationModule(L.LightningModule):
         self.data_position = checkpoint.get("nmt_data_position", self.data_position)
 
 
-def module_from_configs(model_cfg: ModelConfig, optim_cfg: OptimConfig, decode_cfg: DecodeConfig, max_steps: int,
-                        bleu_tokenize: Optional[str]) -> TranslationModule:
-    return TranslationModule(model_cfg.to_dict(), asdict(optim_cfg), asdict(decode_cfg), max_steps, bleu_tokenize)
+def module_from_configs(cfg: TrainConfig) -> TranslationModule:
+    """The LightningModule of a training run: the model, optimiser, validation decoding and BLEU settings."""
+    return TranslationModule(cfg.model.to_dict(), asdict(cfg.optim), asdict(cfg.decode), cfg.trainer.max_steps,
+                             cfg.data.bleu_tokenize, cfg.trainer.val_max_sentences)

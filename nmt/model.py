@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,12 +13,10 @@ from torch import Tensor, nn
 
 from nmt.attention import Attention, AttentionBackendError, KVCache
 from nmt.attention.backends import static_problem
-from nmt.config import ModelConfig
+from nmt.config import SITES, ModelConfig
 from nmt.packed_linear import PackedLinear
 from nmt.positions import RotaryEmbedding, SinusoidalPositions
-
-Weights = Optional[list]  # collector for per-layer attention weights (math backend), or None
-
+from nmt.tokenizer import BOS_ID, EOS_ID
 
 def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
@@ -54,15 +53,6 @@ class Sublayer(nn.Module):
         return self.norm(x + (self.dropout(y) if self.training else y))
 
 
-def _attend(attention: Attention, weights: Weights, *args, **kwargs) -> Tensor:
-    """Run one attention call; with a weights collector, on the math backend, keeping its weights."""
-    if weights is None:
-        return attention(*args, **kwargs)[0]
-    out, w = attention(*args, need_weights=True, backend="math", **kwargs)
-    weights.append(w)
-    return out
-
-
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, rope: Optional[RotaryEmbedding]) -> None:
         super().__init__()
@@ -70,8 +60,8 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.attn_block, self.ff_block = Sublayer(cfg), Sublayer(cfg)
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor], weights: Weights = None) -> Tensor:
-        x = self.attn_block(x, lambda h: _attend(self.self_attn, weights, h, lengths=lengths))
+    def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+        x = self.attn_block(x, lambda h: self.self_attn(h, lengths=lengths)[0])
         return self.ff_block(x, self.feed_forward)
 
 
@@ -91,25 +81,22 @@ class DecoderLayer(nn.Module):
         memory: Tensor,
         memory_lengths: Optional[Tensor],
         caches: Optional[tuple[KVCache, KVCache]] = None,
-        weights: Optional[dict[str, list]] = None,
-        beams: int = 1,
+        beam: int = 1,
     ) -> Tensor:
-        """``beams`` > 1 (cached decoding only): every ``beams`` consecutive rows of ``x`` share one row of
+        """``beam`` > 1 (cached decoding only): every ``beam`` consecutive rows of ``x`` share one row of
         ``memory`` and of the cross-attention cache (see DecoderState)."""
         self_cache, cross_cache = caches if caches is not None else (None, None)
-        self_w = weights["decoder_self"] if weights is not None else None
-        cross_w = weights["cross"] if weights is not None else None
 
         def cross(h: Tensor) -> Tensor:
             rows, T, d = h.shape
             # A sentence's beams become extra queries of its one source row: same keys, so the same result, with
             # the source K/V stored and reordered once per sentence instead of once per beam.
-            h = h.reshape(rows // beams, beams * T, d)  # (sentences, beams · T, d_model)
-            out = _attend(self.cross_attn, cross_w, h, memory, memory_lengths=memory_lengths, cache=cross_cache)
+            h = h.reshape(rows // beam, beam * T, d)  # (sentences, beam · T, d_model)
+            out = self.cross_attn(h, memory, memory_lengths=memory_lengths, cache=cross_cache)[0]
             return out.reshape(rows, T, d)  # (rows, T, d_model)
 
         # Target padding needs no mask here: it sits after every real token, so causality already hides it.
-        x = self.self_block(x, lambda h: _attend(self.self_attn, self_w, h, cache=self_cache))
+        x = self.self_block(x, lambda h: self.self_attn(h, cache=self_cache)[0])
         x = self.cross_block(x, cross)
         return self.ff_block(x, self.feed_forward)
 
@@ -118,16 +105,16 @@ class DecoderLayer(nn.Module):
 class DecoderState:
     """What incremental decoding carries between steps: per-layer (self, cross) caches and the source.
 
-    Decoder rows are hypotheses; each ``beams`` consecutive rows decode the same source sentence. The cross-attention
+    Decoder rows are hypotheses; each ``beam`` consecutive rows decode the same source sentence. The cross-attention
     caches, ``memory`` and ``memory_lengths`` hold one row per sentence (row i of the decoder reads sentence
-    i // beams), so beam search never copies source keys and values per beam. ``share_sources`` is False where a
-    cross-attention window makes query positions matter; there ``beams`` stays 1 and every row has its own copy.
+    i // beam), so beam search never copies source keys and values per beam. ``share_sources`` is False where a
+    cross-attention window makes query positions matter; there ``beam`` stays 1 and every row has its own copy.
     """
 
     caches: list[tuple[KVCache, KVCache]]
     memory: Tensor
     memory_lengths: Optional[Tensor]
-    beams: int = 1
+    beam: int = 1  # decoder rows per source sentence
     share_sources: bool = True
 
     @property
@@ -144,16 +131,16 @@ class DecoderState:
     def reorder(self, index: Tensor) -> None:
         """Any reordering: decoder row i continues old row ``index[i]``. Afterwards every row has its own source."""
         sources = index
-        if self.beams > 1:
-            sentence_of_row = torch.arange(self.memory.size(0), device=index.device).repeat_interleave(self.beams)
-            sources, self.beams = sentence_of_row.index_select(0, index), 1
+        if self.beam > 1:
+            sentence_of_row = torch.arange(self.memory.size(0), device=index.device).repeat_interleave(self.beam)
+            sources, self.beam = sentence_of_row.index_select(0, index), 1
         for self_cache, _ in self.caches:
             self_cache.reorder(index)
         self._reorder_sources(sources)
 
-    def select_beams(self, rows: Tensor, sentences: Tensor, beams: int) -> None:
-        """Beam search: decoder row i continues old row ``rows[i]``, and the new rows are ``beams`` per sentence for
-        the old sentences ``sentences`` (increasing), so ``rows[i]`` decodes old sentence ``sentences[i // beams]``."""
+    def select_beams(self, rows: Tensor, sentences: Tensor, beam: int) -> None:
+        """Beam search: decoder row i continues old row ``rows[i]``, and the new rows are ``beam`` per sentence for
+        the old sentences ``sentences`` (increasing), so ``rows[i]`` decodes old sentence ``sentences[i // beam]``."""
         if not self.share_sources:
             self.reorder(rows)
             return
@@ -161,7 +148,7 @@ class DecoderState:
             self_cache.reorder(rows)
         if len(sentences) != self.memory.size(0):  # an increasing subset of the same size keeps every sentence
             self._reorder_sources(sentences)
-        self.beams = beams
+        self.beam = beam
 
     def self_cache_bytes(self) -> int:
         return sum(self_cache.nbytes for self_cache, _ in self.caches)
@@ -214,10 +201,31 @@ class Seq2Seq(nn.Module):
             with torch.no_grad():
                 embed.weight[self.cfg.pad_id].zero_()
 
-    def size(self) -> tuple[int, int]:
-        """(parameters, bytes), counting tied matrices once."""
+    def parameter_count(self) -> tuple[int, int]:
+        """(parameters, bytes of parameters), counting tied matrices once."""
         unique = {id(p): p for p in self.parameters()}.values()
         return sum(p.numel() for p in unique), sum(p.numel() * p.element_size() for p in unique)
+
+    @contextlib.contextmanager
+    def recording_attention(self) -> Iterator[dict[str, list[Tensor]]]:
+        """Record attention weights while the block runs: ``{site: [weights per call]}`` for the sites
+        ``encoder_self``, ``decoder_self`` and ``cross``, each call's weights (B, n_heads, T, keys) in the order the
+        layers ran (a teacher-forced pass: one per layer). The recorded calls run on the ``math`` backend, the only one
+        that returns weights; outside the block every layer computes as configured.
+
+            with model.recording_attention() as weights:
+                model.decode(tgt_in, model.encode(src, src_lengths), src_lengths)
+            weights["cross"][-1]  # the last layer's cross-attention
+        """
+        weights: dict[str, list[Tensor]] = {site: [] for site in SITES}
+        layers = self.attention_layers()
+        for layer in layers:
+            layer.recording = weights[layer.site]
+        try:
+            yield weights
+        finally:
+            for layer in layers:
+                layer.recording = None
 
     def attention_layers(self) -> list[Attention]:
         return [m for m in self.modules() if isinstance(m, Attention)]
@@ -245,14 +253,12 @@ class Seq2Seq(nn.Module):
             x = self.positions(x, start)
         return self.dropout(x) if self.training else x
 
-    def encode(
-        self, src: Tensor, src_lengths: Optional[Tensor] = None, weights: Weights = None
-    ) -> Tensor:
+    def encode(self, src: Tensor, src_lengths: Optional[Tensor] = None) -> Tensor:
         """src (B, S) token ids, right-padded to ``src_lengths`` (B,) → memory (B, S, d_model)."""
         self._check(src)
         x = self._embed(self.src_embed, src)
         for layer in self.encoder_layers:
-            x = layer(x, src_lengths, weights)
+            x = layer(x, src_lengths)
         return self.encoder_norm(x)
 
     def _logits(self, x: Tensor) -> Tensor:
@@ -260,23 +266,15 @@ class Seq2Seq(nn.Module):
         vocab = self.cfg.target_vocab_size
         return logits if logits.size(-1) == vocab else logits[..., :vocab]  # (B, T, vocab)
 
-    def decode(
-        self,
-        tgt_in: Tensor,
-        memory: Tensor,
-        src_lengths: Optional[Tensor] = None,
-        weights: Optional[dict[str, list]] = None,
-    ) -> Tensor:
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_lengths: Optional[Tensor] = None) -> Tensor:
         """Teacher-forced decoding: tgt_in (B, T) → logits (B, T, vocab); position t sees tgt_in[:, :t+1]."""
-        return self._logits(self._decoder_states(tgt_in, memory, src_lengths, weights))
+        return self._logits(self._decoder_states(tgt_in, memory, src_lengths))
 
-    def _decoder_states(
-        self, tgt_in: Tensor, memory: Tensor, src_lengths: Optional[Tensor], weights: Optional[dict[str, list]] = None
-    ) -> Tensor:
+    def _decoder_states(self, tgt_in: Tensor, memory: Tensor, src_lengths: Optional[Tensor]) -> Tensor:
         self._check(tgt_in)
         x = self._embed(self.tgt_embed, tgt_in)
         for layer in self.decoder_layers:
-            x = layer(x, memory, src_lengths, weights=weights)
+            x = layer(x, memory, src_lengths)
         return x  # (B, T, d_model), before the final norm
 
     def forward(self, src: Tensor, src_lengths: Optional[Tensor], tgt_in: Tensor) -> Tensor:
@@ -304,9 +302,27 @@ class Seq2Seq(nn.Module):
         self._check(tokens)
         x = self._embed(self.tgt_embed, tokens, start=state.length)
         for layer, caches in zip(self.decoder_layers, state.caches):
-            x = layer(x, state.memory, state.memory_lengths, caches=caches, beams=state.beams)
+            x = layer(x, state.memory, state.memory_lengths, caches=caches, beam=state.beam)
         return self._logits(x)
 
 
 def build_model(cfg: ModelConfig) -> Seq2Seq:
     return Seq2Seq(cfg)
+
+
+@torch.no_grad()
+def kv_cache_bytes(model: Seq2Seq, src_ids: list[int], hyp_len: int, beam: int) -> dict[str, int]:
+    """Bytes of the decoder's KV caches for one sentence of ``src_ids`` (subword ids, eos added here) decoded with
+    ``beam`` beams to ``hyp_len`` subwords: {"self_attention", "cross_attention", "total"}, read from the allocated
+    cache tensors of a DecoderState laid out as beam search lays it out (``beam`` decoder rows over one source row,
+    where cross-attention has no window)."""
+    device = model.src_embed.weight.device
+    src = torch.tensor([[*src_ids, EOS_ID]], device=device)  # (1, S)
+    lengths = torch.tensor([src.size(1)], device=device)
+    state = model.init_state(model.encode(src, lengths), lengths)
+    state.select_beams(torch.zeros(beam, dtype=torch.long, device=device), torch.arange(1, device=device), beam)
+    tokens = torch.full((beam, 1), BOS_ID, device=device)
+    for _ in range(max(hyp_len, 1)):
+        tokens = model.decode_step(tokens, state).argmax(-1)
+    self_bytes, cross_bytes = state.self_cache_bytes(), state.cross_cache_bytes()
+    return {"self_attention": self_bytes, "cross_attention": cross_bytes, "total": self_bytes + cross_bytes}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nmt.corpora import local_files
-from nmt.schema import CONF_DIR, compose_config, config_error_line, to_train_config
+from nmt.compose import CONF_DIR, compose_config, config_error_line, to_train_config
 from nmt.train_config import TrainConfig
 
 

@@ -48,7 +48,7 @@ def run_model(run_dir: Path) -> Optional[Path]:
 
 
 def collect(run_dir: Path) -> dict:
-    from nmt.evaluate import kv_cache_bytes
+    from nmt.model import kv_cache_bytes
     from nmt.loading import load_model
 
     if not run_dir.is_dir():
@@ -68,7 +68,7 @@ def collect(run_dir: Path) -> dict:
     run = {
         "run": str(run_dir),
         "attention": model.cfg.variants(),
-        "parameters": model.size()[0],
+        "parameters": model.parameter_count()[0],
         "best_val_bleu": best[2] if best else None,
         "best_step": best[0] + 1 if best else None,
         "train_tokens_per_s": round(statistics.median(throughput), 1) if throughput else None,

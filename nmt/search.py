@@ -37,9 +37,9 @@ class CachedSteps:
     def reorder(self, index: Tensor) -> None:
         self.state.reorder(index)
 
-    def select(self, rows: Tensor, sentences: Tensor, beams: int) -> None:
-        """Row i continues old row ``rows[i]``; ``beams`` rows per kept sentence (``sentences``, increasing)."""
-        self.state.select_beams(rows, sentences, beams)
+    def select(self, rows: Tensor, sentences: Tensor, beam: int) -> None:
+        """Row i continues old row ``rows[i]``; ``beam`` rows per kept sentence (``sentences``, increasing)."""
+        self.state.select_beams(rows, sentences, beam)
 
 
 class RecomputeSteps:
@@ -55,7 +55,7 @@ class RecomputeSteps:
     def reorder(self, index: Tensor) -> None:
         self.memory, self.src_lengths = self.memory[index], self.src_lengths[index]
 
-    def select(self, rows: Tensor, sentences: Tensor, beams: int) -> None:
+    def select(self, rows: Tensor, sentences: Tensor, beam: int) -> None:
         self.reorder(rows)
 
 

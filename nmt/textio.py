@@ -12,11 +12,14 @@ without one the last line still counts.
 from __future__ import annotations
 
 import gzip
+import logging
 import sys
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Optional
 
 BOM = "\ufeff"
+
+log = logging.getLogger("nmt")
 
 
 class TextError(ValueError):
@@ -89,3 +92,14 @@ def write_text(path: str | Path, text: str) -> None:
 def some(numbers: list[int], limit: int = 10) -> str:
     """The first ``limit`` line numbers, comma-separated, with an ellipsis when there are more."""
     return ", ".join(map(str, numbers[:limit])) + (" …" if len(numbers) > limit else "")
+
+
+def read_text(path: str | Path) -> list[str]:
+    """The lines of a source, reference or hypothesis file as every command reads them (training and validation
+    included): .gz decompressed, split at "\\n" only, CRLF and a leading byte-order mark dropped. Invalid UTF-8 is
+    replaced (U+FFFD) with a warning naming the lines; a missing file is a one-line error (ValueError)."""
+    lines, invalid = read_lines(path, errors="replace")
+    if invalid:
+        log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
+                    path, len(invalid), some(invalid))
+    return lines

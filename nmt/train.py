@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nmt.overrides import check_command_line
-from nmt.schema import CONF_DIR, config_error_line, register_configs
+from nmt.compose import CONF_DIR, config_error_line, register_configs
 
 # Flags that print something and start no run: Hydra answers them itself.
 INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info"}

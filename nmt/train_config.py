@@ -136,6 +136,7 @@ class TrainerConfig:
     precision: str = "32-true"
     max_steps: int = 100_000
     val_every_n_steps: int = 1000
+    val_max_sentences: Optional[int] = None  # validation BLEU on the first N validation sentences (null: all)
     checkpoint_every_n_steps: Optional[int] = None
     keep_checkpoints: int = 1  # periodic checkpoints kept (step-NNNNNNN.ckpt), the newest ones: `nmt average` input
     gradient_clip_val: float = 1.0
@@ -150,6 +151,8 @@ class TrainerConfig:
         for name in ("max_steps", "val_every_n_steps", "accumulate_grad_batches", "num_nodes", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 1")
+        if self.val_max_sentences is not None and self.val_max_sentences < 1:
+            raise ValueError(f"trainer.val_max_sentences ({self.val_max_sentences}) must be >= 1 or null")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ValueError(f"trainer.checkpoint_every_n_steps ({self.checkpoint_every_n_steps}) must be >= 1")
         if self.keep_checkpoints < 1:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from nmt.datamodule import TranslationData
 from nmt.export import export_model
 from nmt.lit_module import TranslationModule, module_from_configs
-from nmt.schema import to_train_config
+from nmt.compose import to_train_config
 from nmt.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
     run_dir = Path(run_dir or cfg.run_dir or "outputs/run")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
-    module = module_from_configs(cfg.model, cfg.optim, cfg.decode, cfg.trainer.max_steps, cfg.data.bleu_tokenize)
+    module = module_from_configs(cfg)
     check_runtime(cfg, module)
     data = TranslationData(cfg.data, cfg.seed)
     trainer = build_trainer(cfg, run_dir)

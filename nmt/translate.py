@@ -185,9 +185,5 @@ class _progress:
         self.bar.stop()
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Translator:
-    return Translator.load(path, device)
-
-
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -19,7 +19,7 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.corpora import corpus_dir
-from nmt.evaluate import read_text
+from nmt.textio import read_text
 from nmt.translate import Translator
 
 DEFAULT_SRC = corpus_dir("multi30k") / "test_2016_flickr.en.gz"

@@ -9,7 +9,7 @@ import torch
 
 from nmt.average import average_run, main, step_checkpoints
 from nmt.loading import load_model
-from nmt.schema import compose_config
+from nmt.compose import compose_config
 from nmt.trainer import train
 from tests.test_train import cache_dir, small_run  # noqa: F401  (session fixture)
 

@@ -12,7 +12,8 @@ import torch
 from nmt import plots
 from nmt.cli import main
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.evaluate import bleu, kv_cache_bytes, translate_texts
+from nmt.model import kv_cache_bytes
+from nmt.scoring import bleu, translate_texts
 from nmt.export import export_model
 from nmt.model import build_model
 from nmt.tokenizer import TokenizerSettings, load_or_train
@@ -309,7 +310,7 @@ def test_attention_grids_share_one_colour_scale_with_a_colour_bar_and_the_alignm
                                                                                            tokenizer):
     """Issue 24, fault 7: each head was scaled to its own maximum, without a colour bar, and the grids' axes were
     labelled otherwise than the alignment's (rows by decoder input, not by the subword produced)."""
-    from nmt.evaluate import attention_pictures
+    from nmt.eval_report import attention_pictures
     from nmt.loading import load_model
 
     figures = {}

@@ -101,16 +101,20 @@ def test_embeddings_tied_when_vocabulary_is_shared_and_padded_to_64():
 def test_attention_weights_per_layer_and_head():
     model = build_model(tiny(attention=VARIANT_SITES["gqa"])).eval()
     src, src_lengths, tgt = batch()
-    encoder_w, decoder_w = [], {"decoder_self": [], "cross": []}
     with torch.no_grad():
-        memory = model.encode(src, src_lengths, weights=encoder_w)
-        with_weights = model.decode(tgt, memory, src_lengths, weights=decoder_w)
-        plain = model.decode(tgt, memory, src_lengths)
+        with model.recording_attention() as weights:
+            with_weights = model.decode(tgt, model.encode(src, src_lengths), src_lengths)
+        plain = model.decode(tgt, model.encode(src, src_lengths), src_lengths)
     assert (with_weights - plain).abs().max() <= 1e-5
-    assert [w.shape for w in encoder_w] == [(3, 4, 8, 8)] * 2
-    assert [w.shape for w in decoder_w["cross"]] == [(3, 4, 9, 8)] * 2
-    assert torch.all(decoder_w["decoder_self"][0].triu(1) == 0)  # causal
-    assert torch.all(decoder_w["cross"][0][1, :, :, 5:] == 0)  # source padding
+    assert [w.shape for w in weights["encoder_self"]] == [(3, 4, 8, 8)] * 2
+    assert [w.shape for w in weights["cross"]] == [(3, 4, 9, 8)] * 2
+    assert torch.all(weights["decoder_self"][0].triu(1) == 0)  # causal
+    assert torch.all(weights["cross"][0][1, :, :, 5:] == 0)  # source padding
+    # Outside the block nothing is recorded, and the configured backends run again.
+    assert all(layer.recording is None for layer in model.attention_layers())
+    with torch.no_grad():
+        model.decode(tgt, model.encode(src, src_lengths), src_lengths)
+    assert [len(w) for w in weights.values()] == [2, 2, 2]
 
 
 def test_the_model_learns_a_copy_task():
@@ -184,14 +188,14 @@ def test_beams_sharing_a_source_row_match_recomputation(cross):
         state = model.init_state(memory, src_lengths)
         model.decode_step(tgt[:, :1], state)
         state.select_beams(rows, kept, 2)
-        assert (state.beams, state.memory.size(0)) == ((2, 2) if cross.window is None else (1, 4))
+        assert (state.beam, state.memory.size(0)) == ((2, 2) if cross.window is None else (1, 4))
         prefix = torch.cat([tgt[rows, :1], torch.randint(3, 50, (4, 1))], dim=1)
         step = model.decode_step(prefix[:, 1:], state)
         expected = model.decode(prefix, memory[rows], src_lengths[rows])[:, 1:]
         assert (step - expected).abs().max() <= 1e-5
         index = torch.tensor([3, 0])
         state.reorder(index)
-        assert (state.beams, state.memory.size(0)) == (1, 2)
+        assert (state.beam, state.memory.size(0)) == (1, 2)
         prefix = torch.cat([prefix[index], torch.randint(3, 50, (2, 1))], dim=1)
         step = model.decode_step(prefix[:, 2:], state)
         expected = model.decode(prefix, memory[rows[index]], src_lengths[rows[index]])[:, 2:]

@@ -59,7 +59,7 @@ def test_no_code_config_or_test_names_a_folder_outside_the_repository():
 
 
 def test_the_data_config_resolves_to_the_shipped_corpus_from_any_directory(tmp_path):
-    process = run(["-c", "from nmt.schema import compose_config, to_train_config; "
+    process = run(["-c", "from nmt.compose import compose_config, to_train_config; "
                          "print(to_train_config(compose_config(['data=multi30k_tok'])).data.path)"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == str(ROOT / "data" / "multi30k")
@@ -184,7 +184,7 @@ def test_a_wheel_carries_configs_and_corpus_and_trains_and_translates_from_an_em
                   cwd=empty, env=env)
     assert located.stdout.split() == [str(site / "nmt" / "__init__.py"), str(site / "nmt" / "_data" / "multi30k")]
     trained = run(["-m", "nmt.cli", "train", "experiment=cpu_smoke", "trainer.max_steps=4",
-                   "trainer.val_every_n_steps=2", "decode.max_sentences=4", "data.max_train_examples=2000",
+                   "trainer.val_every_n_steps=2", "trainer.val_max_sentences=4", "data.max_train_examples=2000",
                    "data.vocab_size=500", "trainer.enable_progress_bar=false", "hydra.run.dir=run"],
                   cwd=empty, env=env, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]

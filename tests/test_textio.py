@@ -65,7 +65,7 @@ def test_training_translate_and_evaluate_read_the_same_lines(tmp_path):
     """The readers of every command are this one: the corpus reader of training and validation, `nmt evaluate`'s
     and `nmt translate`'s."""
     from nmt.data import _text_lines
-    from nmt.evaluate import read_text
+    from nmt.textio import read_text
     from nmt.translate import read_input
 
     for name, data in (("x.txt", HOSTILE), ("x.txt.gz", gzip.compress(HOSTILE))):

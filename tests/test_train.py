@@ -16,7 +16,7 @@ import torch
 from nmt.cli import main as cli_main
 from nmt.loading import load_model
 from nmt.report import read_metrics
-from nmt.schema import CONF_DIR, compose_config
+from nmt.compose import CONF_DIR, compose_config
 from nmt.trainer import train
 from tests.conftest import MULTI30K
 
@@ -42,7 +42,7 @@ def small_run(cache_dir, *extra):
         "model.dropout=0.1",
         "optim.warmup_steps=20",
         "optim.lr=0.002",
-        "decode.max_sentences=20",
+        "trainer.val_max_sentences=20",
         "trainer.enable_progress_bar=false",
         *extra,
     ]

@@ -59,6 +59,7 @@ class Attention(nn.Module):
         else:
             self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
         self.out_proj = nn.Linear(q_dim, d_model, bias=bias)
+        self.recording: Optional[list[Tensor]] = None  # where to append each call's weights, while recorded
 
     def new_cache(self) -> KVCache:
         if self.cross:
@@ -90,8 +91,11 @@ class Attention(nn.Module):
         else:
             q, k, v, mask = self._self_inputs(x, lengths, cache)
         dropout_p = self.cfg.dropout if self.training else 0.0
-        out, weights = attend(backend or self.cfg.backend, q, k, v, mask, dropout_p=dropout_p,
-                              need_weights=need_weights, site=self.site)  # (B, n_heads, T, head_dim)
+        recording = self.recording is not None  # Seq2Seq.recording_attention: on math, which returns the weights
+        out, weights = attend("math" if recording else backend or self.cfg.backend, q, k, v, mask, dropout_p=dropout_p,
+                              need_weights=need_weights or recording, site=self.site)  # (B, n_heads, T, head_dim)
+        if recording:
+            self.recording.append(weights)
         out = out.transpose(1, 2).flatten(2)  # (B, T, n_heads · head_dim)
         return self.out_proj(out), weights
 

@@ -71,7 +71,7 @@ class TorchTransformer(nn.Module):
 def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict]:
     """The first ``count`` training batches of the configured corpus."""
     from nmt.datamodule import TranslationData
-    from nmt.schema import compose_config, to_train_config
+    from nmt.compose import compose_config, to_train_config
 
     cfg = to_train_config(compose_config([f"data.max_tokens={max_tokens}", *overrides]))
     data = TranslationData(cfg.data, cfg.seed)
@@ -81,7 +81,7 @@ def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict
 
 def model_config(preset: str, overrides: list[str]) -> ModelConfig:
     """The preset as ``nmt train model=<preset> <overrides>`` would build it (vocabulary = data.vocab_size)."""
-    from nmt.schema import compose_config, model_config as resolve
+    from nmt.compose import compose_config, model_config as resolve
 
     return resolve(compose_config([f"model={preset}", *overrides]))
 
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
         configs = {name: model_config(name, args.overrides) for name in args.models}  # checked before data work
         work = real_batches(args.max_tokens, args.steps + warmup, args.overrides)
     except Exception as error:  # config or data problems: one line, as nmt train prints them
-        from nmt.schema import config_error_line
+        from nmt.compose import config_error_line
 
         print(f"nmt bench train: {config_error_line(error)}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ import torch
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
 from nmt.corpora import corpus_dir
-from nmt.schema import CONF_DIR
+from nmt.compose import CONF_DIR
 
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
 CPU = torch.device("cpu")
@@ -80,7 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def load_config(model: str, overrides: list[str]):
     """The validated TrainConfig of ``nmt train model=<model> <overrides>`` (the model's vocab is data.vocab_size)."""
-    from nmt.schema import compose_config, config_error_line, to_train_config
+    from nmt.compose import compose_config, config_error_line, to_train_config
 
     try:
         cfg = to_train_config(compose_config([f"model={model}", *overrides]))
@@ -201,7 +201,7 @@ def _hub_offline():
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from nmt.evaluate import read_text
+    from nmt.textio import read_text
     from nmt.model import build_model
 
     cfg = load_config(args.model, args.overrides)

@@ -1,4 +1,5 @@
-"""Hydra structured-config schemas and config composition, so a wrong key or type fails at start, named."""
+"""Hydra composition: the dataclass schemas registered, a config composed from overrides and validated, so a wrong
+key or type fails at start, named."""
 
 from __future__ import annotations
 
