@@ -18,7 +18,7 @@ commands:
 
 def show_attention(overrides: list[str]) -> int:
     """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
-    from nmt.compose import compose_config, config_error_line, model_config
+    from nmt.config.compose import compose_config, config_error_line, model_config
 
     try:
         cfg = model_config(compose_config(overrides))
@@ -44,23 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     if command == "attention":
         return show_attention(rest)
     if command == "report":
-        from nmt.report import main as report_main
+        from nmt.evaluation.report import main as report_main
 
         return report_main(rest)
     if command == "average":
-        from nmt.average import main as average_main
+        from nmt.training.average import main as average_main
 
         return average_main(rest)
     if command == "evaluate":
-        from nmt.evaluate import main as evaluate_main
+        from nmt.evaluation.evaluate import main as evaluate_main
 
         return evaluate_main(rest)
     if command == "translate":
-        from nmt.translate import main as translate_main
+        from nmt.decoding.translate import main as translate_main
 
         return translate_main(rest)
     if command == "train":
-        from nmt.train import main as train_main
+        from nmt.training.train import main as train_main
 
         return train_main(rest)
     if command == "bench":

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.corpora import corpus_dir
-from nmt.textio import read_text
-from nmt.translate import Translator
+from nmt.data.corpora import corpus_dir
+from nmt.data.textio import read_text
+from nmt.decoding.translate import Translator
 
 DEFAULT_SRC = corpus_dir("multi30k") / "test_2016_flickr.en.gz"
 

@@ -14,7 +14,7 @@ EVERY=${EVERY:-100}
 VAL_EVERY=${VAL_EVERY:-500}
 OUT=${OUT:-outputs/multi30k}
 EXTRA=${EXTRA:-}
-DATA=${DATA:-$(python -c 'from nmt.corpora import corpus_dir; print(corpus_dir("multi30k"))')}  # the shipped corpus
+DATA=${DATA:-$(python -c 'from nmt.data.corpora import corpus_dir; print(corpus_dir("multi30k"))')}  # the shipped corpus
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(mha gqa mqa window sparse en_fr raw_en_de)
 

@@ -1,4 +1,4 @@
-"""The output projection at CPU inference: `F.linear` (MKL sgemm) against the packed oneDNN path (nmt.packed_linear).
+"""The output projection at CPU inference: `F.linear` (MKL sgemm) against the packed oneDNN path (nmt.model.packed_linear).
 
 Times both on (rows, d_model) × (d_model, vocab), alternated, medians of 7, and prints F.linear ÷ packed (> 1: packed
 wins) with the largest difference between their outputs.
@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nmt import packed_linear
+from nmt.model import packed_linear
 
 
 def main(argv: list[str] | None = None) -> None:

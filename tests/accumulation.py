@@ -12,11 +12,11 @@ from dataclasses import asdict
 
 import torch
 
-from nmt.batching import collate
+from nmt.data.batching import collate
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.lit_module import TranslationModule
-from nmt.loss import label_smoothed_loss
-from nmt.train_config import OptimConfig
+from nmt.training.lit_module import TranslationModule
+from nmt.training.loss import label_smoothed_loss
+from nmt.config.train import OptimConfig
 
 SMOOTHING = 0.1
 # Micro-batches of very different target token counts (4 sentences vs 1 short one, and so on): averaging

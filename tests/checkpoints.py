@@ -10,17 +10,17 @@ from typing import Optional
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.export import export_model
+from nmt.decoding.export import export_model
 from nmt.model import Seq2Seq
-from nmt.tokenizer import Tokenizer
-from nmt.train_config import OptimConfig
+from nmt.data.tokenizer import Tokenizer
+from nmt.config.train import OptimConfig
 
 
 def save_checkpoint(model: Seq2Seq, tokenizer: Tokenizer, path: Path, bleu_tokenize: Optional[str] = None,
                     step: int = 1) -> Path:
     """What Lightning writes for nmt's TranslationModule: its hyper_parameters (the module's hparams), its state dict
     (the model's under ``model.``) and what on_save_checkpoint adds (the sentencepiece model among it)."""
-    from nmt.lit_module import TranslationModule
+    from nmt.training.lit_module import TranslationModule
 
     module = TranslationModule(model.cfg.to_dict(), asdict(OptimConfig()), asdict(DecodeConfig()), 10, bleu_tokenize)
     module.model.load_state_dict(model.state_dict())

@@ -16,7 +16,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-from nmt.corpora import corpus_dir  # noqa: E402
+from nmt.data.corpora import corpus_dir  # noqa: E402
 
 MULTI30K = corpus_dir("multi30k")  # the copy inside the repository (data/multi30k), or the installed wheel's
 

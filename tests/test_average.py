@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from nmt.average import average_run, main, step_checkpoints
-from nmt.loading import load_model
-from nmt.compose import compose_config
-from nmt.trainer import train
+from nmt.training.average import average_run, main, step_checkpoints
+from nmt.decoding.loading import load_model
+from nmt.config.compose import compose_config
+from nmt.training.trainer import train
 from tests.test_train import cache_dir, small_run  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_average_refuses_checkpoints_of_different_models(run_dir, cache_dir, tmp
 def small_model(tmp_path_factory):
     from nmt.config import ModelConfig
     from nmt.model import build_model
-    from nmt.tokenizer import TokenizerSettings, load_or_train
+    from nmt.data.tokenizer import TokenizerSettings, load_or_train
     from tests.conftest import multi30k_sample
 
     tokenizer = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "a", tmp_path_factory.mktemp("s"))
@@ -91,7 +91,7 @@ def test_average_records_the_checkpoints_bleu_tokenizer(small_model, tmp_path):
     multi30k_tok run was scored with 13a."""
     import json
 
-    from nmt.loading import load_model_info
+    from nmt.decoding.loading import load_model_info
 
     run = _checkpoints(tmp_path / "run", small_model)
     out = average_run(run, last=2)

@@ -6,8 +6,8 @@ import datasets
 import numpy as np
 import pytest
 
-from nmt.batching import StreamBatches, TrainBatches, collate, shard, token_batches
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.batching import StreamBatches, TrainBatches, collate, shard, token_batches
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def lengths(n=500, seed=0):
@@ -94,7 +94,7 @@ def test_ranks_see_disjoint_batches(kind):
 
 @pytest.mark.parametrize("kind", ["memory", "stream"])
 def test_an_epoch_without_batches_is_an_error_not_a_hang(kind):
-    from nmt.batching import EmptyEpochError
+    from nmt.data.batching import EmptyEpochError
 
     pairs = _pairs(3)
     if kind == "memory":

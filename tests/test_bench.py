@@ -87,7 +87,7 @@ def test_matmul_crossover_probe_runs(capsys):
 
 
 def test_packed_linear_probe_runs(capsys):
-    """scripts/packed_linear.py (behind nmt.packed_linear's speed claim) on tiny sizes, so it cannot rot."""
+    """scripts/packed_linear.py (behind nmt.model.packed_linear's speed claim) on tiny sizes, so it cannot rot."""
     import runpy
 
     module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "packed_linear.py"))

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from nmt.data import DataError, clean_and_encode, load_split
-from nmt.tokenizer import TokenizerSettings, load_or_train
-from nmt.tokenizer import TokenizerError
-from nmt.train_config import DataConfig
+from nmt.data.load import DataError, clean_and_encode, load_split
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
+from nmt.data.tokenizer import TokenizerError
+from nmt.config.train import DataConfig
 from tests.conftest import multi30k_sample
 
 EN = ["A dog runs.", "Two men talk.", "A red car.", "   ", "", "Kids play in the park."]
@@ -156,7 +156,7 @@ def test_impossible_vocabulary_is_one_clear_error(tmp_path):
 def test_unreachable_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr("nmt.data.HUB_HOST", ("huggingface.co.invalid", 443))  # unreachable on any machine
+    monkeypatch.setattr("nmt.data.load.HUB_HOST", ("huggingface.co.invalid", 443))  # unreachable on any machine
     cfg = DataConfig(path=None, hub_id="wmt14", hub_config="de-en", cache_dir=str(tmp_path))
     start = time.monotonic()
     with pytest.raises(DataError, match=r"cannot reach the Hugging Face Hub to load 'wmt14': train from local files"):
@@ -198,7 +198,7 @@ def test_missing_values_bom_and_fake_gzip(tmp_path):
 
 
 def test_more_bad_configs_name_the_key():
-    from nmt.train_config import OptimConfig, TrainerConfig
+    from nmt.config.train import OptimConfig, TrainerConfig
 
     for make, message in [
         (lambda: TrainerConfig(devices=0), r"trainer.devices \(0\)"),
@@ -216,12 +216,12 @@ def test_more_bad_configs_name_the_key():
 def test_validation_pairs_are_all_kept_and_long_ones_truncated(tmp_path, caplog):
     import datasets
 
-    from nmt.data import encode_eval
+    from nmt.data.load import encode_eval
 
     tokenizer = load_or_train(multi30k_sample, TokenizerSettings(400), "fp", tmp_path / "cache")
     ds = datasets.Dataset.from_list([{"src": "A dog.", "tgt": "Ein Hund."}, {"src": "", "tgt": "Leer."},
                                      {"src": " ".join(["word"] * 500), "tgt": "Lang."}])
-    with caplog.at_level("WARNING", logger="nmt.data"):
+    with caplog.at_level("WARNING", logger="nmt.data.load"):
         encoded = encode_eval(ds, tokenizer, config(tmp_path, max_len=50), "valid")
     assert encoded.num_rows == 3 and max(len(x) for x in encoded["src_ids"]) == 50
     assert "valid: 1 pairs longer than data.max_len=50 subwords were truncated" in caplog.text
@@ -292,7 +292,7 @@ def test_empty_files_are_empty_splits(tmp_path, fmt):
 @pytest.mark.parametrize("split", ["valid", "train"])
 def test_training_on_an_empty_split_names_it(tmp_path, split):
     """Issue 24, fault 2: every command given zero lines answers in one line; training names the split."""
-    from nmt.datamodule import TranslationData
+    from nmt.data.datamodule import TranslationData
 
     sample = multi30k_sample(500)
     write_lines(tmp_path / "train.en", sample[:500])

@@ -9,14 +9,14 @@ import pytest
 import sacrebleu
 import torch
 
-from nmt import plots
+from nmt.evaluation import plots
 from nmt.cli import main
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.model import kv_cache_bytes
-from nmt.scoring import bleu, translate_texts
-from nmt.export import export_model
+from nmt.evaluation.scoring import bleu, translate_texts
+from nmt.decoding.export import export_model
 from nmt.model import build_model
-from nmt.tokenizer import TokenizerSettings, load_or_train
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from tests.conftest import MULTI30K, multi30k_sample
 
 
@@ -83,7 +83,7 @@ def test_evaluate_scores_given_hypotheses_and_checks_line_counts(tmp_path, token
 
 
 def test_kv_cache_bytes_are_measured_per_variant(tokenizer, tmp_path):
-    from nmt.loading import load_model
+    from nmt.decoding.loading import load_model
 
     sizes = {}
     for name, attention in {"mha": {}, "mqa": {s: {"n_kv_heads": 1} for s in ("decoder_self", "cross")},
@@ -192,15 +192,15 @@ def test_hypotheses_keep_blank_lines(tmp_path, tokenizer, capsys):
 
 
 def _validation(model, tokenizer, folder: Path, monkeypatch=None) -> tuple[float, list[str]]:
-    """Validation BLEU as training computes it: the valid split read by the corpus reader (nmt.data), translated
+    """Validation BLEU as training computes it: the valid split read by the corpus reader (nmt.data.load), translated
     and scored by the LightningModule's own _validation_bleu with its decoding settings (greedy)."""
     import lightning as L
 
     from dataclasses import asdict
 
-    from nmt.data import load_split
-    from nmt.lit_module import TranslationModule
-    from nmt.train_config import DataConfig, OptimConfig
+    from nmt.data.load import load_split
+    from nmt.training.lit_module import TranslationModule
+    from nmt.config.train import DataConfig, OptimConfig
 
     cfg = DataConfig(path=str(folder), file_pattern="{split}.{lang}", cache_dir=str(folder / "cache"),
                      splits={"train": "valid", "valid": "valid", "test": None})
@@ -216,8 +216,8 @@ def test_validation_bleu_equals_evaluate_bleu_on_bom_crlf_and_no_final_newline(t
                                                                               monkeypatch, capsys):
     """Issue 24, fault 4: the same hypotheses scored 100.0 as validation BLEU and 99.59 in `nmt evaluate` against a
     reference file with a byte-order mark (the training reader dropped it, evaluate's kept it)."""
-    from nmt import translate
-    from nmt.loading import load_model
+    from nmt.decoding import translate
+    from nmt.decoding.loading import load_model
 
     folder = tmp_path / "data"
     folder.mkdir()
@@ -250,7 +250,7 @@ def test_validation_bleu_equals_evaluate_bleu_on_bom_crlf_and_no_final_newline(t
 
 def test_checkpoint_and_exported_directory_evaluate_alike(tmp_path, tokenizer, test_files, capsys):
     """Issue 24, fault 6: a checkpoint of a run with bleu_tokenize=none was scored with 13a only."""
-    from nmt.loading import load_model
+    from nmt.decoding.loading import load_model
     from tests.checkpoints import checkpoint_and_export
 
     model, tok = load_model(make_model_dir(tmp_path / "m", tokenizer))
@@ -269,7 +269,7 @@ def test_checkpoint_and_exported_directory_evaluate_alike(tmp_path, tokenizer, t
 
 
 def _fake_run(run: Path, tokenizer, model_from: str = "model", bleu: float = 4.0) -> Path:
-    from nmt.loading import load_model
+    from nmt.decoding.loading import load_model
     from tests.checkpoints import checkpoint_and_export
 
     model, tok = load_model(make_model_dir(run / "m", tokenizer))
@@ -310,8 +310,8 @@ def test_attention_grids_share_one_colour_scale_with_a_colour_bar_and_the_alignm
                                                                                            tokenizer):
     """Issue 24, fault 7: each head was scaled to its own maximum, without a colour bar, and the grids' axes were
     labelled otherwise than the alignment's (rows by decoder input, not by the subword produced)."""
-    from nmt.eval_report import attention_pictures
-    from nmt.loading import load_model
+    from nmt.evaluation.eval_report import attention_pictures
+    from nmt.decoding.loading import load_model
 
     figures = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.stem, fig) and path)

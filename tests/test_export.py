@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from nmt.config import ModelConfig
-from nmt.export import export_model
-from nmt.loading import load_model
+from nmt.decoding.export import export_model
+from nmt.decoding.loading import load_model
 from nmt.model import build_model
-from nmt.tokenizer import TokenizerSettings, load_or_train
-from nmt.trainer import AtomicCheckpointIO
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
+from nmt.training.trainer import AtomicCheckpointIO
 from tests.conftest import multi30k_sample
 
 
@@ -50,12 +50,12 @@ def test_re_export_replaces_the_directory_whole(tmp_path, tokenizer, monkeypatch
     cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=4, d_ff=64, encoder_layers=1, decoder_layers=1)
     first = build_model(cfg)
     export_model(first, tokenizer, tmp_path / "model")
-    import nmt.export
+    import nmt.decoding.export
 
     def failing_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(nmt.export, "save_model", failing_save)
+    monkeypatch.setattr(nmt.decoding.export, "save_model", failing_save)
     with pytest.raises(OSError):
         export_model(build_model(cfg), tokenizer, tmp_path / "model")
     loaded, _ = load_model(tmp_path / "model")  # the first export, intact

@@ -1,11 +1,11 @@
-"""The fused CPU loss (nmt.loss) against the readable path: F.linear, then F.cross_entropy with label smoothing."""
+"""The fused CPU loss (nmt.training.loss) against the readable path: F.linear, then F.cross_entropy with label smoothing."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.loss import ProjectedLoss, fused_applies, label_smoothed_loss
-from nmt.tokenizer import PAD_ID
+from nmt.training.loss import ProjectedLoss, fused_applies, label_smoothed_loss
+from nmt.data.tokenizer import PAD_ID
 
 
 def _inputs(rows=37, d_model=16, vocab=50, pad_every=5, seed=0):

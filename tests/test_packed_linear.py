@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt import packed_linear
-from nmt.packed_linear import PackedLinear
+from nmt.model import packed_linear
+from nmt.model.packed_linear import PackedLinear
 
 pytestmark = pytest.mark.skipif(not packed_linear.AVAILABLE, reason="this torch build has no oneDNN linear ops")
 

@@ -8,8 +8,8 @@ import torch
 from nmt.config import ModelConfig
 from nmt.model import build_model
 from nmt.config import DecodeConfig
-from nmt.search import beam_search, decode, greedy, max_lengths
-from nmt.tokenizer import EOS_ID
+from nmt.decoding.search import beam_search, decode, greedy, max_lengths
+from nmt.data.tokenizer import EOS_ID
 
 
 class EosFirst(torch.nn.Module):
@@ -148,7 +148,7 @@ def test_bad_decode_configs(kwargs, message):
 
 def test_chunked_argmax_and_top_candidates_match_the_plain_ops():
     """The chunk-maxima shortcuts of greedy and beam search give what argmax / topk over every candidate give."""
-    from nmt.search import CHUNK, _argmax, _top_candidates
+    from nmt.decoding.search import CHUNK, _argmax, _top_candidates
 
     torch.manual_seed(1)
     x = torch.randn(6, 4 * CHUNK)

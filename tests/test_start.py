@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from nmt import corpora
-from nmt.corpora import corpus_dir
-from nmt.overrides import check_command_line, schema_keys
-from nmt.train import main as train_main
-from nmt.train import remove_failed_start
+from nmt.data import corpora
+from nmt.data.corpora import corpus_dir
+from nmt.config.overrides import check_command_line, schema_keys
+from nmt.training.train import main as train_main
+from nmt.training.train import remove_failed_start
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "lightning", "datasets", "transformers")
@@ -59,7 +59,7 @@ def test_no_code_config_or_test_names_a_folder_outside_the_repository():
 
 
 def test_the_data_config_resolves_to_the_shipped_corpus_from_any_directory(tmp_path):
-    process = run(["-c", "from nmt.compose import compose_config, to_train_config; "
+    process = run(["-c", "from nmt.config.compose import compose_config, to_train_config; "
                          "print(to_train_config(compose_config(['data=multi30k_tok'])).data.path)"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == str(ROOT / "data" / "multi30k")
@@ -69,7 +69,7 @@ def test_the_data_config_resolves_to_the_shipped_corpus_from_any_directory(tmp_p
 
 
 def test_the_config_check_imports_nothing_heavy():
-    code = ("import sys; from nmt.train import main; from nmt.overrides import check_command_line; "
+    code = ("import sys; from nmt.training.train import main; from nmt.config.overrides import check_command_line; "
             "print(check_command_line(['attention=gqa', 'trainer.max_steps=5'])); "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     process = run(["-c", code])
@@ -123,7 +123,7 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path):
 
 
 def test_help_lists_the_groups_and_loads_no_training_library():
-    process = run(["-c", "import sys; from nmt.train import main; main(['--help'])"])
+    process = run(["-c", "import sys; from nmt.training.train import main; main(['--help'])"])
     assert process.returncode == 0, process.stderr
     assert "nmt train: train an encoder-decoder Transformer" in process.stdout
     assert "attention: flash, gqa, mha, mqa, sliding_window, sparse" in process.stdout
@@ -156,7 +156,7 @@ def test_a_start_that_fails_in_the_run_removes_its_folder_but_never_an_older_one
 def test_the_progress_bar_counts_steps_not_a_negative_epoch_total():
     from types import SimpleNamespace
 
-    from nmt.trainer import StepProgressBar
+    from nmt.training.trainer import StepProgressBar
 
     bar = StepProgressBar()
     bar._trainer = SimpleNamespace(global_step=5, max_steps=20, max_epochs=-1)
@@ -180,7 +180,7 @@ def test_a_wheel_carries_configs_and_corpus_and_trains_and_translates_from_an_em
     installed = run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], timeout=600)
     assert installed.returncode == 0, installed.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(site)}
-    located = run(["-c", "import nmt, nmt.corpora as c; print(nmt.__file__); print(c.corpus_dir('multi30k'))"],
+    located = run(["-c", "import nmt, nmt.data.corpora as c; print(nmt.__file__); print(c.corpus_dir('multi30k'))"],
                   cwd=empty, env=env)
     assert located.stdout.split() == [str(site / "nmt" / "__init__.py"), str(site / "nmt" / "_data" / "multi30k")]
     trained = run(["-m", "nmt.cli", "train", "experiment=cpu_smoke", "trainer.max_steps=4",

@@ -1,4 +1,4 @@
-"""nmt.textio, the one text reader: every command reads the same lines from the same bytes (issue 24, fault 4)."""
+"""nmt.data.textio, the one text reader: every command reads the same lines from the same bytes (issue 24, fault 4)."""
 
 import gzip
 import io
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from nmt.textio import TextError, decode_lines, iter_lines, read_lines, write_text
+from nmt.data.textio import TextError, decode_lines, iter_lines, read_lines, write_text
 
 # A byte-order mark, CRLF endings, a lone CR / U+2028 / U+0085 / form feed inside lines, a blank line, a
 # whitespace-only line, and no final newline.
@@ -64,9 +64,9 @@ def test_gz_output_is_compressed(tmp_path):
 def test_training_translate_and_evaluate_read_the_same_lines(tmp_path):
     """The readers of every command are this one: the corpus reader of training and validation, `nmt evaluate`'s
     and `nmt translate`'s."""
-    from nmt.data import _text_lines
-    from nmt.textio import read_text
-    from nmt.translate import read_input
+    from nmt.data.load import _text_lines
+    from nmt.data.textio import read_text
+    from nmt.decoding.translate import read_input
 
     for name, data in (("x.txt", HOSTILE), ("x.txt.gz", gzip.compress(HOSTILE))):
         path = tmp_path / name

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from nmt.cli import main as cli_main
-from nmt.loading import load_model
-from nmt.report import read_metrics
-from nmt.compose import CONF_DIR, compose_config
-from nmt.trainer import train
+from nmt.decoding.loading import load_model
+from nmt.evaluation.report import read_metrics
+from nmt.config.compose import CONF_DIR, compose_config
+from nmt.training.trainer import train
 from tests.conftest import MULTI30K
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_tiny_model_learns_multi30k_en_de(cache_dir, tmp_path):
     # The best checkpoint translates exactly like the exported directory (it carries its tokenizer).
     lines = (tmp_path / "val.en").read_text().splitlines()[:5]
     from_ckpt = load_model(run_dir / "checkpoints" / "best.ckpt")
-    from nmt.translate import Translator
+    from nmt.decoding.translate import Translator
 
     assert Translator(*from_ckpt).translate(lines, beam=2) == Translator(model, tokenizer).translate(lines, beam=2)
 

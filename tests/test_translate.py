@@ -11,9 +11,9 @@ import torch
 
 import nmt
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.export import export_model
+from nmt.decoding.export import export_model
 from nmt.model import build_model
-from nmt.tokenizer import TokenizerSettings, load_or_train
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from tests.conftest import multi30k_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,7 +262,8 @@ def test_sampling_implies_beam_1(model_dir, tmp_path, monkeypatch, capsys):
 def test_translate_and_evaluate_declare_the_same_decoding_flags():
     """One declaration: every decoding flag, with one default, in both commands (evaluate lacked --min-len, --nbest
     and the sampling flags, and truncated sources at 250 subwords where translate did at 1024)."""
-    from nmt import evaluate, translate
+    from nmt.decoding import translate
+    from nmt.evaluation import evaluate
 
     t = vars(translate.parse_args(["--model", "m"]))
     e = vars(evaluate.parse_args(["--model", "m", "--src", "s", "--ref", "r"]))
@@ -275,7 +276,7 @@ def test_translate_and_evaluate_declare_the_same_decoding_flags():
 
 def test_checkpoint_translates_like_its_exported_directory(model_dir, tmp_path, monkeypatch, capsys):
     """Issue 24, fault 6: `--model best.ckpt` and `--model model/` (exported from it) give the same output."""
-    from nmt.loading import load_model
+    from nmt.decoding.loading import load_model
     from tests.checkpoints import checkpoint_and_export
 
     ckpt, directory = checkpoint_and_export(*load_model(model_dir), tmp_path / "run", bleu_tokenize="none")

@@ -11,7 +11,7 @@ from nmt.attention.cache import KVCache
 from nmt.attention.config import AttentionConfig
 from nmt.attention.dispatch import attend
 from nmt.attention.masks import MaskSpec
-from nmt.positions import RotaryEmbedding
+from nmt.model.positions import RotaryEmbedding
 
 
 class Attention(nn.Module):

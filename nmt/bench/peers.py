@@ -20,7 +20,7 @@ def marian_config(model_cfg, max_positions: int):
     """A MarianConfig with nmt's dimensions and special ids (pad 0, bos 2 starts the decoder, eos 3)."""
     from transformers import MarianConfig
 
-    from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+    from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
     return MarianConfig(
         vocab_size=model_cfg.vocab_size,
@@ -146,7 +146,7 @@ def ctranslate2_translator(marian, pieces: list[str], workdir: Path):
 
 
 def marian_system(marian, batches: list[Batch], length: int) -> Callable[[int], int]:
-    from nmt.tokenizer import EOS_ID
+    from nmt.data.tokenizer import EOS_ID
 
     inputs = [(b.src, (torch.arange(b.src.size(1))[None, :] < b.lengths[:, None]).long()) for b in batches]
 

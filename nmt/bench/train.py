@@ -1,7 +1,7 @@
 """``nmt bench train``: training steps of nmt against the same model built from ``torch.nn.Transformer``.
 
 Both models get the same dimensions (a ``conf/model`` preset), the same real Multi30k token-budget batches, the same
-label-smoothed loss (nmt computes it as ``nmt train`` does, fused with the output projection on CPU: nmt.loss),
+label-smoothed loss (nmt computes it as ``nmt train`` does, fused with the output projection on CPU: nmt.training.loss),
 AdamW, gradient clipping and fp32; the reference is what a PyTorch user would write: shared
 scaled embeddings, sinusoidal positions, ``nn.Transformer(batch_first=True, norm_first=…)`` with key-padding masks
 and a causal target mask, and a tied output projection. The two alternate step by step on the same batches (the
@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.config import ModelConfig
-from nmt.loss import ProjectedLoss, label_smoothed_loss
+from nmt.training.loss import ProjectedLoss, label_smoothed_loss
 from nmt.model import Seq2Seq, build_model
-from nmt.tokenizer import PAD_ID
+from nmt.data.tokenizer import PAD_ID
 
 
 class TorchTransformer(nn.Module):
@@ -70,8 +70,8 @@ class TorchTransformer(nn.Module):
 
 def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict]:
     """The first ``count`` training batches of the configured corpus."""
-    from nmt.datamodule import TranslationData
-    from nmt.compose import compose_config, to_train_config
+    from nmt.data.datamodule import TranslationData
+    from nmt.config.compose import compose_config, to_train_config
 
     cfg = to_train_config(compose_config([f"data.max_tokens={max_tokens}", *overrides]))
     data = TranslationData(cfg.data, cfg.seed)
@@ -81,7 +81,7 @@ def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict
 
 def model_config(preset: str, overrides: list[str]) -> ModelConfig:
     """The preset as ``nmt train model=<preset> <overrides>`` would build it (vocabulary = data.vocab_size)."""
-    from nmt.compose import compose_config, model_config as resolve
+    from nmt.config.compose import compose_config, model_config as resolve
 
     return resolve(compose_config([f"model={preset}", *overrides]))
 
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
         configs = {name: model_config(name, args.overrides) for name in args.models}  # checked before data work
         work = real_batches(args.max_tokens, args.steps + warmup, args.overrides)
     except Exception as error:  # config or data problems: one line, as nmt train prints them
-        from nmt.compose import config_error_line
+        from nmt.config.compose import config_error_line
 
         print(f"nmt bench train: {config_error_line(error)}", file=sys.stderr)
         return 2

@@ -26,8 +26,8 @@ import torch
 
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
-from nmt.corpora import corpus_dir
-from nmt.compose import CONF_DIR
+from nmt.data.corpora import corpus_dir
+from nmt.config.compose import CONF_DIR
 
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
 CPU = torch.device("cpu")
@@ -80,7 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def load_config(model: str, overrides: list[str]):
     """The validated TrainConfig of ``nmt train model=<model> <overrides>`` (the model's vocab is data.vocab_size)."""
-    from nmt.compose import compose_config, config_error_line, to_train_config
+    from nmt.config.compose import compose_config, config_error_line, to_train_config
 
     try:
         cfg = to_train_config(compose_config([f"model={model}", *overrides]))
@@ -91,9 +91,9 @@ def load_config(model: str, overrides: list[str]):
 
 def load_tokenizer(cfg):
     """The sentencepiece model training builds from ``cfg.data`` (cached under ``data.cache_dir``/spm/<hash>)."""
-    from nmt.data import DataError
-    from nmt.datamodule import TranslationData
-    from nmt.tokenizer import TokenizerError
+    from nmt.data.load import DataError
+    from nmt.data.datamodule import TranslationData
+    from nmt.data.tokenizer import TokenizerError
 
     try:
         return TranslationData(cfg.data, cfg.seed).load_tokenizer()
@@ -110,7 +110,7 @@ class Batch:
 
 def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: int) -> list[Batch]:
     """Sentences sorted by source length (stable), cut into batches of ``size``: the same batches for every system."""
-    from nmt.batching import collate
+    from nmt.data.batching import collate
 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     batches = []
@@ -127,7 +127,7 @@ def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: in
 
 def nmt_system(model, batches: list[Batch], length: int) -> Callable[[int], int]:
     from nmt.config import DecodeConfig
-    from nmt.search import decode
+    from nmt.decoding.search import decode
 
     def run(beam: int) -> int:
         # max length counts the final eos: length - 1 subwords (no eos before them) and the eos = length tokens.
@@ -201,7 +201,7 @@ def _hub_offline():
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from nmt.textio import read_text
+    from nmt.data.textio import read_text
     from nmt.model import build_model
 
     cfg = load_config(args.model, args.overrides)

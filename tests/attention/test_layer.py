@@ -103,7 +103,7 @@ def test_cached_decoding_refuses_padding():
 
 
 def test_rope_is_exact_whatever_the_module_dtype():
-    from nmt.positions import RotaryEmbedding
+    from nmt.model.positions import RotaryEmbedding
 
     reference = RotaryEmbedding(64)
     rope = RotaryEmbedding(64).to(torch.bfloat16)

@@ -1,4 +1,4 @@
-"""The LightningModule: label-smoothed cross-entropy (nmt.loss), AdamW with warmup, validation loss and BLEU.
+"""The LightningModule: label-smoothed cross-entropy (nmt.training.loss), AdamW with warmup, validation loss and BLEU.
 
 Normalisation (fairseq's): an update's gradient is the gradient of its summed token losses divided by its target
 tokens, however it was split — into ``trainer.accumulate_grad_batches`` micro-batches, and across DDP ranks. So an
@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.scoring import bleu, translate_and_score
-from nmt.loss import ProjectedLoss
+from nmt.evaluation.scoring import bleu, translate_and_score
+from nmt.training.loss import ProjectedLoss
 from nmt.model import build_model
-from nmt.tokenizer import Tokenizer
-from nmt.train_config import OptimConfig, TrainConfig
+from nmt.data.tokenizer import Tokenizer
+from nmt.config.train import OptimConfig, TrainConfig
 
 
 def lr_lambda(cfg: OptimConfig, max_steps: int):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmt.tokenizer import PAD_ID
+from nmt.data.tokenizer import PAD_ID
 
 
 def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, int]:

@@ -1,6 +1,6 @@
 """The Lightning side of ``nmt train``: callbacks, the Trainer, and ``train(cfg)`` — the function tests call directly.
 
-``nmt train`` (``nmt.train``) imports this module only after the config has composed and validated, so a typo is
+``nmt train`` (``nmt.training.train``) imports this module only after the config has composed and validated, so a typo is
 reported before Lightning, datasets and torch load.
 """
 
@@ -20,11 +20,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.datamodule import TranslationData
-from nmt.export import export_model
-from nmt.lit_module import TranslationModule, module_from_configs
-from nmt.compose import to_train_config
-from nmt.train_config import TrainConfig
+from nmt.data.datamodule import TranslationData
+from nmt.decoding.export import export_model
+from nmt.training.lit_module import TranslationModule, module_from_configs
+from nmt.config.compose import to_train_config
+from nmt.config.train import TrainConfig
 
 log = logging.getLogger(__name__)
 # Lightning 2.6's pytree helper trips over torch 2.13's own deprecation on every fit: noise to a user, nothing to do.
@@ -140,7 +140,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
         fast_dev_run=t.fast_dev_run or False,
         enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic,
-        use_distributed_sampler=False,  # batches are sharded by rank in nmt.batching
+        use_distributed_sampler=False,  # batches are sharded by rank in nmt.data.batching
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         # One version folder per (re)start: a resumed run appends logs/version_1 instead of overwriting version_0.

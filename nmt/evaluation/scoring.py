@@ -1,6 +1,6 @@
 """Translate and score with sacreBLEU: the one path for validation BLEU during training and for ``nmt evaluate``.
 
-Imports no CLI or report code, so training (nmt.lit_module) pulls in only sacreBLEU and the decoder.
+Imports no CLI or report code, so training (nmt.training.lit_module) pulls in only sacreBLEU and the decoder.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sacrebleu
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.decode_flags import MAX_SOURCE_LEN
-from nmt.translate import Translator
+from nmt.decoding.flags import MAX_SOURCE_LEN
+from nmt.decoding.translate import Translator
 
 
 def translate_texts(model, tokenizer, texts: list[str], cfg: DecodeConfig, max_tokens: int = 4096,

@@ -3,7 +3,7 @@ directory; and the local files a data config names, checked before any library l
 
 A source checkout or an editable install reads the repository's ``data/<name>/``; an installed wheel carries the same
 files as ``nmt/_data/<name>/`` (pyproject's force-include). Hydra configs name a shipped corpus as
-``${corpus:multi30k}``, a resolver registered by ``nmt.compose``.
+``${corpus:multi30k}``, a resolver registered by ``nmt.config.compose``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from nmt.errors import DataError
 
 if TYPE_CHECKING:
-    from nmt.train_config import DataConfig
+    from nmt.config.train import DataConfig
 
 SHIPPED = ("multi30k",)
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # the nmt package
 
 
 def corpus_dir(name: str) -> Path:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from nmt.config import DecodeConfig
 from nmt.model import Seq2Seq
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass

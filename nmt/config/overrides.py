@@ -15,9 +15,9 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from nmt.corpora import local_files
-from nmt.compose import CONF_DIR, compose_config, config_error_line, to_train_config
-from nmt.train_config import TrainConfig
+from nmt.data.corpora import local_files
+from nmt.config.compose import CONF_DIR, compose_config, config_error_line, to_train_config
+from nmt.config.train import TrainConfig
 
 
 class OverrideError(ValueError):

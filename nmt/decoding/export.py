@@ -1,5 +1,5 @@
 """The exported model directory: config.json + model.safetensors + spm.model, loadable without Lightning
-(nmt.loading.load_model).
+(nmt.decoding.loading.load_model).
 
 Written into a temporary sibling directory and renamed into place, so a reader never sees a half-written model.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from safetensors.torch import save_model
 
 from nmt.model import Seq2Seq
-from nmt.tokenizer import Tokenizer
+from nmt.data.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_model as load_safetensors
 
 from nmt.config import ModelConfig
 from nmt.errors import first_line
-from nmt.export import CONFIG, SPM, WEIGHTS
+from nmt.decoding.export import CONFIG, SPM, WEIGHTS
 from nmt.model import Seq2Seq, build_model
-from nmt.tokenizer import Tokenizer
+from nmt.data.tokenizer import Tokenizer
 
 
 SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch.Size\(\[(.*?)\]\) from "
@@ -103,7 +103,7 @@ def _from_checkpoint(path: Path) -> tuple[Seq2Seq, Tokenizer, dict]:
         problem = _mismatch([], [], error)
     if problem:
         raise ModelLoadError(f"{path}: weights do not fit the model config ({problem})")
-    # What an export from this checkpoint writes beside the model config (nmt.trainer.export_best).
+    # What an export from this checkpoint writes beside the model config (nmt.training.trainer.export_best).
     info = {"checkpoint": path.name, "bleu_tokenize": checkpoint["hyper_parameters"].get("bleu_tokenize")}
     return model, Tokenizer.from_serialized(bytes(serialized.numpy().tobytes())), info
 

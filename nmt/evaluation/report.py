@@ -49,7 +49,7 @@ def run_model(run_dir: Path) -> Optional[Path]:
 
 def collect(run_dir: Path) -> dict:
     from nmt.model import kv_cache_bytes
-    from nmt.loading import load_model
+    from nmt.decoding.loading import load_model
 
     if not run_dir.is_dir():
         what = "not a directory" if run_dir.exists() else "no such directory"
@@ -134,7 +134,7 @@ def collect_all(paths: list[Path]) -> list[dict]:
 
 
 def report(run_dirs: list[Path], out: Path) -> list[dict]:
-    from nmt import plots
+    from nmt.evaluation import plots
 
     runs = collect_all(run_dirs)
     out.mkdir(parents=True, exist_ok=True)

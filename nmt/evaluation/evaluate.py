@@ -1,5 +1,5 @@
-"""``nmt evaluate``: translate a test set (or read hypotheses) and score it with sacreBLEU (nmt.scoring); with
-``--report DIR`` also write the evaluation report (nmt.eval_report)."""
+"""``nmt evaluate``: translate a test set (or read hypotheses) and score it with sacreBLEU (nmt.evaluation.scoring); with
+``--report DIR`` also write the evaluation report (nmt.evaluation.eval_report)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from nmt.decode_flags import FlagError, add_decode_flags, check_device, decode_config
+from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
 from nmt.errors import first_line
-from nmt.scoring import corpus_scores
-from nmt.textio import read_text
+from nmt.evaluation.scoring import corpus_scores
+from nmt.data.textio import read_text
 
-log = logging.getLogger("nmt.evaluate")
+log = logging.getLogger("nmt.evaluation.evaluate")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,10 +47,10 @@ def _read_test_set(args: argparse.Namespace) -> tuple[list[str], list[str], Opti
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from nmt.eval_report import example_line, write_report
-    from nmt.loading import load_model_info
+    from nmt.evaluation.eval_report import example_line, write_report
+    from nmt.decoding.loading import load_model_info
     from nmt.model import kv_cache_bytes
-    from nmt.translate import Translator, format_output
+    from nmt.decoding.translate import Translator, format_output
 
     cfg = decode_config(args)
     check_device(args.device)

@@ -16,11 +16,11 @@ from typing import Optional
 
 import datasets
 
-from nmt.corpora import local_files
+from nmt.data.corpora import local_files
 from nmt.errors import DataError, first_line
-from nmt.textio import TextError, iter_lines
-from nmt.tokenizer import Tokenizer
-from nmt.train_config import DataConfig
+from nmt.data.textio import TextError, iter_lines
+from nmt.data.tokenizer import Tokenizer
+from nmt.config.train import DataConfig
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
@@ -100,7 +100,7 @@ def _raise_read_error(paths: list[Path], error: Exception, check=None) -> None:
 
 
 def _text_lines(path: str, stamp: str):
-    """Rows ``{"text": line}`` of a text file, read by nmt.textio, the reader of every command: a line ends at "\\n"
+    """Rows ``{"text": line}`` of a text file, read by nmt.data.textio, the reader of every command: a line ends at "\\n"
     only; a CR before it and a leading byte-order mark are dropped. (The `text` builder splits with str.splitlines,
     which also breaks at a lone \\r, \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029: one stray inside a sentence on
     each side and every later pair is silently misaligned.) Invalid UTF-8 raises TextError naming the file and line.
@@ -110,7 +110,7 @@ def _text_lines(path: str, stamp: str):
 
 
 def _tsv_rows(path: str, stamp: str):
-    """Rows of a TSV corpus: a header naming the columns, then one record per line as nmt.textio reads lines, so a
+    """Rows of a TSV corpus: a header naming the columns, then one record per line as nmt.data.textio reads lines, so a
     record ends at "\\n" only (pandas' reader also ended one at a lone \\r and split a pair in two, unreported). No
     quoting: a quote is text; every field stays a string ("NA" is not a missing value). Blank lines are skipped. A
     row whose field count differs from the header's is a DataError naming the file and line: pandas would fill a
@@ -153,7 +153,7 @@ def _generate(generator, file: Path, cache_dir: str, streaming: bool):
 
 
 def _load_files(cfg: DataConfig, files: list[Path], streaming: bool):
-    """One dataset per file: text and tsv through nmt.textio's line reader, jsonl and parquet through the datasets
+    """One dataset per file: text and tsv through nmt.data.textio's line reader, jsonl and parquet through the datasets
     builders (pyarrow ends a JSON record at "\\n" only; parquet has no lines)."""
     cache_dir = str(Path(cfg.cache_dir) / "hf")
     try:

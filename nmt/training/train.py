@@ -1,6 +1,6 @@
-"""``nmt train``: check the command line, then let Hydra start the run and ``nmt.trainer.train`` do it.
+"""``nmt train``: check the command line, then let Hydra start the run and ``nmt.training.trainer.train`` do it.
 
-Every job's config is composed and validated first (``nmt.overrides``) with Hydra and the dataclass schemas alone, so
+Every job's config is composed and validated first (``nmt.config.overrides``) with Hydra and the dataclass schemas alone, so
 ``--help``, ``--cfg job`` and any config error answer in about a second: one line naming the key, exit status 2, and
 no run folder. Lightning, datasets and torch are imported only once the config is known to be good.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from nmt.overrides import check_command_line
-from nmt.compose import CONF_DIR, config_error_line, register_configs
+from nmt.config.overrides import check_command_line
+from nmt.config.compose import CONF_DIR, config_error_line, register_configs
 
 # Flags that print something and start no run: Hydra answers them itself.
 INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info"}
@@ -27,12 +27,12 @@ _STARTED = time.time()
 
 
 def __getattr__(name: str):
-    """``from nmt.train import train`` keeps working; the import of Lightning waits until it is asked for."""
+    """``from nmt.training.train import train`` keeps working; the import of Lightning waits until it is asked for."""
     if name == "train":
-        from nmt.trainer import train
+        from nmt.training.trainer import train
 
         return train
-    raise AttributeError(f"module 'nmt.train' has no attribute {name!r}")
+    raise AttributeError(f"module 'nmt.training.train' has no attribute {name!r}")
 
 
 def remove_failed_start(run_dir: Path, started: float) -> None:
@@ -52,7 +52,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        from nmt.trainer import train
+        from nmt.training.trainer import train
 
         train(cfg, run_dir=run_dir)
     except Exception as error:  # data problems, Lightning's own checks: one line (NMT_DEBUG=1: the traceback)
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     # in each child process: point both at this module so the children train with the same overrides.
     sys.argv = [str(Path(__file__).resolve()), *argv]
     if getattr(__main__, "__spec__", None) is not None:
-        __main__.__spec__ = importlib.util.find_spec("nmt.train")
+        __main__.__spec__ = importlib.util.find_spec("nmt.training.train")
     _hydra_main()
     return 0
 

@@ -11,15 +11,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import SITES, ModelConfig
-from nmt.corpora import corpus_dir
+from nmt.data.corpora import corpus_dir
 from nmt.errors import first_line
-from nmt.train_config import TrainConfig
+from nmt.config.train import TrainConfig
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: a wheel trains from any directory
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # inside the package: a wheel trains from any directory
 
 
 def _register_resolvers() -> None:
-    """``${corpus:multi30k}``: the folder of a corpus shipped with nmt (nmt.corpora), wherever nmt is installed."""
+    """``${corpus:multi30k}``: the folder of a corpus shipped with nmt (nmt.data.corpora), wherever nmt is installed."""
     if not OmegaConf.has_resolver("corpus"):
         OmegaConf.register_new_resolver("corpus", lambda name: str(corpus_dir(name)))
 

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from nmt.attention import Attention, AttentionBackendError, KVCache
 from nmt.attention.backends import static_problem
 from nmt.config import SITES, ModelConfig
-from nmt.packed_linear import PackedLinear
-from nmt.positions import RotaryEmbedding, SinusoidalPositions
-from nmt.tokenizer import BOS_ID, EOS_ID
+from nmt.model.packed_linear import PackedLinear
+from nmt.model.positions import RotaryEmbedding, SinusoidalPositions
+from nmt.data.tokenizer import BOS_ID, EOS_ID
 
 def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
@@ -282,7 +282,7 @@ class Seq2Seq(nn.Module):
 
     def features(self, src: Tensor, src_lengths: Optional[Tensor], tgt_in: Tensor) -> Tensor:
         """The decoder's output before the vocabulary projection, (B, T, d_model): ``forward`` is
-        ``F.linear(features, output_weight())``. Training projects it inside the loss (nmt.loss)."""
+        ``F.linear(features, output_weight())``. Training projects it inside the loss (nmt.training.loss)."""
         memory = self.encode(src, src_lengths)
         return self.decoder_norm(self._decoder_states(tgt_in, memory, src_lengths))
 

@@ -2,7 +2,7 @@
 Hydra, so it starts fast.
 
 Input policy: exactly one output record per input line (N records with ``--nbest N``), in order. Lines are read by
-nmt.textio, the reader of every command (``.gz`` decompressed, CRLF and a leading byte-order mark dropped).
+nmt.data.textio, the reader of every command (``.gz`` decompressed, CRLF and a leading byte-order mark dropped).
 Blank or whitespace-only lines are not decoded: they give blank lines (n-best: N blank records scored 0, i.e.
 probability 1). Bytes that are not UTF-8 are replaced (U+FFFD) with a warning naming the lines. Sources longer
 than ``max_source_len`` subwords are truncated with a warning naming the lines, never dropped. An empty input gives
@@ -22,14 +22,14 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from nmt.batching import collate, token_batches
+from nmt.data.batching import collate, token_batches
 from nmt.config import DecodeConfig
-from nmt.decode_flags import DEFAULT_BEAM, MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
+from nmt.decoding.flags import DEFAULT_BEAM, MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
 from nmt.errors import first_line
-from nmt.search import Hypothesis, decode
-from nmt.textio import read_lines, some, write_text
+from nmt.decoding.search import Hypothesis, decode
+from nmt.data.textio import read_lines, some, write_text
 
-log = logging.getLogger("nmt.translate")
+log = logging.getLogger("nmt.decoding.translate")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
-        from nmt.loading import load_model
+        from nmt.decoding.loading import load_model
 
         model, tokenizer = load_model(path, device)
         return cls(model, tokenizer, device)
