@@ -84,14 +84,18 @@ class Translator:
         budget = max(max_tokens, int(lens.max(initial=0)) + 2)  # one sentence always fits a batch
         with torch.no_grad():
             for batch in token_batches(lens, lens, budget, rng=None):
-                tensors = collate([ids[j] for j in batch], [[] for _ in batch])
-                src, src_lengths = tensors["src"].to(self.device), tensors["src_lengths"].to(self.device)
-                nbest = decode(self.model, src, src_lengths, cfg, scores)
+                nbest = self.decode_ids([ids[j] for j in batch], cfg, scores)
                 for j, hyps in zip(batch, nbest):
                     results[todo[j]] = self._translation(hyps)
                 if progress is not None:
                     progress(len(batch))
         return results
+
+    def decode_ids(self, ids: list[list[int]], cfg: DecodeConfig, scores: bool = True) -> list[list[Hypothesis]]:
+        """One batch of sources (subword ids, without eos) → each one's n-best list (nmt.search.decode)."""
+        tensors = collate(ids, [[] for _ in ids])
+        src, src_lengths = tensors["src"].to(self.device), tensors["src_lengths"].to(self.device)
+        return decode(self.model, src, src_lengths, cfg, scores)
 
     def _translation(self, hyps: list[Hypothesis]) -> Translation:
         # A decoded subword string may contain line breaks (byte fallback); keep one line per sentence.
@@ -124,7 +128,12 @@ def read_lines(data: bytes, source: str) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nmt translate", description="Translate lines with an exported model.")
-    parser.add_argument("--model", required=True, help="exported model directory (or a Lightning .ckpt)")
+    parser.add_argument("--model", required=True, help="exported model directory (or a Lightning .ckpt); with "
+                        "--engine ct2, a folder written by nmt export ct2")
+    parser.add_argument("--engine", choices=("nmt", "ct2"), default="nmt",
+                        help="decode with nmt (default) or with CTranslate2 (the same search, token for token)")
+    parser.add_argument("--compute-type", default="default",
+                        help="--engine ct2: CTranslate2's compute type (default: the exported weights' type)")
     parser.add_argument("--input", help="input file (default: stdin)")
     parser.add_argument("--output", help="output file (default: stdout)")
     parser.add_argument("--beam", type=int, default=5)
@@ -163,7 +172,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg = decode_config(args)
-        translator = Translator.load(args.model, args.device)
+        translator = load_translator(args)
         if args.input:
             source = args.input
             data = Path(args.input).read_bytes()
@@ -186,6 +195,17 @@ def main(argv: list[str]) -> int:
         print(f"nmt translate: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The Translator of ``--engine``: nmt's own decoder, or CTranslate2 over an ``nmt export ct2`` folder."""
+    if args.engine == "ct2":
+        from nmt.ct2.translator import CT2Translator
+
+        return CT2Translator.load(args.model, args.device, args.compute_type, threads=torch.get_num_threads())
+    if args.compute_type != "default":
+        raise ValueError(f"--compute-type {args.compute_type}: only with --engine ct2")
+    return Translator.load(args.model, args.device)
 
 
 class _progress:

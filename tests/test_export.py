@@ -8,7 +8,7 @@ from nmt.export import export_model
 from nmt.loading import load_model
 from nmt.model import build_model
 from nmt.tokenizer import TokenizerSettings, load_or_train
-from nmt.train import AtomicCheckpointIO
+from nmt.trainer import AtomicCheckpointIO
 from tests.conftest import multi30k_sample
 
 
