@@ -39,7 +39,12 @@ LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which nmt's norms use
 
 
 class ExportError(ValueError):
-    """The model cannot be expressed in CTranslate2: one line naming the site (or model key) and the field."""
+    """The model cannot be expressed in CTranslate2: one line naming the site (or model key) and the field.
+    ``fields``: the offending ``key=value`` settings, e.g. ``["attention.encoder_self.window=8"]``."""
+
+    def __init__(self, message: str, fields: Optional[list[str]] = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []
 
 
 def problems(cfg: ModelConfig, tokenizer_pieces: Optional[int] = None) -> list[str]:
@@ -69,7 +74,7 @@ def check_exportable(cfg: ModelConfig, tokenizer_pieces: Optional[int] = None) -
     """Raise ExportError, one line listing every field CTranslate2 cannot express, unless there is none."""
     found = problems(cfg, tokenizer_pieces)
     if found:
-        raise ExportError("cannot export to CTranslate2: " + "; ".join(found))
+        raise ExportError("cannot export to CTranslate2: " + "; ".join(found), [f.split(":")[0] for f in found])
 
 
 def uses_multi_query_flag(cfg: ModelConfig) -> bool:
@@ -177,3 +182,18 @@ def _fill_embeddings(encoder, decoder, model, max_positions: int) -> None:
         table = sinusoidal_table(max_positions, model.cfg.d_model).numpy()  # (max_positions, d_model)
         encoder.position_encodings.encodings = table
         decoder.position_encodings.encodings = table.copy()
+
+
+def kv_cache_bytes(cfg: ModelConfig, source_len: int, target_len: int, beam: int, itemsize: int = 4) -> dict[str, int]:
+    """Bytes of the K/V caches CTranslate2 4.8 keeps for one sentence decoded with ``beam`` beams to ``target_len``
+    positions over ``source_len`` source positions, from its layout (src/layers/attention.cc, transformer.cc):
+    decoder self-attention caches ``n_heads`` K/V heads per beam (GQA and MQA heads repeated before caching), one
+    with the ``multi_query`` flag, at most ``window`` positions with a window; cross-attention caches ``n_heads``
+    heads once per sentence (beams share it). ``itemsize``: 4 for float32 and int8 models on CPU (int8_float32:
+    activations, hence caches, stay float32), 2 for float16."""
+    dec, cross = cfg.site("decoder_self"), cfg.site("cross")
+    heads = 1 if uses_multi_query_flag(cfg) else dec.n_heads
+    positions = target_len if dec.window is None else min(target_len, dec.window)
+    self_bytes = cfg.decoder_layers * beam * positions * 2 * heads * (cfg.d_model // dec.n_heads) * itemsize
+    cross_bytes = cfg.decoder_layers * source_len * 2 * cfg.d_model * itemsize  # n_heads × head_dim = d_model
+    return {"self_attention": self_bytes, "cross_attention": cross_bytes, "total": self_bytes + cross_bytes}
