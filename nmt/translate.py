@@ -1,6 +1,9 @@
 """``nmt translate`` and the Python API: load an exported model, translate lines. Imports neither Lightning nor
 Hydra, so it starts fast.
 
+``--engine ct2`` runs the same Translator, input policy and warnings on a CTranslate2 folder written by
+``nmt export ct2`` (nmt/ct2/translator.py), whose decoding gives nmt's tokens (nmt/ct2/search.py).
+
 Input policy: exactly one output line per input line, in order. Blank or whitespace-only lines give blank lines.
 Bytes that are not UTF-8 are replaced (U+FFFD) with a warning naming the lines. Sources longer than
 ``max_source_len`` subwords are truncated with a warning naming the lines, never dropped.

@@ -8,9 +8,11 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from nmt.config import DecodeConfig
 from nmt.errors import first_line
-from nmt.search import Hypothesis
+from nmt.search import Hypothesis, max_lengths
 from nmt.translate import Translation, Translator, _some
 
 log = logging.getLogger("nmt.translate")
@@ -66,9 +68,6 @@ class CT2Translator(Translator):
         return super().translate_full(texts, cfg, max_tokens, max_source_len, progress, scores)
 
     def _warn_capped(self, texts: list[str], cfg: DecodeConfig, max_source_len: int, positions: int) -> None:
-        from nmt.search import max_lengths
-        import torch
-
         todo = [i for i, text in enumerate(texts) if text.strip()]
         if not todo:
             return
