@@ -168,16 +168,19 @@ def test_ct2_computes_nmt_log_probabilities(name, tmp_path):
     folder = export_ct2(model, _FakeTokenizer(pieces), tmp_path / "ct2")
     import ctranslate2
 
-    search = CT2Search(ctranslate2.Translator(str(folder), device="cpu", intra_threads=1), pieces)
+    window = model.cfg.site("decoder_self").window
+    search = CT2Search(ctranslate2.Translator(str(folder), device="cpu", intra_threads=1), pieces, None, window)
     src = [[5, 6, 7, 8, 9], [10, 11, 12], [13] * 9]
     tgt = [list(range(14, 38)), [], [3, 22, 23, 40]]  # long enough for the windows to matter
-    got = torch.tensor(search.score([[pieces[i] for i in s] for s in src], tgt))
+    source = [[pieces[i] for i in s] for s in src]
+    stepwise = torch.tensor(search._score_steps(source, tgt))  # decoded as translation decodes
+    got = torch.tensor(search.score(source, tgt))
     t = collate(src, tgt)
     with torch.no_grad():
         logprobs = model(t["src"], t["src_lengths"], t["tgt_in"]).log_softmax(-1)
     want = torch.tensor([float(logprobs[i, torch.arange(len(y) + 1), t["tgt_out"][i, : len(y) + 1]].sum())
                          for i, y in enumerate(tgt)])
-    assert torch.allclose(got, want, atol=1e-4), (got, want)
+    assert torch.allclose(got, want, atol=1e-4) and torch.allclose(stepwise, want, atol=1e-4), (got, stepwise, want)
 
 
 class _FakeTokenizer:

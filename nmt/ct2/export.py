@@ -60,8 +60,11 @@ def export_ct2(model, tokenizer, out: str | Path, quantization: str = "float32",
     spec.validate()
     spec.optimize(quantization=quantization)
     sinusoidal = model.cfg.positions == "sinusoidal"
+    import ctranslate2
+
     meta = {
         "format": "nmt-ctranslate2",
+        "ctranslate2": ctranslate2.__version__,
         "model": model.cfg.to_dict(),
         "quantization": quantization,
         "max_positions": max_positions if sinusoidal else None,

@@ -63,10 +63,13 @@ class CT2Search:
 
     ``pieces``: the sentencepiece pieces in id order (CTranslate2 takes and returns tokens as strings).
     ``max_positions``: rows of the exported sinusoidal table (None for RoPE): the max lengths are capped there.
+    ``decoder_window``: the decoder self-attention window, if any (``score`` then decodes step by step).
     """
 
-    def __init__(self, translator, pieces: list[str], max_positions: Optional[int] = None) -> None:
+    def __init__(self, translator, pieces: list[str], max_positions: Optional[int] = None,
+                 decoder_window: Optional[int] = None) -> None:
         self.translator, self.pieces, self.max_positions = translator, pieces, max_positions
+        self.decoder_window = decoder_window
         self.ids = {piece: i for i, piece in enumerate(pieces)}
         self.suppress = [[pieces[PAD_ID]], [pieces[BOS_ID]]]
 
@@ -192,10 +195,28 @@ class CT2Search:
 
     def score(self, source: list[list[str]], targets: list[list[int]]) -> list[float]:
         """Summed log-probability of each target followed by eos, normalised over the whole vocabulary as nmt's
-        search scores it, from CTranslate2's logits. Runs the decoder step by step (the targets as forced prefixes),
-        as translation does: ``score_batch`` decodes in one pass, where CTranslate2 applies no ``sliding_window``."""
+        search scores it. CTranslate2's ``score_batch`` computes it in one pass over each target; targets of one
+        length go together (with unequal lengths, a one-head MQA cache makes score_batch fail on the padding). One
+        pass applies no ``sliding_window``: a windowed decoder whose targets outrun the window decodes them step by
+        step instead (``_score_steps``)."""
         if not targets:
             return []
+        if self.decoder_window is not None and max(len(t) for t in targets) + 1 > self.decoder_window:
+            return self._score_steps(source, targets)
+        totals = [0.0] * len(targets)
+        by_length = sorted(range(len(targets)), key=lambda i: len(targets[i]))
+        for _, group in groupby(by_length, key=lambda i: len(targets[i])):
+            group = list(group)
+            results = self.translator.score_batch(
+                [source[i] for i in group], [[self.pieces[t] for t in targets[i]] for i in group],
+                max_batch_size=0, max_input_length=0)
+            for i, result in zip(group, results):
+                totals[i] = float(np.sum(np.asarray(result.log_probs, dtype=np.float64)))
+        return totals
+
+    def _score_steps(self, source: list[list[str]], targets: list[list[int]]) -> list[float]:
+        """``score``, decoding step by step as translation does: the targets as forced prefixes, the log-softmax of
+        CTranslate2's logits at each position."""
         prefixes = [[self.pieces[t] for t in target] for target in targets]
         results = self.translator.translate_batch(
             source, target_prefix=prefixes, max_batch_size=0, max_input_length=0, beam_size=1,

@@ -53,7 +53,8 @@ class CT2Translator(Translator):
         except (OSError, RuntimeError, ValueError, KeyError) as error:
             raise CT2LoadError(f"{path}: cannot load ({first_line(error)})") from None
         pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-        return cls(CT2Search(translator, pieces, meta.get("max_positions")), tokenizer, device)
+        window = ((meta.get("model") or {}).get("attention") or {}).get("decoder_self", {}).get("window")
+        return cls(CT2Search(translator, pieces, meta.get("max_positions"), window), tokenizer, device)
 
     def translate_full(self, texts: list[str], cfg: DecodeConfig, max_tokens: int = 4096,
                        max_source_len: int = 1024, progress: Optional[callable] = None,
