@@ -5,6 +5,11 @@ The models are randomly initialised with the same dimensions: speed does not dep
 models never end sensibly, so every system is forced to generate exactly ``--length`` new tokens per sentence (nmt
 ``length - 1`` subwords plus its eos, Marian and CTranslate2 ``length`` tokens: ``length`` decoder steps each), and the
 bench checks and prints that the counts agree.
+
+Where CTranslate2 is installed, nmt's own model exported with ``nmt export ct2`` (float32 and int8) is timed beside
+them (nmt/bench/exported.py), with the KV-cache bytes of nmt and of CTranslate2; ``--attention mha,gqa,mqa`` repeats
+everything for each attention preset, and ``--trained MODEL`` adds trained models at natural lengths, decoded by nmt
+and by their exports, with how many outputs equal nmt's (nmt/bench/natural.py).
 """
 
 from __future__ import annotations
