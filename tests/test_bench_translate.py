@@ -16,22 +16,52 @@ def test_bench_translate_measures_every_system_on_equal_token_counts(tmp_path, c
     overrides = [f"data.path={MULTI30K}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_train_examples=2000",
                  "data.vocab_size=512", "model.encoder_layers=1", "model.decoder_layers=1"]
     argv = ["translate", "--limit", "8", "--repeats", "1", "--length", "4", "--batch", "4", "--beams", "1", "3",
-            "--out", str(out), *overrides]
+            "--attention", "mqa,sliding_window", "--trained", str(_trained(tmp_path)), "--out", str(out), *overrides]
     assert main(argv) == 0
     results = json.loads((out / "translate.json").read_text())
     assert results["setup"]["sentences"] == 8 and results["setup"]["batches"] == 2
-    assert [r["beam"] for r in results["results"]] == [1, 3]
+    assert [(r["attention"], r["beam"]) for r in results["results"]] == [
+        ("mqa", 1), ("mqa", 3), ("sliding_window", 1), ("sliding_window", 3)]
+    installed = results["setup"]["ctranslate2"] == "installed"
     for record in results["results"]:
         systems = record["systems"]
         assert systems["nmt"]["sentences_per_s"] > 0 and systems["Marian"]["sentences_per_s"] > 0
         # Every system generated exactly --length new tokens per sentence, in every run.
         assert record["equal_tokens"] and {tuple(s["tokens"]) for s in systems.values()} == {(8 * 4,)}
         assert record["nmt_over_marian"] > 0
-    installed = results["setup"]["ctranslate2"] == "installed"
-    assert ("CTranslate2" in results["results"][0]["systems"]) == installed
+        assert ("CTranslate2" in systems) == installed
+        # nmt's own model exported to CTranslate2, where CTranslate2 can express it; the refusal otherwise.
+        exportable = installed and record["attention"] == "mqa"
+        assert ("nmt→CT2 float32" in systems) == ("nmt→CT2 int8" in systems) == exportable
+        kv = record["kv_cache_bytes"]
+        if record["attention"] == "mqa":  # one K/V head: CTranslate2 caches the same self-attention bytes as nmt
+            assert kv["CTranslate2 (nmt export)"] - kv["nmt"] == 1 * 20 * 2 * 128 * 4 * (1 - 1 / 4)
+        elif installed:
+            assert record["exported"] == "not exportable: attention.encoder_self.window=8"
+    for record in results["trained"]:  # natural lengths: the float32 export decodes nmt's greedy tokens
+        assert record["systems"]["nmt"]["sentences_per_s"] > 0
+        if installed:  # (beam search on random weights, all near-ties, is tested on trained models: test_ct2.py)
+            assert 0 <= record["identical_to_nmt"]["nmt→CT2 float32"] <= 8
+            assert record["beam"] != 1 or record["identical_to_nmt"]["nmt→CT2 float32"] == 8
     printed = capsys.readouterr().out
-    assert "| greedy |" in printed and "| beam 3 |" in printed
+    assert "| mqa, greedy |" in printed and "| sliding_window, beam 3 |" in printed and "| mha (model), greedy |" in printed
     assert (out / "translate.md").read_text().strip() in printed
+
+
+def _trained(tmp_path):
+    """An nmt model directory (random weights suffice for a smoke test of the natural-length table)."""
+    import torch
+
+    from nmt.config import ModelConfig
+    from nmt.decoding.export import export_model
+    from nmt.model import build_model
+    from nmt.data.tokenizer import TokenizerSettings, load_or_train
+    from tests.conftest import multi30k_sample
+
+    tokenizer = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "bench", tmp_path / "spm")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=4, d_ff=64, encoder_layers=1, decoder_layers=1)
+    return export_model(build_model(cfg).eval(), tokenizer, tmp_path / "model")
 
 
 @pytest.mark.parametrize(
@@ -42,6 +72,8 @@ def test_bench_translate_measures_every_system_on_equal_token_counts(tmp_path, c
         (["--beams", "x"], "invalid int value"),
         (["--frobnicate"], "unrecognized arguments"),
         (["model.no_such_key=1"], "no_such_key"),
+        (["--attention", "mha,gqa3"], "--attention 'gqa3' is not a preset"),
+        (["--trained", "/no/such/model"], "--trained /no/such/model: no such model directory"),
     ],
 )
 def test_bench_translate_bad_options_give_one_line_and_exit_2(args, message, tmp_path, capsys):

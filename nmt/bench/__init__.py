@@ -7,7 +7,8 @@ import sys
 COMMANDS = {
     "attention": "attention kernels by variant, backend and length: time, peak memory, growth, KV-cache bytes",
     "train": "training steps of nmt against a torch.nn.Transformer reference with the same settings",
-    "translate": "greedy and beam-5 decoding of nmt against Hugging Face MarianMTModel (and CTranslate2 if installed)",
+    "translate": "greedy and beam-5 decoding of nmt against Hugging Face MarianMTModel and CTranslate2 (Marian's and "
+                 "nmt's own exports, if installed)",
 }
 
 

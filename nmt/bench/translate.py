@@ -5,6 +5,11 @@ The models are randomly initialised with the same dimensions: speed does not dep
 models never end sensibly, so every system is forced to generate exactly ``--length`` new tokens per sentence (nmt
 ``length - 1`` subwords plus its eos, Marian and CTranslate2 ``length`` tokens: ``length`` decoder steps each), and the
 bench checks and prints that the counts agree.
+
+Where CTranslate2 is installed, nmt's own model exported with ``nmt export ct2`` (float32 and int8) is timed beside
+them (nmt/bench/exported.py), with the KV-cache bytes of nmt and of CTranslate2; ``--attention mha,gqa,mqa`` repeats
+everything for each attention preset, and ``--trained MODEL`` adds trained models at natural lengths, decoded by nmt
+and by their exports, with how many outputs equal nmt's (nmt/bench/natural.py).
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=20, help="new tokens every system generates per sentence")
     parser.add_argument("--out", default="outputs/bench", help="writes translate.json and translate.md here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attention", type=lambda text: text.split(","), default=None, metavar="PRESET,…",
+                        help="attention presets to compare, one random model each (e.g. mha,gqa,mqa)")
+    parser.add_argument("--trained", action="append", default=None, metavar="MODEL",
+                        help="a trained nmt model directory or checkpoint (repeatable): also decoded at natural "
+                             "lengths by nmt and by its CTranslate2 exports (float32, int8)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
     args = parser.parse_args(argv)
     presets = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -69,6 +79,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UsageError(f"--beams ({' '.join(map(str, args.beams))}) must all be >= 1")
     if not Path(args.src).is_file():
         raise UsageError(f"--src {args.src}: no such file")
+    attention = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml"))
+    unknown = [a for a in args.attention or [] if a not in attention]
+    if unknown:
+        raise UsageError(f"--attention {unknown[0]!r} is not a preset; choose from {', '.join(attention)}")
+    missing = [m for m in args.trained or [] if not Path(m).exists()]
+    if missing:
+        raise UsageError(f"--trained {missing[0]}: no such model directory or checkpoint")
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise UsageError(f"unrecognized arguments: {' '.join(bad)} (overrides look like model.decoder_layers=2)")
@@ -202,16 +219,16 @@ def _hub_offline():
 
 def run_bench(args: argparse.Namespace) -> int:
     from nmt.data.textio import read_text
-    from nmt.model import build_model
 
-    cfg = load_config(args.model, args.overrides)
+    variants = args.attention or [None]
+    configs = {v: load_config(args.model, [*args.overrides, *([f"attention={v}"] if v else [])]) for v in variants}
     if importlib.util.find_spec("transformers") is None:
         raise UsageError("times nmt against Hugging Face MarianMTModel, which is not installed: "
                          "pip install 'nmt[bench]' (from a checkout: pip install -e '.[bench]')")
     import transformers
-    from transformers import MarianMTModel
 
     transformers.utils.logging.disable_progress_bar()
+    cfg = next(iter(configs.values()))
     tokenizer = load_tokenizer(cfg)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise UsageError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model {cfg.model.vocab_size}")
@@ -220,6 +237,50 @@ def run_bench(args: argparse.Namespace) -> int:
     pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     batches = make_batches(ids, pieces.__getitem__, args.batch)
     n = len(lines)
+    results, rows = [], []
+    for variant, variant_cfg in configs.items():
+        measured = measure_random(args, variant_cfg, tokenizer, pieces, ids, batches)
+        label = variant or "/".join(dict.fromkeys(variant_cfg.model.variants().values()))
+        records, variant_rows = tabulate(measured, n, label if len(configs) > 1 else None)
+        results += records
+        rows += variant_rows
+    env = environment()
+    m = cfg.model
+    setup = {
+        "model": args.model, "overrides": args.overrides, "attention": args.attention, "d_model": m.d_model,
+        "n_heads": m.n_heads, "d_ff": m.d_ff, "encoder_layers": m.encoder_layers, "decoder_layers": m.decoder_layers,
+        "vocab": m.vocab_size, "source": str(args.src), "sentences": n, "batch": args.batch, "batches": len(batches),
+        "source_tokens": sum(len(s) + 1 for s in ids), "new_tokens_per_sentence": args.length,
+        "repeats": args.repeats, "ctranslate2": measured["ct2_missing"] or "installed",
+    }
+    markdown = (
+        f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
+        f"{m.encoder_layers}+{m.decoder_layers} layers, {m.n_heads} heads, FFN {m.d_ff}, vocab {m.vocab_size}), "
+        f"random weights, batches of {args.batch} sentences sorted by length, {args.length} new tokens per sentence "
+        f"forced in every system; the systems alternate batch by batch; sentences/s from the median of {args.repeats} "
+        f"runs' summed wall times, CPU-time ratio = Marian's CPU seconds / nmt's; nmt→CT2: this nmt model exported "
+        f"with nmt export ct2; KV cache: one sentence of 20+20 subwords at the row's beams, nmt's measured, "
+        f"CTranslate2's from its cache layout; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
+        f"\n\n{markdown_table(HEADER, rows)}"
+    )
+    payload = {"environment": env, "setup": setup, "results": results}
+    if args.trained:
+        from nmt.bench.natural import bench_trained
+
+        payload["trained"], trained_markdown = bench_trained(args, lines)
+        markdown += "\n\n" + trained_markdown
+    write_results(args.out, "translate", payload, markdown)
+    print(markdown)
+    return 0
+
+
+def measure_random(args, cfg, tokenizer, pieces: list[str], ids: list[list[int]], batches: list[Batch]) -> dict:
+    """The systems' timings on one random model (``cfg``): nmt, Marian, Marian's CTranslate2 conversion and nmt's own
+    CTranslate2 exports, each forced to ``args.length`` new tokens per sentence; and the KV-cache bytes."""
+    from transformers import MarianMTModel
+
+    from nmt.bench.exported import FORMATS, forced_system, kv_bytes, start_exported
+    from nmt.model import build_model
 
     torch.manual_seed(args.seed)
     model = build_model(cfg.model).eval()
@@ -229,50 +290,38 @@ def run_bench(args: argparse.Namespace) -> int:
     # One runner per batch and system: time_systems alternates the systems batch by batch.
     systems = {"nmt": [nmt_system(model, [b], args.length) for b in batches],
                "Marian": [marian_system(marian, [b], args.length) for b in batches]}
+    warmup = {"nmt": nmt_system(model, batches[:1], args.length),
+              "Marian": marian_system(marian, batches[:1], args.length)}
+    plain = [[row[: int(n) - 1].tolist() for row, n in zip(b.src, b.lengths)] for b in batches]  # without eos
     with tempfile.TemporaryDirectory(prefix="nmt-bench-ct2-") as workdir:
-        worker, ct2_missing = ctranslate2_translator(marian, pieces, Path(workdir))
+        worker, ct2_missing = ctranslate2_translator(marian, pieces, Path(workdir) / "marian")
+        exported, exported_missing = start_exported(model, tokenizer, Path(workdir) / "nmt")
         try:
             if worker is not None:
                 systems["CTranslate2"] = [ctranslate2_system(worker, [b], args.length) for b in batches]
+                warmup["CTranslate2"] = ctranslate2_system(worker, batches[:1], args.length)
+            for name in FORMATS if exported is not None else ():
+                systems[name] = [forced_system(exported, name, rows, args.length) for rows in plain]
+                warmup[name] = forced_system(exported, name, plain[0], args.length)
             # Warm-up on the first batch only: first calls allocate and pick kernels; a full pass would double the run.
-            warmup_batches = batches[:1]
-            warmup = {"nmt": nmt_system(model, warmup_batches, args.length),
-                      "Marian": marian_system(marian, warmup_batches, args.length)}
-            if worker is not None:
-                warmup["CTranslate2"] = ctranslate2_system(worker, warmup_batches, args.length)
             measured = {beam: time_systems(systems, beam, args.repeats, warmup) for beam in args.beams}
         finally:
-            if worker is not None:
-                worker.close()
-
-    env = environment()
-    m = cfg.model
-    setup = {
-        "model": args.model, "overrides": args.overrides, "d_model": m.d_model, "n_heads": m.n_heads, "d_ff": m.d_ff,
-        "encoder_layers": m.encoder_layers, "decoder_layers": m.decoder_layers, "vocab": m.vocab_size,
-        "source": str(args.src), "sentences": n, "batch": args.batch, "batches": len(batches),
-        "source_tokens": sum(len(s) + 1 for s in ids), "new_tokens_per_sentence": args.length,
-        "repeats": args.repeats, "ctranslate2": ct2_missing or "installed",
-    }
-    results, table = tabulate(measured, n, ct2_missing)
-    markdown = (
-        f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
-        f"{m.encoder_layers}+{m.decoder_layers} layers, {m.n_heads} heads, FFN {m.d_ff}, vocab {m.vocab_size}), "
-        f"random weights, batches of {args.batch} sentences sorted by length, {args.length} new tokens per sentence "
-        f"forced in every system; the systems alternate batch by batch; sentences/s from the median of {args.repeats} "
-        f"runs' summed wall times, CPU-time ratio = Marian's CPU seconds / nmt's; torch {env['torch']}, "
-        f"{env['threads']} thread(s), {env['device']}"
-        f"\n\n{table}"
-    )
-    write_results(args.out, "translate", {"environment": env, "setup": setup, "results": results}, markdown)
-    print(markdown)
-    return 0
+            for process in (worker, exported):
+                if process is not None:
+                    process.close()
+    kv = {beam: kv_bytes(model, beam) for beam in args.beams}
+    return {"measured": measured, "ct2_missing": ct2_missing, "exported_missing": exported_missing, "kv": kv}
 
 
-def tabulate(measured: dict[int, dict[str, dict]], n: int, ct2_missing: Optional[str]) -> tuple[list[dict], str]:
-    """Per beam size: the JSON record and a Markdown row (sentences/s, ratios against the targets, token counts)."""
+HEADER = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "nmt/Marian by CPU time", "CTranslate2 sent/s",
+          "nmt→CT2 float32 sent/s", "nmt→CT2 int8 sent/s", "KV-cache bytes nmt / CTranslate2", "new tokens"]
+
+
+def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[dict], list[list[str]]]:
+    """Per beam size: the JSON record and a Markdown row (sentences/s, ratios against the targets, token counts,
+    KV-cache bytes) of one random model; ``label`` (the attention variant) prefixes the row when several are run."""
     rows, results = [], []
-    for beam, by_system in measured.items():
+    for beam, by_system in random["measured"].items():
         per = {name: {**r, "sentences_per_s": n / r["seconds"]} for name, r in by_system.items()}
         counts = {name: r["tokens"] for name, r in per.items()}
         # Equal when every system generated one and the same count in every run.
@@ -280,22 +329,24 @@ def tabulate(measured: dict[int, dict[str, dict]], n: int, ct2_missing: Optional
         ratio = per["nmt"]["sentences_per_s"] / per["Marian"]["sentences_per_s"]
         cpu_ratio = per["Marian"]["cpu_seconds"] / per["nmt"]["cpu_seconds"]
         target = TARGETS.get(beam)
-        results.append({"beam": beam, "systems": per, "nmt_over_marian": ratio, "nmt_over_marian_cpu": cpu_ratio,
-                        "target": target, "target_met": None if target is None else ratio >= target,
-                        "equal_tokens": equal})
-        ct2 = per.get("CTranslate2")
+        ours, theirs = random["kv"][beam]
+        results.append({"attention": label, "beam": beam, "systems": per, "nmt_over_marian": ratio,
+                        "nmt_over_marian_cpu": cpu_ratio, "target": target,
+                        "target_met": None if target is None else ratio >= target, "equal_tokens": equal,
+                        "kv_cache_bytes": {"nmt": ours, "CTranslate2 (nmt export)": theirs},
+                        "exported": random["exported_missing"] or "exported"})
         verdict = "" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"
+        speed = lambda name, missing: _fmt(per[name]["sentences_per_s"]) if name in per else missing  # noqa: E731
         rows.append([
-            "greedy" if beam == 1 else f"beam {beam}",
+            ("greedy" if beam == 1 else f"beam {beam}") if label is None else f"{label}, {'greedy' if beam == 1 else f'beam {beam}'}",
             _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
-            f"{ratio:.2f}×{verdict}", f"{cpu_ratio:.2f}×",
-            _fmt(ct2["sentences_per_s"]) if ct2 else ct2_missing,
-            " / ".join(",".join(map(str, c)) for c in counts.values()) + ("" if equal else " **NOT EQUAL**"),
+            f"{ratio:.2f}×{verdict}", f"{cpu_ratio:.2f}×", speed("CTranslate2", random["ct2_missing"]),
+            speed("nmt→CT2 float32", random["exported_missing"]), speed("nmt→CT2 int8", random["exported_missing"]),
+            f"{ours:,} / {theirs:,}",
+            " / ".join(f"{name} {','.join(map(str, c))}" for name, c in counts.items())
+            + ("" if equal else " **NOT EQUAL**"),
         ])
-    systems = next(iter(measured.values())).keys()
-    header = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "nmt/Marian by CPU time", "CTranslate2 sent/s",
-              "new tokens " + " / ".join(systems)]
-    return results, markdown_table(header, rows)
+    return results, rows
 
 
 def main(argv: list[str]) -> int:

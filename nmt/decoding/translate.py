@@ -7,6 +7,8 @@ Blank or whitespace-only lines are not decoded: they give blank lines (n-best: N
 probability 1). Bytes that are not UTF-8 are replaced (U+FFFD) with a warning naming the lines. Sources longer
 than ``max_source_len`` subwords are truncated with a warning naming the lines, never dropped. An empty input gives
 an empty output.
+``--engine ct2`` runs the same Translator, input policy and warnings on a CTranslate2 folder written by
+``nmt export ct2`` (nmt/ct2/translator.py), whose decoding gives nmt's tokens (nmt/ct2/search.py).
 """
 
 from __future__ import annotations
@@ -102,14 +104,18 @@ class Translator:
         budget = max(max_tokens, int(lens.max(initial=0)) + 2)  # one sentence always fits a batch
         with torch.no_grad():
             for batch in token_batches(lens, lens, budget, rng=None):
-                tensors = collate([ids[j] for j in batch], [[] for _ in batch])
-                src, src_lengths = tensors["src"].to(self.device), tensors["src_lengths"].to(self.device)
-                nbest = decode(self.model, src, src_lengths, cfg, scores)
+                nbest = self.decode_ids([ids[j] for j in batch], cfg, scores)
                 for j, hyps in zip(batch, nbest):
                     results[todo[j]] = self._translation(hyps)
                 if progress is not None:
                     progress(len(batch))
         return results
+
+    def decode_ids(self, ids: list[list[int]], cfg: DecodeConfig, scores: bool = True) -> list[list[Hypothesis]]:
+        """One batch of sources (subword ids, without eos) → each one's n-best list (nmt.decoding.search.decode)."""
+        tensors = collate(ids, [[] for _ in ids])
+        src, src_lengths = tensors["src"].to(self.device), tensors["src_lengths"].to(self.device)
+        return decode(self.model, src, src_lengths, cfg, scores)
 
     def _translation(self, hyps: list[Hypothesis]) -> Translation:
         # A decoded subword string may contain line breaks (byte fallback); keep one line per sentence.
@@ -119,7 +125,12 @@ class Translator:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nmt translate", description="Translate lines with an exported model.")
-    parser.add_argument("--model", required=True, help="exported model directory (or a Lightning .ckpt)")
+    parser.add_argument("--model", required=True, help="exported model directory (or a Lightning .ckpt); with "
+                        "--engine ct2, a folder written by nmt export ct2")
+    parser.add_argument("--engine", choices=("nmt", "ct2"), default="nmt",
+                        help="decode with nmt (default) or with CTranslate2 (the same search, token for token)")
+    parser.add_argument("--compute-type", default="default",
+                        help="--engine ct2: CTranslate2's compute type (default: the exported weights' type)")
     parser.add_argument("--input", help="input file, .gz decompressed (default: stdin)")
     parser.add_argument("--output", help="output file, .gz compressed (default: stdout)")
     add_decode_flags(parser)
@@ -148,7 +159,7 @@ def main(argv: list[str]) -> int:
         cfg = decode_config(args)
         check_device(args.device)
         lines = read_input(args.input)
-        translator = Translator.load(args.model, args.device)
+        translator = load_translator(args)
         progress = _progress(len(lines)) if args.input else None
         start = time.perf_counter()
         translations = translator.translate_full(lines, cfg, args.batch_tokens, args.max_source_len,
@@ -165,6 +176,17 @@ def main(argv: list[str]) -> int:
         print(f"nmt translate: {first_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The Translator of ``--engine``: nmt's own decoder, or CTranslate2 over an ``nmt export ct2`` folder."""
+    if args.engine == "ct2":
+        from nmt.ct2.translator import CT2Translator
+
+        return CT2Translator.load(args.model, args.device, args.compute_type, threads=torch.get_num_threads())
+    if args.compute_type != "default":
+        raise ValueError(f"--compute-type {args.compute_type}: only with --engine ct2")
+    return Translator.load(args.model, args.device)
 
 
 class _progress:
