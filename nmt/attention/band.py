@@ -73,10 +73,13 @@ def _band_chunk(qb: Tensor, kb: Tensor, vb: Tensor, kg: Tensor, vg: Tensor, allo
     weights = scores.softmax(dim=-1).to(qb.dtype)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
-    span = kb.size(3)
-    out = torch.einsum("bkgnqs,bknsd->bkgnqd", weights[..., :span], vb)  # (B, kv, g, n, b, D)
-    if kg.size(2):
-        out = out + torch.einsum("bkgnqs,bksd->bkgnqd", weights[..., span:], vg)  # (B, kv, g, n, b, D)
+    if not kg.size(2):
+        out = torch.einsum("bkgnqs,bknsd->bkgnqd", weights, vb)  # (B, kv, g, n, b, D)
+    else:
+        # split, not slicing: the backward of two slices would zero-fill two weights-sized tensors, split's is a cat.
+        to_band, to_globals = weights.split([kb.size(3), kg.size(2)], dim=-1)
+        out = torch.einsum("bkgnqs,bknsd->bkgnqd", to_band, vb)  # (B, kv, g, n, b, D)
+        out = out + torch.einsum("bkgnqs,bksd->bkgnqd", to_globals, vg)  # (B, kv, g, n, b, D)
     return out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # rows that see nothing: zeros
 
 
