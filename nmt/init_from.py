@@ -1,8 +1,8 @@
 """``nmt train init_from=DIR``: a run that starts from an exported model directory's weights and sentencepiece model
 (fine-tuning; uptraining after `nmt convert`), with a new optimizer and schedule from step 0.
 
-The run's model config must be the directory's: this module compares the two dicts and names the first field that
-differs, reading only DIR/config.json, so `nmt.overrides` refuses a mismatch before torch loads and before a run folder
+The run's model config must be the directory's: this module compares the two dicts, each site's heads resolved
+(n_kv_heads null is n_heads), and names the first field that differs, reading only DIR/config.json, so `nmt.overrides` refuses a mismatch before torch loads and before a run folder
 exists. Fields that change neither the parameters nor what the model computes at inference — ``dropout`` and each
 site's ``backend`` — may differ (fine-tune with less dropout, uptrain on CUDA with flash a model trained on CPU).
 With ``resume=true`` and a run folder that already holds checkpoints/last.ckpt, the checkpoint wins: init_from only
@@ -12,8 +12,11 @@ sets the starting point of a fresh run (its tokenizer stays the run's). Imports 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
+
+from nmt.config import SITES, ModelConfig
 
 # The exported directory's files (nmt.export's names; that module imports torch).
 MODEL_FILES = ("config.json", "model.safetensors", "spm.model")
@@ -34,6 +37,15 @@ def first_difference(theirs: Any, ours: Any, key: str) -> Optional[tuple[str, An
     return None if theirs == ours else (key, theirs, ours)
 
 
+def resolved(model: dict[str, Any]) -> dict[str, Any]:
+    """A model config dict with every site's n_heads and n_kv_heads filled in (null n_kv_heads means n_heads), so
+    two spellings of one model compare equal. ValueError where the dict is no valid ModelConfig."""
+    cfg = ModelConfig.from_dict(model)
+    values = cfg.to_dict()
+    values["attention"] = {site: asdict(cfg.site(site)) for site in SITES}
+    return values
+
+
 def _shown(value: Any) -> str:
     return value if value == "<missing>" else json.dumps(value)  # as an override would write it: null, 2, "band"
 
@@ -46,10 +58,10 @@ def init_from_problem(directory: str, model: dict[str, Any]) -> Optional[str]:
     if missing:
         return f"init_from: {path} is not an exported model directory (missing {', '.join(missing)})"
     try:
-        theirs = json.loads((path / MODEL_FILES[0]).read_text())["model"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
+        theirs = resolved(json.loads((path / MODEL_FILES[0]).read_text())["model"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
         return f"init_from: {path / MODEL_FILES[0]} has no readable model config ({type(error).__name__}: {error})"
-    found = first_difference(theirs, model, "model")
+    found = first_difference(theirs, resolved(model), "model")
     if found is None:
         return None
     key, their_value, our_value = found

@@ -156,3 +156,31 @@ def test_the_command_converts_a_directory_or_a_checkpoint_and_keeps_its_extras(t
     payload = json.loads((tmp_path / "from_ckpt" / "config.json").read_text())
     assert payload["bleu_tokenize"] == "13a" and payload["checkpoint"] == "last.ckpt"
     assert isinstance(load_model(tmp_path / "from_ckpt")[0].decoder_layers[0].cross_attn, Attention)
+
+
+def test_the_uptrain_scripts_runs_match_its_conversions(tmp_path):
+    """scripts/uptrain_table.sh (issue 26's finding) parses, and each variant's `nmt train` attention overrides give
+    exactly the model its `nmt convert` writes, so no uptraining run is refused by init_from hours in."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from nmt.convert import converted_config
+    from nmt.init_from import init_from_problem
+    from nmt.schema import compose_config, model_config
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "uptrain_table.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    variants = re.findall(r'^  "([\w-]+)\|([\w=]+)\|([^"]+)"$', script.read_text(), flags=re.M)
+    assert [name for name, _, _ in variants] == ["mha-control", "gqa2-all", "mqa-all", "gqa2-decoder", "mqa-decoder"]
+    mha_cfg = model_config(compose_config(["experiment=wu_tiny_en_de"]))
+    for name, sites, overrides in variants:
+        sites = sites.replace("all=0", f"all={mha_cfg.n_heads}")  # the control: as many K/V heads as it has
+        converted = tmp_path / name
+        converted.mkdir()
+        (converted / "config.json").write_text(json.dumps({"model": converted_config(
+            mha_cfg, parse_targets([sites])).to_dict()}))
+        for file in ("model.safetensors", "spm.model"):
+            (converted / file).touch()
+        run_cfg = model_config(compose_config(["experiment=wu_tiny_en_de", *overrides.split()]))
+        assert init_from_problem(str(converted), run_cfg.to_dict()) is None, name

@@ -39,7 +39,7 @@ def test_the_first_differing_field_is_named_with_the_override_that_matches(tmp_p
                                encoder_layers=4, decoder_layers=4, dropout=0.3,
                                attention={"decoder_self": {"n_kv_heads": 2}, "cross": {"n_kv_heads": 2}})
     problem = check_command_line(run_args(directory))
-    assert problem == (f"init_from: model.attention.decoder_self.n_kv_heads is 2 in {directory} but null in this run; "
+    assert problem == (f"init_from: model.attention.decoder_self.n_kv_heads is 2 in {directory} but 4 in this run; "
                        "override model.attention.decoder_self.n_kv_heads=2 to match")
     matching = ["model.attention.decoder_self.n_kv_heads=2", "model.attention.cross.n_kv_heads=2"]
     assert check_command_line(run_args(directory, *matching)) is None
@@ -47,6 +47,8 @@ def test_the_first_differing_field_is_named_with_the_override_that_matches(tmp_p
     assert check_command_line(run_args(directory, *matching, "model.dropout=0.1",
                                        "model.attention.decoder_self.backend=sdpa")) is None
     assert "model.d_ff is 256" in check_command_line(run_args(directory, *matching, "model.d_ff=512"))
+    # One model, two spellings: n_kv_heads null means n_heads (`nmt convert all=4` of an MHA model writes 4).
+    assert check_command_line(run_args(directory, *matching, "model.attention.encoder_self.n_kv_heads=4")) is None
 
 
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
@@ -75,7 +77,7 @@ def test_a_mismatch_stops_nmt_train_in_one_line_with_no_run_folder_and_nothing_h
             "print(code, [m for m in ('torch', 'lightning', 'datasets') if m in sys.modules])")
     process = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert process.stdout.strip() == "2 []", process.stderr
-    assert process.stderr == (f"nmt train: init_from: model.attention.cross.n_kv_heads is 2 in {directory} but null "
+    assert process.stderr == (f"nmt train: init_from: model.attention.cross.n_kv_heads is 2 in {directory} but 4 "
                               "in this run; override model.attention.cross.n_kv_heads=2 to match\n")
     assert not run_dir.exists()
 
