@@ -73,7 +73,8 @@ def test_a_mismatch_stops_nmt_train_in_one_line_with_no_run_folder_and_nothing_h
     directory = fake_model_dir(tmp_path / "model", vocab_size=1000, d_model=128, n_heads=4, d_ff=256,
                                encoder_layers=4, decoder_layers=4, dropout=0.3, attention={"cross": {"n_kv_heads": 2}})
     run_dir = tmp_path / "run"
-    code = (f"import sys; from nmt.train import main; code = main({run_args(directory, f'hydra.run.dir={run_dir}')!r}); "
+    argv = run_args(directory, f"hydra.run.dir={run_dir}")
+    code = (f"import sys; from nmt.train import main; code = main({argv!r}); "
             "print(code, [m for m in ('torch', 'lightning', 'datasets') if m in sys.modules])")
     process = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert process.stdout.strip() == "2 []", process.stderr
@@ -149,7 +150,8 @@ def test_resume_wins_over_init_from_once_a_checkpoint_exists(start, tmp_path, mo
 
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     args = [f"init_from={start}", "resume=true", "trainer.val_every_n_steps=2"]
-    first = run_capturing_the_start(monkeypatch, compose_config(small_run(cache, *args, "trainer.max_steps=2")), run_dir)
+    first_cfg = compose_config(small_run(cache, *args, "trainer.max_steps=2"))
+    first = run_capturing_the_start(monkeypatch, first_cfg, run_dir)
     dir_weights = load_model(start)[0].state_dict()
     assert all(torch.equal(first["state"][k], v) for k, v in dir_weights.items())  # no checkpoint yet: DIR's
     exported = json.loads((run_dir / "model" / "config.json").read_text())
@@ -157,7 +159,8 @@ def test_resume_wins_over_init_from_once_a_checkpoint_exists(start, tmp_path, mo
     assert load_model(run_dir / "model")[1].serialized == (start / "spm.model").read_bytes()
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     after_first = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
-    second = run_capturing_the_start(monkeypatch, compose_config(small_run(cache, *args, "trainer.max_steps=3")), run_dir)
+    second_cfg = compose_config(small_run(cache, *args, "trainer.max_steps=3"))
+    second = run_capturing_the_start(monkeypatch, second_cfg, run_dir)
     assert second["step"] == 2 and second["spm"] == first["spm"]
     assert all(torch.equal(second["state"][k], after_first[k]) for k in dir_weights)  # the checkpoint's, not DIR's
     assert any(not torch.equal(second["state"][k], v) for k, v in dir_weights.items())

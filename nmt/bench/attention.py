@@ -194,8 +194,8 @@ def longest_length_table(rows: list[dict], lengths: list[int]) -> str:
         before = by_key.get((variant, backend, mode, previous))
         ratio = f"{r['seconds'] / before['seconds']:.2f}" if before else ""
         fraction = r["peak_bytes"] / r["math_estimate_bytes"]
-        table.append([variant, backend, mode, f"{r['peak_bytes'] / 2**20:,.1f}", f"{r['math_estimate_bytes'] / 2**30:,.2f}",
-                      f"1/{1 / fraction:,.0f}" if fraction > 0 else "0", ratio])
+        table.append([variant, backend, mode, f"{r['peak_bytes'] / 2**20:,.1f}",
+                      f"{r['math_estimate_bytes'] / 2**30:,.2f}", f"1/{1 / fraction:,.0f}" if fraction > 0 else "0", ratio])
     header = ["variant", "backend", "mode", "peak MiB", "math would need GiB", "peak ÷ math's",
               f"time {_length(longest)} ÷ {_length(previous)}" if previous else "time ratio"]
     return markdown_table(header, table)
