@@ -63,6 +63,22 @@ def test_bench_attention_backends_are_the_registrys_for_the_device(monkeypatch):
     assert "band" not in backends_for(torch.device("cpu"))
 
 
+def test_bench_attention_times_cpu_seconds_on_request(tmp_path, monkeypatch):
+    """--clock cpu times with time.process_time: a call that waits (as a process descheduled on a shared machine
+    does) costs no CPU time."""
+    import time
+
+    from nmt.bench import attention
+
+    out = tmp_path / "bench"
+    monkeypatch.setattr(attention, "attend", lambda *args, **kwargs: time.sleep(0.05))
+    assert main(["attention", "--lengths", "16", "--repeats", "1", "--heads", "2", "--head-dim", "8", "--variants",
+                 "mha", "--backends", "sdpa", "--modes", "forward", "--clock", "cpu", "--out", str(out)]) == 0
+    results = json.loads((out / "attention.json").read_text())
+    assert results["settings"]["clock"] == "cpu" and results["cases"][0]["seconds"] < 0.04
+    assert "median of 1 (cpu time)" in (out / "attention.md").read_text()
+
+
 def test_bench_attention_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert main(["attention", "--variants", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown variant(s) ['nope']" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -127,9 +128,12 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
     return row, call
 
 
-def measure(row: dict, call, repeats: int, device) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(row: dict, call, repeats: int, device, clock: str = "wall") -> dict:
     try:
-        seconds, times = median_seconds(call, repeats, device)
+        seconds, times = median_seconds(call, repeats, device, clock=CLOCKS[clock])
     except (AttentionBackendError, NotImplementedError, RuntimeError) as error:  # a kernel that refuses at run time
         return {**row, "status": "failed", "why": str(error).splitlines()[0][:160]}
     return {**row, "status": "ok", "seconds": seconds, "times": times}
@@ -225,8 +229,8 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
         table.append(row)
     kv_rows = [[name, e["n_kv_heads"], f"{e['bytes_per_token']:,}", f"{e['fraction_of_mha']:.4f}"] for name, e in kv.items()]
     shape = (f"batch {args.batch}, {args.heads} heads × {args.head_dim}, {'causal' if args.causal else 'bidirectional'} "
-             f"self-attention, {args.dtype}, median of {args.repeats}; {env['device']}, {env['threads']} threads, "
-             f"torch {env['torch']}")
+             f"self-attention, {args.dtype}, median of {args.repeats} ({args.clock} time); {env['device']}, "
+             f"{env['threads']} threads, torch {env['torch']}")
     return "\n".join([
         f"Attention kernels: {shape}. Cells: median time (ms) / peak memory added by one call (MiB); '—' = cannot run.",
         "", markdown_table(header, table), "",
@@ -251,6 +255,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--global-tokens", type=int, default=16)
     parser.add_argument("--causal", action="store_true", help="decoder self-attention (default: encoder, bidirectional)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time: on a shared machine run with OMP_NUM_THREADS=1 "
+                             "and --clock cpu, which time spent waiting for a core does not inflate (with more threads "
+                             "CPU time sums them, spin-waits included)")
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="skip a case whose one call is predicted (from the shorter lengths) to take longer")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -297,7 +305,7 @@ def main(argv: list[str]) -> int:
                         row, call = {**row, "status": "skipped", "why": f"~{predicted:.0f} s per call predicted "
                                      f"(> --max-seconds {args.max_seconds:g})"}, None
                     if call is not None:
-                        row = measure(row, call, args.repeats, device)
+                        row = measure(row, call, args.repeats, device, args.clock)
                         if row["status"] == "ok":
                             done.append((length, row["seconds"]))
                     rows.append(row)
