@@ -124,6 +124,18 @@ def test_matmul_crossover_probe_runs(capsys):
     assert [row.split(" | ")[1] for row in rows] == ["1", "3"]
 
 
+def test_band_crossover_probe_runs(capsys):
+    """scripts/band_crossover.py (behind dispatch.band_wins) on tiny sizes, so it cannot rot."""
+    import runpy
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "band_crossover.py"))
+    module["main"](["--threads", "1", "--heads", "2", "--head-dim", "8", "--lengths", "16", "32", "--repeats", "1",
+                    "--cases", "4,2,causal", "4,0,bidir", "--clock", "cpu"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |")]
+    assert [(row[1], row[2], row[-1]) for row in rows] == [("2", "causal", "512 |"), ("0", "bidir", "512 |")]
+    assert all(float(cell) > 0 for row in rows for cell in row[3:5])
+
+
 def test_packed_linear_probe_runs(capsys):
     """scripts/packed_linear.py (behind nmt.packed_linear's speed claim) on tiny sizes, so it cannot rot."""
     import runpy

@@ -35,10 +35,10 @@ def band_wins(mask: MaskSpec) -> bool:
 
     Windows: forward+backward on 2 cores, windows of 8, 64 and 256 (e.g. `nmt bench attention --window 64 --variants
     window-64 --backends sdpa band --lengths 256 512 1024`, with `--causal` for the decoder). Global tokens (each adds
-    a key to every query block and a dense row): on 1 thread of the shared 2-core machine (2 threads measured the
-    other sessions' load), band overtook SDPA at about 4·g + the window's share (w 8, g 128 and 256; w 64, g 256;
-    causal and bidirectional); on that thread the window alone crossed at 4 (causal) or 8 windows, half the 2-core
-    rule, so the global term is doubled likewise: 8·g."""
+    a key to every query block and a dense row; `python scripts/band_crossover.py --threads 1 --clock cpu`, as the
+    shared 2-core machine's load made 2-thread timings noise): band overtook SDPA at about 4·g plus the window's share
+    (w 8, g 128 and 256; w 64, g 256; causal and bidirectional); on that thread the window alone crossed at 4
+    (causal) or 8 windows, half the 2-core rule, so the global term is doubled likewise: 8·g."""
     if call_problem("band", mask, 0.0, 0) or band.is_decoding_step(mask):
         return False
     return mask.k_len >= max(512, (8 if mask.causal else 16) * mask.window + 8 * mask.global_tokens)
