@@ -12,6 +12,7 @@ commands:
   evaluate   score a model with sacreBLEU and write a report
   report     compare run directories in one table with plots
   average    average a run's last N checkpoints into a model directory
+  convert    convert a model to fewer K/V heads per site (GQA/MQA by mean-pooling; nmt convert M --out D all=1)
   export     export a model for deployment (nmt export ct2 MODEL OUT: a CTranslate2 model folder)
   bench      benchmark attention kernels, training and decoding
   attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         from nmt.ct2.export import main as export_main
 
         return export_main(rest)
+
+    if command == "convert":
+        from nmt.model.convert import main as convert_main
+
+        return convert_main(rest)
     if command == "evaluate":
         from nmt.evaluation.evaluate import main as evaluate_main
 

@@ -16,6 +16,11 @@ VARIANT_SITES = {
     "sparse": AttentionSites(
         AttentionConfig(window=3, global_tokens=2), AttentionConfig(window=3, global_tokens=2), AttentionConfig()
     ),
+    "sparse_band": AttentionSites(  # the O(n·(w + g)) kernel teacher-forced, cached steps as one SDPA call
+        AttentionConfig(window=3, global_tokens=2, backend="band"),
+        AttentionConfig(window=3, global_tokens=2, backend="band"),
+        AttentionConfig(),
+    ),
     "mixed": AttentionSites(  # a sliding-window encoder, MQA decoder, GQA cross-attention
         AttentionConfig(window=2), AttentionConfig(n_kv_heads=1), AttentionConfig(n_kv_heads=2)
     ),
@@ -49,8 +54,9 @@ def test_incremental_decoding_matches_teacher_forcing(variant, norm, positions):
     assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
 
 
-def test_beam_reorder_of_the_state_matches_recomputation():
-    model = build_model(tiny(attention=VARIANT_SITES["sparse"])).eval()
+@pytest.mark.parametrize("variant", ["sparse", "sparse_band"])
+def test_beam_reorder_of_the_state_matches_recomputation(variant):
+    model = build_model(tiny(attention=VARIANT_SITES[variant])).eval()
     src, src_lengths, tgt = batch()
     index = torch.tensor([1, 1, 0])
     with torch.no_grad():

@@ -75,9 +75,10 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
             why="flash kernels run on CUDA in fp16/bf16 and take only causal, window and padding masks, aligned "
                 "bottom-right per sequence",
             device_check="nmt.attention.flash:device_problem", call_check="nmt.attention.flash:call_problem"),
-    Backend("band", "nmt.attention.band:band_attention", needs_window=True, global_tokens=False, cross=False,
+    Backend("band", "nmt.attention.band:band_attention", needs_window=True, cross=False,
             instead="backend sdpa, flex or auto",
-            why="it computes plain sliding-window attention only, block by block over one sequence's positions"),
+            why="it computes sliding-window attention (plus global tokens) only, block by block over one sequence's "
+                "positions"),
     Backend("matmul", f"{_KERNELS}:matmul_attention"),
 )}
 BACKENDS = ("auto", *REGISTRY)  # the names a config may give; auto picks one of the others per call

@@ -29,27 +29,36 @@ def runs(backend: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs_grad: 
 
 
 def band_wins(mask: MaskSpec) -> bool:
-    """Where the band kernel beats SDPA's fused kernel on CPU (forward+backward on 2 cores, windows of 8, 64 and 256;
-    e.g. `nmt bench attention --window 64 --variants window-64 --backends sdpa band --lengths 256 512 1024`, with
-    `--causal` for the decoder): a plain window over a sequence at least 512 long and 8 (causal) or 16
-    (bidirectional: three key blocks per query block) windows long; below that the fused full kernel is faster."""
+    """Where the band kernel beats SDPA's fused kernel on CPU: a sequence at least 512 long and at least
+    8 (causal) or 16 (bidirectional: three key blocks per query block) windows plus 8 global tokens long; below that
+    the fused full kernel is faster.
+
+    Windows: forward+backward on 2 cores, windows of 8, 64 and 256 (e.g. `nmt bench attention --window 64 --variants
+    window-64 --backends sdpa band --lengths 256 512 1024`, with `--causal` for the decoder). Global tokens (each adds
+    a key to every query block and a dense row; `python scripts/band_crossover.py --threads 1 --clock cpu`, as the
+    shared 2-core machine's load made 2-thread timings noise): band overtook SDPA at about 4·g plus the window's share
+    (w 8, g 128 and 256; w 64, g 256; causal and bidirectional); on that thread the window alone crossed at 4
+    (causal) or 8 windows, half the 2-core rule, so the global term is doubled likewise: 8·g."""
     if call_problem("band", mask, 0.0, 0) or band.is_decoding_step(mask):
         return False
-    return mask.k_len >= max(512, (8 if mask.causal else 16) * mask.window)
+    return mask.k_len >= max(512, (8 if mask.causal else 16) * mask.window + 8 * mask.global_tokens)
 
 
 def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs_grad: bool = True) -> str:
     """``auto``: the fastest backend that supports this site's mask, device and dtype (logged once per choice).
 
     On CPU that is sdpa (its fused kernel covers every mask with a backward pass, while flex has no backward and is
-    compiled per shape), except band for sliding windows over sequences long enough that O(n·w) wins, and matmul for
+    compiled per shape), except band for sliding windows, with or without global tokens, over sequences long enough
+    that O(n·(w + g)) wins (`band_wins`), and matmul for
     the few queries of a decoding step. On CUDA a flash kernel where it can express the mask, compiled flex for
     windowed or sparse masks (it skips masked blocks), sdpa otherwise.
     """
     device, dtype = q.device, q.dtype
     windowed = mask.window is not None
     if device.type != "cuda" and band_wins(mask):
-        choice, why = "band", f"CPU: window {mask.window} over {mask.k_len} positions, O(n·w) band beats full SDPA"
+        sparse = f" + {mask.global_tokens} global tokens" if mask.global_tokens else ""
+        choice, why = "band", f"CPU: window {mask.window}{sparse} over {mask.k_len} positions, O(n·(w + g)) band " \
+                              "beats full SDPA"
     elif device.type != "cuda" and not needs_grad and mask.q_len > 1 and mask.q_len * mask.k_len <= MATMUL_MAX_SCORES:
         choice, why = "matmul", "CPU inference, a few queries: batched matmuls beat SDPA's blocked kernel"
     elif device.type != "cuda":

@@ -4,8 +4,10 @@ For each (variant, backend, length, forward | forward+backward): median time ove
 and the growth exponent between consecutive lengths (time ∝ length^exponent: 1 is linear, 2 quadratic). A case a
 backend cannot run is a row that says why (FlexAttention has no backward on CPU; band computes plain windows
 only); a case that would not fit in memory says how much it would need, and one whose call is predicted from the
-shorter lengths to take more than --max-seconds says so. Then the KV-cache bytes per decoded token of MHA, GQA and
-MQA, counted from the tensors a decoding layer holds.
+shorter lengths to take more than --max-seconds says so. ``sparse-sqrt`` scales its window and global tokens with the
+length (w = g = √n, so O(n·√n) kernels grow with exponent 1.5), and every row's peak memory at the longest length is
+set beside what ``math`` would need there (its estimate, also when math cannot run). Then the KV-cache bytes per
+decoded token of MHA, GQA and MQA, counted from the tensors a decoding layer holds.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from nmt.attention import Attention, AttentionBackendError, AttentionConfig, MaskSpec, attend
-from nmt.attention.backends import call_problem, static_problem
+from nmt.attention.backends import REGISTRY, call_problem, static_problem
 from nmt.attention.dispatch import choose_backend
 from nmt.bench.common import environment, markdown_table, median_seconds, peak_bytes, write_results
 
@@ -32,6 +35,14 @@ class Variant:
     n_kv_heads: Optional[int] = None  # None: MHA
     window: Optional[int] = None
     global_tokens: int = 0
+    sqrt: bool = False  # window = global_tokens = round(√length), whatever window / global_tokens say
+
+    def mask_sizes(self, length: int) -> tuple[Optional[int], int]:
+        """(window, global_tokens) at this length."""
+        if self.sqrt:
+            root = max(1, round(math.sqrt(length)))
+            return root, root
+        return self.window, self.global_tokens
 
 
 def variants(n_heads: int, window: int, global_tokens: int) -> list[Variant]:
@@ -41,11 +52,20 @@ def variants(n_heads: int, window: int, global_tokens: int) -> list[Variant]:
         Variant("mqa", n_kv_heads=1),
         Variant(f"window-{window}", window=window),
         Variant(f"sparse-{window}+{global_tokens}", window=window, global_tokens=global_tokens),
+        Variant("sparse-sqrt", sqrt=True),
     ]
 
 
+# Kernels for a few queries (decoding steps); at full length they materialize the scores like math: --backends names
+# them to measure anyway.
+DECODING_KERNELS = ("matmul",)
+QUADRATIC_MEMORY = ("math", "matmul")  # backends that hold (length × length) scores: checked against free memory
+
+
 def backends_for(device: torch.device) -> list[str]:
-    return ["math", "sdpa", "flex", "band"] + (["flash"] if device.type == "cuda" else []) + ["auto"]
+    """The registry's backends that run on this device type (and auto)."""
+    return [name for name, spec in REGISTRY.items()
+            if device.type in spec.devices and name not in DECODING_KERNELS] + ["auto"]
 
 
 def available_bytes(device: torch.device) -> int:
@@ -56,10 +76,10 @@ def available_bytes(device: torch.device) -> int:
     return int(info["MemAvailable"].split()[0]) * 1024
 
 
-def math_bytes_needed(n_heads: int, length: int, element: int, backward: bool) -> int:
-    """What the math oracle holds at once: the (heads, length, length) scores in fp32, their masked copy and the
-    softmax (forward), plus as many again for the gradients (backward)."""
-    scores = n_heads * length * length * max(element, 4)
+def math_bytes_needed(rows: int, length: int, element: int, backward: bool) -> int:
+    """What the math oracle holds at once: the (batch · heads = rows, length, length) scores in fp32, their masked
+    copy and the softmax (forward), plus as many again for the gradients (backward)."""
+    scores = rows * length * length * max(element, 4)
     return scores * (6 if backward else 3)
 
 
@@ -73,12 +93,13 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
     """The case's row, and the call to measure (None with the row's ``why`` when the backend cannot run it)."""
     backward = mode == "forward+backward"
     n_kv = variant.n_kv_heads or args.heads
-    mask = MaskSpec(q_len=length, k_len=length, causal=args.causal, window=variant.window,
-                    global_tokens=variant.global_tokens)
-    row = {"variant": variant.name, "backend": backend, "length": length, "mode": mode}
+    window, global_tokens = variant.mask_sizes(length)
+    mask = MaskSpec(q_len=length, k_len=length, causal=args.causal, window=window, global_tokens=global_tokens)
+    need = math_bytes_needed(args.batch * args.heads, length, torch.finfo(dtype).bits // 8, backward)
+    row = {"variant": variant.name, "backend": backend, "length": length, "mode": mode, "window": window,
+           "global_tokens": global_tokens, "math_estimate_bytes": need}
     problem = why_not(backend, mask, args.head_dim, backward, device, dtype)
-    if problem is None and backend == "math":
-        need = math_bytes_needed(args.heads, length, torch.finfo(dtype).bits // 8, backward)
+    if problem is None and backend in QUADRATIC_MEMORY:
         if need > 0.7 * available_bytes(device):
             problem = f"needs ~{need / 2**30:.0f} GiB (scores are length²), more than is free"
     if problem is not None:
@@ -91,7 +112,7 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
 
     q, k, v = tensor(args.heads), tensor(n_kv), tensor(n_kv)
     if backend == "auto":  # the row says which kernel auto's rule chose for this case
-        row["picked"] = choose_backend("bench", q, mask, 0.0)
+        row["picked"] = choose_backend("bench", q, mask, 0.0, backward)
     grad = torch.randn(args.batch, args.heads, length, args.head_dim, generator=generator).to(device, dtype)
 
     def call() -> None:
@@ -107,9 +128,12 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
     return row, call
 
 
-def measure(row: dict, call, repeats: int, device) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(row: dict, call, repeats: int, device, clock: str = "wall") -> dict:
     try:
-        seconds, times = median_seconds(call, repeats, device)
+        seconds, times = median_seconds(call, repeats, device, clock=CLOCKS[clock])
     except (AttentionBackendError, NotImplementedError, RuntimeError) as error:  # a kernel that refuses at run time
         return {**row, "status": "failed", "why": str(error).splitlines()[0][:160]}
     return {**row, "status": "ok", "seconds": seconds, "times": times}
@@ -161,6 +185,26 @@ def _length(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
+def longest_length_table(rows: list[dict], lengths: list[int]) -> str:
+    """Each series measured at the longest length: its peak memory against what math would need there (math's
+    estimate, `math_bytes_needed`) and its time against the previous length's (4 for a linear kernel at 4× the
+    length, 8 for n·√n, 16 for quadratic)."""
+    longest, previous = lengths[-1], (lengths[-2] if len(lengths) > 1 else None)
+    by_key = {(r["variant"], r["backend"], r["mode"], r["length"]): r for r in rows if r["status"] == "ok"}
+    table = []
+    for (variant, backend, mode, length), r in by_key.items():
+        if length != longest:
+            continue
+        before = by_key.get((variant, backend, mode, previous))
+        ratio = f"{r['seconds'] / before['seconds']:.2f}" if before else ""
+        fraction = r["peak_bytes"] / r["math_estimate_bytes"]
+        table.append([variant, backend, mode, f"{r['peak_bytes'] / 2**20:,.1f}",
+                      f"{r['math_estimate_bytes'] / 2**30:,.2f}", f"1/{1 / fraction:,.0f}" if fraction > 0 else "0", ratio])
+    header = ["variant", "backend", "mode", "peak MiB", "math would need GiB", "peak ÷ math's",
+              f"time {_length(longest)} ÷ {_length(previous)}" if previous else "time ratio"]
+    return markdown_table(header, table)
+
+
 def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> str:
     exponents = growth(rows)
     by_key: dict[tuple, dict[int, dict]] = {}
@@ -185,11 +229,14 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
         table.append(row)
     kv_rows = [[name, e["n_kv_heads"], f"{e['bytes_per_token']:,}", f"{e['fraction_of_mha']:.4f}"] for name, e in kv.items()]
     shape = (f"batch {args.batch}, {args.heads} heads × {args.head_dim}, {'causal' if args.causal else 'bidirectional'} "
-             f"self-attention, {args.dtype}, median of {args.repeats}; {env['device']}, {env['threads']} threads, "
-             f"torch {env['torch']}")
+             f"self-attention, {args.dtype}, median of {args.repeats} ({args.clock} time); {env['device']}, "
+             f"{env['threads']} threads, torch {env['torch']}")
     return "\n".join([
         f"Attention kernels: {shape}. Cells: median time (ms) / peak memory added by one call (MiB); '—' = cannot run.",
         "", markdown_table(header, table), "",
+        f"At {_length(lengths[-1])}: peak memory against what math would need (its estimate: scores, masked copy and "
+        "softmax in fp32, twice that with gradients), and time against the previous length:", "",
+        longest_length_table(rows, lengths), "",
         "KV-cache bytes per decoded token of one self-attention layer (allocated K and V tensors):", "",
         markdown_table(["layout", "n_kv_heads", "bytes/token", "÷ MHA"], kv_rows),
     ])
@@ -208,6 +255,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--global-tokens", type=int, default=16)
     parser.add_argument("--causal", action="store_true", help="decoder self-attention (default: encoder, bidirectional)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time: on a shared machine run with OMP_NUM_THREADS=1 "
+                             "and --clock cpu, which time spent waiting for a core does not inflate (with more threads "
+                             "CPU time sums them, spin-waits included)")
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="skip a case whose one call is predicted (from the shorter lengths) to take longer")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -254,7 +305,7 @@ def main(argv: list[str]) -> int:
                         row, call = {**row, "status": "skipped", "why": f"~{predicted:.0f} s per call predicted "
                                      f"(> --max-seconds {args.max_seconds:g})"}, None
                     if call is not None:
-                        row = measure(row, call, args.repeats, device)
+                        row = measure(row, call, args.repeats, device, args.clock)
                         if row["status"] == "ok":
                             done.append((length, row["seconds"]))
                     rows.append(row)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nmt.data.corpora import local_files
+from nmt.training.init_from import check_init_from
 from nmt.config.compose import CONF_DIR, compose_config, config_error_line, to_train_config
 from nmt.config.train import TrainConfig
 
@@ -126,6 +127,7 @@ def check_command_line(argv: list[str]) -> Optional[str]:
         for job in jobs(args.overrides, args.multirun):
             cfg = to_train_config(compose_config(_with_search_path(job, args.config_dir), args.config_name or "train"))
             check_local_files(cfg)
+            check_init_from(cfg)  # DIR/config.json against the run's model config: json only
     except Exception as error:  # Hydra, OmegaConf and __post_init__ errors alike: one line
         return config_error_line(error)
     return None

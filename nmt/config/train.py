@@ -171,7 +171,12 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
-    """The root config of ``nmt train``."""
+    """The root config of ``nmt train``.
+
+    ``init_from``: an exported model directory whose weights and sentencepiece model a fresh run starts from (new
+    optimizer and schedule, step 0); the run's model config must match the directory's (`nmt.training.init_from`). With
+    ``resume`` the run's own checkpoints/last.ckpt wins once it exists.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(path="."))
@@ -182,3 +187,9 @@ class TrainConfig:
     run_dir: Optional[str] = None
     resume: bool = False
     trace_batches: bool = False
+    init_from: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        # The directory itself is checked with the command line (nmt.training.init_from.check_init_from), as data files are.
+        if self.init_from is not None and not str(self.init_from).strip():
+            raise ValueError(f"init_from ({self.init_from!r}) must name a model directory, or be null")

@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class TranslationData(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int) -> None:
+    """``tokenizer``: the sentencepiece model to use (``nmt train init_from=DIR``: DIR's); None trains one on the
+    training split, or reuses the cached one."""
+
+    def __init__(self, cfg: DataConfig, seed: int, tokenizer: Optional[Tokenizer] = None) -> None:
         super().__init__()
         self.cfg, self.seed = cfg, seed
-        self.tokenizer: Optional[Tokenizer] = None
+        self.given_tokenizer = tokenizer
+        self.tokenizer: Optional[Tokenizer] = tokenizer
         self.train_set = None
         self.valid_set = None
         self.cleaning = None
@@ -48,6 +52,9 @@ class TranslationData(L.LightningDataModule):
         return f"{raw._fingerprint}:{self.cfg.src_lang}-{self.cfg.tgt_lang}"
 
     def load_tokenizer(self, raw=None) -> Tokenizer:
+        if self.given_tokenizer is not None:
+            self.tokenizer = self.given_tokenizer
+            return self.tokenizer
         raw = raw if raw is not None else self._raw_train()
         settings = TokenizerSettings(
             self.cfg.vocab_size, self.cfg.spm_model_type, self.cfg.character_coverage, self.cfg.spm_max_sentences

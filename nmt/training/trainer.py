@@ -22,8 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from nmt.data.datamodule import TranslationData
 from nmt.decoding.export import export_model
+from nmt.training.init_from import check_init_from
 from nmt.training.lit_module import TranslationModule, module_from_configs
+from nmt.decoding.loading import load_model
 from nmt.config.compose import to_train_config
+from nmt.data.tokenizer import Tokenizer
 from nmt.config.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -158,10 +161,6 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
     L.seed_everything(cfg.seed, verbose=False)
     module = module_from_configs(cfg)
     check_runtime(cfg, module)
-    data = TranslationData(cfg.data, cfg.seed)
-    trainer = build_trainer(cfg, run_dir)
-    if trainer.global_rank == 0:
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None
     if cfg.resume:
@@ -169,20 +168,40 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
             ckpt_path = str(last)
         else:
             log.warning("resume=true but %s does not exist: starting from scratch", last)
+    tokenizer = start_from(cfg, module, load_weights=ckpt_path is None) if cfg.init_from else None
+    data = TranslationData(cfg.data, cfg.seed, tokenizer)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.global_rank == 0:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     if not cfg.trainer.fast_dev_run:
         # The final state, whatever step the periodic saves last fell on; all of it (optimizer, loops) for resume.
         trainer.save_checkpoint(last, weights_only=False)
         if trainer.global_rank == 0:
-            export_best(trainer, module, data, run_dir)
+            export_best(trainer, module, data, run_dir, init_from=cfg.init_from)
     return run_dir
 
 
-def export_best(trainer: L.Trainer, module: TranslationModule, data: TranslationData, run_dir: Path) -> None:
+def start_from(cfg: TrainConfig, module: TranslationModule, load_weights: bool) -> Tokenizer:
+    """``init_from=DIR``: DIR's sentencepiece model for the run and, unless a checkpoint is resumed (whose weights
+    win), DIR's weights in the module; the optimizer and schedule start afresh. ValueError (one line) where DIR's
+    model config differs from the run's (`nmt.training.init_from`: checked before any heavy import too)."""
+    check_init_from(cfg)  # again: train() may be called with a config that never went through the command line
+    model, tokenizer = load_model(cfg.init_from)
+    if load_weights:
+        module.model.load_state_dict(model.state_dict())
+        log.info("init_from: weights and sentencepiece model of %s", cfg.init_from)
+    return tokenizer
+
+
+def export_best(trainer: L.Trainer, module: TranslationModule, data: TranslationData, run_dir: Path,
+                init_from: Optional[str] = None) -> None:
     best = trainer.checkpoint_callbacks[0].best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
     if Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     extra = {"checkpoint": Path(best).name, "bleu_tokenize": data.cfg.bleu_tokenize}
+    if init_from is not None:  # where the run started: the model it fine-tuned or uptrained
+        extra["init_from"] = str(init_from)
     export_model(module.model.cpu(), data.tokenizer, run_dir / "model", extra=extra)
     log.info("exported %s → %s", Path(best).name, run_dir / "model")

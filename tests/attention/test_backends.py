@@ -32,9 +32,10 @@ def test_every_kernel_and_check_the_registry_names_imports(name):
     [
         ("flex", dict(dropout=0.1), "backend 'flex' cannot apply attention dropout (dropout=0.1): FlexAttention takes "
                                     "no dropout and, on CPU, computes no gradients; use backend sdpa or dropout 0"),
-        ("band", dict(), "backend 'band' needs a window (window=None): it computes plain sliding-window attention "
-                         "only, block by block over one sequence's positions; use backend sdpa, flex or auto"),
-        ("band", dict(window=4, global_tokens=2), "backend 'band' cannot express global tokens (global_tokens=2)"),
+        ("band", dict(), "backend 'band' needs a window (window=None): it computes sliding-window attention (plus "
+                         "global tokens) only, block by block over one sequence's positions; use backend sdpa, flex "
+                         "or auto"),
+        ("band", dict(window=4, global_tokens=2), None),
         ("flash", dict(window=4, global_tokens=2), "backend 'flash' cannot express global tokens (global_tokens=2)"),
         ("sdpa", dict(window=4, global_tokens=2, dropout=0.1), None),
         ("flex", dict(window=4, global_tokens=2), None),

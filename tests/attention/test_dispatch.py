@@ -55,18 +55,34 @@ def test_auto_picks_matmul_for_cpu_decoding_steps(q_len, k_len, needs_grad, expe
 def test_auto_picks_band_on_cpu_only_where_it_wins(length, window, causal, expected):
     mask = MaskSpec(q_len=length, k_len=length, causal=causal, window=window)
     assert choose_backend("test", torch.empty(1, 2, length, 8), mask, 0.0) == expected
-    sparse = MaskSpec(q_len=length, k_len=length, causal=causal, window=window, global_tokens=2)
-    assert choose_backend("test", torch.empty(1, 2, length, 8), sparse, 0.0) == "sdpa"
     step = MaskSpec(q_len=1, k_len=window, q_start=length, k_start=length - window + 1, causal=causal, window=window)
     assert choose_backend("test", torch.empty(1, 2, 1, 8), step, 0.0) == "sdpa"
 
 
-def test_auto_on_a_long_window_is_band_and_matches_math_with_gradients():
+@pytest.mark.parametrize(
+    "length, window, global_tokens, causal, expected",
+    [(1024, 32, 32, False, "band"), (4096, 64, 64, False, "band"), (16384, 128, 128, True, "band"),  # w = g = √n
+     (512, 32, 32, False, "sdpa"), (4096, 256, 16, False, "sdpa"), (16384, 256, 16, False, "band"),
+     (4096, 256, 16, True, "band"), (2048, 256, 2, True, "sdpa"), (2048, 8, 128, True, "band"),
+     (1024, 8, 128, True, "sdpa")],
+)
+def test_auto_picks_band_for_sparse_masks_where_it_wins(length, window, global_tokens, causal, expected):
+    """The window's rule plus 8 positions per global token (dispatch.band_wins); a decoding step is never band."""
+    mask = MaskSpec(q_len=length, k_len=length, causal=causal, window=window, global_tokens=global_tokens)
+    assert choose_backend("test", torch.empty(1, 2, length, 8), mask, 0.0) == expected
+    step = MaskSpec(q_len=1, k_len=window + global_tokens, q_start=length, k_start=length - window + 1,
+                    k_globals=global_tokens, causal=causal, window=window, global_tokens=global_tokens)
+    assert choose_backend("test", torch.empty(1, 2, 1, 8), step, 0.0) == "sdpa"
+
+
+@pytest.mark.parametrize("global_tokens", [0, 4], ids=["window", "sparse"])
+def test_auto_on_a_long_window_is_band_and_matches_math_with_gradients(global_tokens):
     torch.manual_seed(0)
     length, window = 600, 32
     q, k, v = (torch.randn(2, 2, length, 8, requires_grad=True) for _ in range(3))
     mask = MaskSpec(q_len=length, k_len=length, q_lengths=torch.tensor([length, 450]),
-                    k_lengths=torch.tensor([length, 450]), causal=True, window=window)
+                    k_lengths=torch.tensor([length, 450]), causal=True, window=window, global_tokens=global_tokens)
+    assert choose_backend("test", q, mask, 0.0) == "band"
     results = []
     for backend in ("auto", "math"):
         out, _ = attend(backend, q, k, v, mask)

@@ -1,0 +1,151 @@
+"""``nmt convert MODEL --out DIR SITE=N …``: a trained model converted to fewer K/V heads per attention site.
+
+Each new K/V head is the mean of the old heads of its group — the K and V projection rows (and biases) of the heads
+whose query heads it now serves are averaged (Ainslie et al. 2023, "GQA: Training Generalized Multi-Query Transformer
+Models from Multi-Head Checkpoints", §2.1) — and every other weight is copied unchanged. The converted model runs as
+is and recovers most of the original quality after a short uptraining (`nmt train init_from=DIR`: Ainslie et al.
+uptrain for 5% of the original steps).
+
+Sites: ``encoder_self``, ``decoder_self``, ``cross``, and the shorthands ``decoder`` (decoder_self and cross: the
+sites whose K/V are cached while decoding) and ``all``; a later argument overrides an earlier one for the same site
+(``all=1 cross=2``). N must divide the site's current n_kv_heads (so it divides n_heads): going to more K/V heads, or
+to a count that does not divide, is a one-line error, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nmt.attention import Attention
+from nmt.config import SITES, ModelConfig
+from nmt.errors import first_line
+from nmt.decoding.export import CONFIG, export_model
+from nmt.decoding.loading import ModelLoadError, load_model
+from nmt.model import Seq2Seq, build_model
+
+SHORTHANDS = {"decoder": ("decoder_self", "cross"), "all": SITES}
+METHOD = "K/V projection heads mean-pooled per group (Ainslie et al. 2023)"
+
+
+class ConvertError(ValueError):
+    """A conversion that cannot be done; the message names the site and the values."""
+
+
+def parse_targets(specs: list[str]) -> dict[str, int]:
+    """``["decoder=2", "cross=1"]`` → ``{"decoder_self": 2, "cross": 1}``: the new n_kv_heads per site."""
+    targets: dict[str, int] = {}
+    for spec in specs:
+        site, _, value = spec.partition("=")
+        sites = SHORTHANDS.get(site, (site,))
+        if not value or any(s not in SITES for s in sites):
+            known = ", ".join([*SITES, *SHORTHANDS])
+            raise ConvertError(f"{spec!r}: expected SITE=N_KV_HEADS with SITE one of {known}")
+        try:
+            n_kv_heads = int(value)
+        except ValueError:
+            raise ConvertError(f"{spec!r}: n_kv_heads must be a whole number (got {value!r})") from None
+        targets.update(dict.fromkeys(sites, n_kv_heads))
+    if not targets:
+        raise ConvertError("no SITE=N_KV_HEADS given (e.g. decoder_self=2 cross=2, or all=1)")
+    return targets
+
+
+def converted_config(cfg: ModelConfig, targets: dict[str, int]) -> ModelConfig:
+    """``cfg`` with the new n_kv_heads per site; ConvertError where the old heads cannot be pooled into them."""
+    values = cfg.to_dict()
+    for site, new in targets.items():
+        resolved = cfg.site(site)
+        old, n_heads = resolved.n_kv_heads, resolved.n_heads
+        if new < 1 or new > old:
+            raise ConvertError(f"{site}={new}: mean-pooling can only reduce K/V heads (this model has {old}, "
+                               f"n_heads {n_heads}); give 1 … {old}")
+        if n_heads % new or old % new:
+            raise ConvertError(f"{site}={new}: {new} does not divide n_heads ({n_heads}) and the current n_kv_heads "
+                               f"({old}), so its heads cannot be grouped")
+        values["attention"][site]["n_kv_heads"] = new
+    return ModelConfig.from_dict(values)
+
+
+def pool_heads(rows: Tensor, n_to: int, head_dim: int) -> Tensor:
+    """Projection rows of ``n_from`` heads, (n_from · head_dim, …), → (n_to · head_dim, …): new head j is the mean of
+    old heads j·r … (j+1)·r − 1, r = n_from / n_to — the heads whose query heads new head j serves (query head i
+    reads K/V head i // group, so a group's heads are consecutive). Averaged in float64: heads that are already equal
+    give exactly themselves back."""
+    n_from = rows.size(0) // head_dim
+    grouped = rows.double().view(n_to, n_from // n_to, head_dim, *rows.shape[1:])  # (n_to, r, head_dim, …)
+    return grouped.mean(dim=1).reshape(n_to * head_dim, *rows.shape[1:]).to(rows.dtype)  # (n_to · head_dim, …)
+
+
+def _pooled_projection(layer: Attention, tensor: Tensor, n_to: int) -> Tensor:
+    """One K/V projection parameter (weight or bias) of ``layer`` with its K and V heads pooled to ``n_to``."""
+    kv_dim = layer.n_kv_heads * layer.head_dim
+    if layer.cross:  # kv_proj: k rows, then v rows
+        q, (k, v) = None, tensor.split([kv_dim, kv_dim])
+    else:  # qkv_proj: q rows, then k rows, then v rows
+        q, k, v = tensor.split([layer.n_heads * layer.head_dim, kv_dim, kv_dim])
+    pooled = [pool_heads(k, n_to, layer.head_dim), pool_heads(v, n_to, layer.head_dim)]
+    return torch.cat(pooled if q is None else [q, *pooled])
+
+
+def convert_model(model: Seq2Seq, targets: dict[str, int]) -> Seq2Seq:
+    """A new model with ``targets[site]`` K/V heads at the named sites: pooled K/V projections, all else copied."""
+    cfg = converted_config(model.cfg, targets)
+    state = model.state_dict()
+    for name, layer in model.named_modules():
+        if isinstance(layer, Attention) and targets.get(layer.site, layer.n_kv_heads) != layer.n_kv_heads:
+            projection = "kv_proj" if layer.cross else "qkv_proj"
+            for kind in ("weight", "bias"):
+                key = f"{name}.{projection}.{kind}"
+                if key in state:  # no bias with ModelConfig.bias false
+                    state[key] = _pooled_projection(layer, state[key], targets[layer.site])
+    converted = build_model(cfg).to(next(model.parameters()).dtype)
+    converted.load_state_dict(state)  # strict: every weight of the new model comes from the old one
+    return converted.eval()
+
+
+def source_extras(path: Path) -> dict[str, Any]:
+    """What the source keeps beside its model config (``bleu_tokenize``, ``checkpoint``, earlier conversions …)."""
+    if path.is_dir():
+        payload = json.loads((path / CONFIG).read_text())
+        return {key: value for key, value in payload.items() if key != "model"}
+    hyper = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    return {"checkpoint": path.name, "bleu_tokenize": hyper.get("bleu_tokenize")}
+
+
+def convert(source: str | Path, out: str | Path, targets: dict[str, int]) -> Path:
+    """Convert the model directory or checkpoint ``source`` and write the model directory ``out`` (atomically),
+    with the source's extras and a record of this conversion appended to ``conversions`` in its config.json."""
+    source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise ConvertError(f"--out {out} is the source model; write the conversion to another directory")
+    model, tokenizer = load_model(source)
+    converted = convert_model(model, targets)
+    extras = source_extras(source)
+    record = {"from": str(source), "method": METHOD,
+              "n_kv_heads": {site: {"from": model.cfg.site(site).n_kv_heads, "to": new}
+                             for site, new in targets.items()}}
+    extras["conversions"] = [*extras.get("conversions", []), record]
+    return export_model(converted, tokenizer, out, extra=extras)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="nmt convert", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="an exported model directory or a training checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help="the model directory to write")
+    parser.add_argument("targets", nargs="+", metavar="SITE=N",
+                        help=f"new n_kv_heads per site: {', '.join(SITES)}, decoder (decoder_self and cross), all")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.model, args.out, parse_targets(args.targets))
+    except (ConvertError, ModelLoadError, OSError, json.JSONDecodeError) as error:
+        print(f"nmt convert: {first_line(error)}", file=sys.stderr)
+        return 2
+    print(f"nmt convert: wrote {out}")
+    return 0
