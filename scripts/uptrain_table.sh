@@ -86,7 +86,7 @@ import json
 import sys
 from pathlib import Path
 
-from nmt.evaluation.evaluate import kv_cache_bytes
+from nmt.model import kv_cache_bytes
 from nmt.decoding.loading import load_model
 
 out, half, full, mha_model = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

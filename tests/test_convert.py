@@ -10,7 +10,7 @@ from nmt.attention import Attention
 from nmt.cli import main as cli_main
 from nmt.config import ModelConfig
 from nmt.model.convert import ConvertError, convert_model, parse_targets, pool_heads
-from nmt.evaluation.evaluate import kv_cache_bytes
+from nmt.model import kv_cache_bytes
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
 from nmt.model import build_model
