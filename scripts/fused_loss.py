@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from nmt.bench.train import model_config, real_batches
-from nmt.training.loss import ProjectedLoss, label_smoothed_loss
 from nmt.model import build_model
+from nmt.training.loss import ProjectedLoss, label_smoothed_loss
 
 
 def readable(model, batch):

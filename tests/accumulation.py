@@ -12,11 +12,11 @@ from dataclasses import asdict
 
 import torch
 
-from nmt.data.batching import collate
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.config.train import OptimConfig
+from nmt.data.batching import collate
 from nmt.training.lit_module import TranslationModule
 from nmt.training.loss import label_smoothed_loss
-from nmt.config.train import OptimConfig
 
 SMOOTHING = 0.1
 # Micro-batches of very different target token counts (4 sentences vs 1 short one, and so on): averaging

@@ -10,10 +10,10 @@ from typing import Optional
 import torch
 
 from nmt.config import DecodeConfig
+from nmt.config.train import OptimConfig
+from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.export import export_model
 from nmt.model import Seq2Seq
-from nmt.data.tokenizer import Tokenizer
-from nmt.config.train import OptimConfig
 
 
 def save_checkpoint(model: Seq2Seq, tokenizer: Tokenizer, path: Path, bleu_tokenize: Optional[str] = None,

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from nmt.training.average import average_run, main, step_checkpoints
-from nmt.decoding.loading import load_model
 from nmt.config.compose import compose_config
+from nmt.decoding.loading import load_model
+from nmt.training.average import average_run, main, step_checkpoints
 from nmt.training.trainer import train
 from tests.test_train import cache_dir, small_run  # noqa: F401  (session fixture)
 
@@ -64,8 +64,8 @@ def test_average_refuses_checkpoints_of_different_models(run_dir, cache_dir, tmp
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
     from nmt.config import ModelConfig
-    from nmt.model import build_model
     from nmt.data.tokenizer import TokenizerSettings, load_or_train
+    from nmt.model import build_model
     from tests.conftest import multi30k_sample
 
     tokenizer = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "a", tmp_path_factory.mktemp("s"))

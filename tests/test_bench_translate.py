@@ -53,9 +53,9 @@ def _trained(tmp_path):
     import torch
 
     from nmt.config import ModelConfig
+    from nmt.data.tokenizer import TokenizerSettings, load_or_train
     from nmt.decoding.export import export_model
     from nmt.model import build_model
-    from nmt.data.tokenizer import TokenizerSettings, load_or_train
     from tests.conftest import multi30k_sample
 
     tokenizer = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "bench", tmp_path / "spm")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nmt.cli import main
-from nmt.model import build_model
 from nmt.config.compose import CONF_DIR, compose_config, model_config
+from nmt.model import build_model
 
 ATTENTION_PRESETS = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml"))
 MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

@@ -9,12 +9,11 @@ import torch
 from nmt.attention import Attention
 from nmt.cli import main as cli_main
 from nmt.config import ModelConfig
-from nmt.model.convert import ConvertError, convert_model, parse_targets, pool_heads
-from nmt.model import kv_cache_bytes
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
-from nmt.model import build_model
-from nmt.data.tokenizer import TokenizerSettings, load_or_train
+from nmt.model import build_model, kv_cache_bytes
+from nmt.model.convert import ConvertError, convert_model, parse_targets, pool_heads
 from tests.conftest import multi30k_sample
 
 HEADS, HEAD_DIM = 4, 8
@@ -166,9 +165,9 @@ def test_the_uptrain_scripts_runs_match_its_conversions(tmp_path):
     import subprocess
     from pathlib import Path
 
+    from nmt.config.compose import compose_config, model_config
     from nmt.model.convert import converted_config
     from nmt.training.init_from import init_from_problem
-    from nmt.config.compose import compose_config, model_config
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "uptrain_table.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0

@@ -15,17 +15,18 @@ import torch.nn.functional as F
 
 pytest.importorskip("ctranslate2", reason="the CTranslate2 export needs the ctranslate2 package (pip install ctranslate2)")
 
-from nmt.data.batching import collate  # noqa: E402
 from nmt.config import DecodeConfig, ModelConfig  # noqa: E402
-from nmt.ct2.export import export_ct2, main as export_main  # noqa: E402
+from nmt.ct2.export import export_ct2  # noqa: E402
+from nmt.ct2.export import main as export_main
 from nmt.ct2.search import CT2Search  # noqa: E402
 from nmt.ct2.spec import ExportError, check_exportable  # noqa: E402
 from nmt.ct2.translator import CT2Translator  # noqa: E402
-from nmt.decoding.export import export_model  # noqa: E402
-from nmt.model import build_model  # noqa: E402
-from nmt.decoding.search import max_lengths  # noqa: E402
+from nmt.data.batching import collate  # noqa: E402
 from nmt.data.tokenizer import TokenizerSettings, load_or_train  # noqa: E402
+from nmt.decoding.export import export_model  # noqa: E402
+from nmt.decoding.search import max_lengths  # noqa: E402
 from nmt.decoding.translate import Translator  # noqa: E402
+from nmt.model import build_model  # noqa: E402
 from tests.conftest import MULTI30K, multi30k_sample  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from nmt.data.load import DataError, clean_and_encode, load_split
-from nmt.data.tokenizer import TokenizerSettings, load_or_train
-from nmt.data.tokenizer import TokenizerError
 from nmt.config.train import DataConfig
+from nmt.data.load import DataError, clean_and_encode, load_split
+from nmt.data.tokenizer import TokenizerError, TokenizerSettings, load_or_train
 from tests.conftest import multi30k_sample
 
 EN = ["A dog runs.", "Two men talk.", "A red car.", "   ", "", "Kids play in the park."]

@@ -9,14 +9,13 @@ import pytest
 import sacrebleu
 import torch
 
-from nmt.evaluation import plots
 from nmt.cli import main
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.model import kv_cache_bytes
-from nmt.evaluation.scoring import bleu, translate_texts
-from nmt.decoding.export import export_model
-from nmt.model import build_model
 from nmt.data.tokenizer import TokenizerSettings, load_or_train
+from nmt.decoding.export import export_model
+from nmt.evaluation import plots
+from nmt.evaluation.scoring import bleu, translate_texts
+from nmt.model import build_model, kv_cache_bytes
 from tests.conftest import MULTI30K, multi30k_sample
 
 
@@ -194,13 +193,13 @@ def test_hypotheses_keep_blank_lines(tmp_path, tokenizer, capsys):
 def _validation(model, tokenizer, folder: Path, monkeypatch=None) -> tuple[float, list[str]]:
     """Validation BLEU as training computes it: the valid split read by the corpus reader (nmt.data.load), translated
     and scored by the LightningModule's own _validation_bleu with its decoding settings (greedy)."""
-    import lightning as L
-
     from dataclasses import asdict
 
+    import lightning as L
+
+    from nmt.config.train import DataConfig, OptimConfig
     from nmt.data.load import load_split
     from nmt.training.lit_module import TranslationModule
-    from nmt.config.train import DataConfig, OptimConfig
 
     cfg = DataConfig(path=str(folder), file_pattern="{split}.{lang}", cache_dir=str(folder / "cache"),
                      splits={"train": "valid", "valid": "valid", "test": None})
@@ -310,8 +309,8 @@ def test_attention_grids_share_one_colour_scale_with_a_colour_bar_and_the_alignm
                                                                                            tokenizer):
     """Issue 24, fault 7: each head was scaled to its own maximum, without a colour bar, and the grids' axes were
     labelled otherwise than the alignment's (rows by decoder input, not by the subword produced)."""
-    from nmt.evaluation.eval_report import attention_pictures
     from nmt.decoding.loading import load_model
+    from nmt.evaluation.eval_report import attention_pictures
 
     figures = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.stem, fig) and path)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from nmt.config import ModelConfig
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
 from nmt.model import build_model
-from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.training.trainer import AtomicCheckpointIO
 from tests.conftest import multi30k_sample
 

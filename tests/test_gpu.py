@@ -6,8 +6,7 @@ Skipped on machines without CUDA, with the reason shown. Run them with ``pytest 
 import pytest
 import torch
 
-from nmt.attention import AttentionBackendError, attend, math_attention
-from nmt.attention import flash
+from nmt.attention import AttentionBackendError, attend, flash, math_attention
 from nmt.attention.backends import call_problem
 from tests.cases import SITES, VARIANTS, make_case
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.training.init_from import first_difference, init_from_problem
 from nmt.config.overrides import check_command_line
+from nmt.training.init_from import first_difference, init_from_problem
 from tests.conftest import MULTI30K
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,10 +89,10 @@ def test_a_mismatch_stops_nmt_train_in_one_line_with_no_run_folder_and_nothing_h
 def start(tmp_path_factory):
     """A model directory whose config is the small run's, with random weights and its own sentencepiece model
     (trained on other sentences than the run would train one on)."""
-    from nmt.decoding.export import export_model
-    from nmt.model import build_model
     from nmt.config.compose import compose_config, to_train_config
     from nmt.data.tokenizer import TokenizerSettings, load_or_train
+    from nmt.decoding.export import export_model
+    from nmt.model import build_model
     from tests.conftest import multi30k_sample
 
     root = tmp_path_factory.mktemp("init_from")
@@ -106,7 +106,7 @@ def small_run(cache_dir, *extra):
     """A 1+1-layer model on 2,000 Multi30k pairs: the smallest real run."""
     return [f"data.path={MULTI30K}", f"data.cache_dir={cache_dir}", "data.max_train_examples=2000",
             "data.vocab_size=1000", "data.max_tokens=1024", "model.encoder_layers=1", "model.decoder_layers=1",
-            "model.d_model=64", "model.d_ff=128", "decode.max_sentences=10", "trainer.enable_progress_bar=false",
+            "model.d_model=64", "model.d_ff=128", "trainer.val_max_sentences=10", "trainer.enable_progress_bar=false",
             *extra]
 
 
@@ -129,8 +129,8 @@ def run_capturing_the_start(monkeypatch, cfg, run_dir):
 
 @pytest.mark.slow
 def test_a_run_starts_from_exactly_the_directorys_weights_and_tokenizer(start, tmp_path, monkeypatch):
-    from nmt.decoding.loading import load_model
     from nmt.config.compose import compose_config
+    from nmt.decoding.loading import load_model
 
     cache = tmp_path / "cache"
     cfg = compose_config(small_run(cache, f"init_from={start}", "trainer.fast_dev_run=1"))
@@ -144,8 +144,8 @@ def test_a_run_starts_from_exactly_the_directorys_weights_and_tokenizer(start, t
 
 @pytest.mark.slow
 def test_resume_wins_over_init_from_once_a_checkpoint_exists(start, tmp_path, monkeypatch):
-    from nmt.decoding.loading import load_model
     from nmt.config.compose import compose_config
+    from nmt.decoding.loading import load_model
 
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     args = [f"init_from={start}", "resume=true", "trainer.val_every_n_steps=2"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.training.loss import ProjectedLoss, fused_applies, label_smoothed_loss
 from nmt.data.tokenizer import PAD_ID
+from nmt.training.loss import ProjectedLoss, fused_applies, label_smoothed_loss
 
 
 def _inputs(rows=37, d_model=16, vocab=50, pad_every=5, seed=0):

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from nmt.config import ModelConfig
-from nmt.model import build_model
-from nmt.config import DecodeConfig
-from nmt.decoding.search import beam_search, decode, greedy, max_lengths
+from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.tokenizer import EOS_ID
+from nmt.decoding.search import beam_search, decode, greedy, max_lengths
+from nmt.model import build_model
 
 
 class EosFirst(torch.nn.Module):

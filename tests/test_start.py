@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from nmt.config.overrides import check_command_line, schema_keys
 from nmt.data import corpora
 from nmt.data.corpora import corpus_dir
-from nmt.config.overrides import check_command_line, schema_keys
 from nmt.training.train import main as train_main
 from nmt.training.train import remove_failed_start
 

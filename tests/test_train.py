@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from nmt.cli import main as cli_main
+from nmt.config.compose import CONF_DIR, compose_config
 from nmt.decoding.loading import load_model
 from nmt.evaluation.report import read_metrics
-from nmt.config.compose import CONF_DIR, compose_config
 from nmt.training.trainer import train
 from tests.conftest import MULTI30K
 

@@ -11,9 +11,9 @@ import torch
 
 import nmt
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.decoding.export import export_model
 from nmt.model import build_model
-from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from tests.conftest import multi30k_sample
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,6 @@ from torch import Tensor
 from nmt.attention.kernels import sdpa_attention
 from nmt.attention.masks import MaskSpec
 
-
 CHUNK_BYTES = 8 << 20  # the scores one chunk of query blocks may hold (see _band)
 
 

@@ -1,4 +1,5 @@
-"""What every benchmark shares: medians of repeated timings, peak memory of one call, JSON + Markdown output."""
+"""What every benchmark shares: medians of repeated timings, peak memory of one call, JSON + Markdown output, and the
+source batches every system of `nmt bench translate` decodes (its peers import them from here, not from the bench)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import platform
 import re
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -97,3 +99,24 @@ def write_results(out_dir: str | Path, name: str, results: dict, markdown: str) 
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown + "\n")
     return json_path, md_path
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (B, S) ids + eos, right-padded with PAD_ID
+    lengths: torch.Tensor  # (B,) including the eos
+    pieces: list[list[str]]  # the same tokens as sentencepiece pieces (CTranslate2 input)
+
+
+def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: int) -> list[Batch]:
+    """Sentences sorted by source length (stable), cut into batches of ``size``: the same batches for every system."""
+    from nmt.data.batching import collate
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = []
+    for start in range(0, len(order), size):
+        rows = [ids[i] for i in order[start : start + size]]
+        t = collate(rows, [[] for _ in rows])
+        pieces = [[pieces_of(j) for j in row[: int(n)].tolist()] for row, n in zip(t["src"], t["src_lengths"])]
+        batches.append(Batch(t["src"], t["src_lengths"], pieces))
+    return batches

@@ -128,7 +128,7 @@ def natural_system(worker: ExportedWorker, name: str, ids: list[list[int]], outp
 
 
 def nmt_natural_system(model, batch, outputs: dict, index: int) -> Callable[[int], int]:
-    """nmt's own decoder on one batch (nmt.bench.translate.Batch) with its default search settings."""
+    """nmt's own decoder on one batch (nmt.bench.common.Batch) with its default search settings."""
     from nmt.config import DecodeConfig
     from nmt.decoding.search import decode
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from nmt.bench.translate import Batch
+from nmt.bench.common import Batch
 
 
 def marian_config(model_cfg, max_positions: int):

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.config import ModelConfig
-from nmt.training.loss import ProjectedLoss, label_smoothed_loss
-from nmt.model import Seq2Seq, build_model
 from nmt.data.tokenizer import PAD_ID
+from nmt.model import Seq2Seq, build_model
+from nmt.training.loss import ProjectedLoss, label_smoothed_loss
 
 
 class TorchTransformer(nn.Module):
@@ -70,8 +70,8 @@ class TorchTransformer(nn.Module):
 
 def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict]:
     """The first ``count`` training batches of the configured corpus."""
-    from nmt.data.datamodule import TranslationData
     from nmt.config.compose import compose_config, to_train_config
+    from nmt.data.datamodule import TranslationData
 
     cfg = to_train_config(compose_config([f"data.max_tokens={max_tokens}", *overrides]))
     data = TranslationData(cfg.data, cfg.seed)
@@ -81,7 +81,8 @@ def real_batches(max_tokens: int, count: int, overrides: list[str]) -> list[dict
 
 def model_config(preset: str, overrides: list[str]) -> ModelConfig:
     """The preset as ``nmt train model=<preset> <overrides>`` would build it (vocabulary = data.vocab_size)."""
-    from nmt.config.compose import compose_config, model_config as resolve
+    from nmt.config.compose import compose_config
+    from nmt.config.compose import model_config as resolve
 
     return resolve(compose_config([f"model={preset}", *overrides]))
 

@@ -23,16 +23,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from nmt.bench.common import environment, markdown_table, write_results
+from nmt.bench.common import Batch, environment, make_batches, markdown_table, write_results
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
-from nmt.data.corpora import corpus_dir
 from nmt.config.compose import CONF_DIR
+from nmt.data.corpora import corpus_dir
 
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
 CPU = torch.device("cpu")
@@ -108,35 +107,14 @@ def load_config(model: str, overrides: list[str]):
 
 def load_tokenizer(cfg):
     """The sentencepiece model training builds from ``cfg.data`` (cached under ``data.cache_dir``/spm/<hash>)."""
-    from nmt.data.load import DataError
     from nmt.data.datamodule import TranslationData
+    from nmt.data.load import DataError
     from nmt.data.tokenizer import TokenizerError
 
     try:
         return TranslationData(cfg.data, cfg.seed).load_tokenizer()
     except (DataError, TokenizerError) as error:  # e.g. no corpus at data.path, a vocabulary sentencepiece refuses
         raise UsageError(str(error)) from None
-
-
-@dataclass
-class Batch:
-    src: torch.Tensor  # (B, S) ids + eos, right-padded with PAD_ID
-    lengths: torch.Tensor  # (B,) including the eos
-    pieces: list[list[str]]  # the same tokens as sentencepiece pieces (CTranslate2 input)
-
-
-def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: int) -> list[Batch]:
-    """Sentences sorted by source length (stable), cut into batches of ``size``: the same batches for every system."""
-    from nmt.data.batching import collate
-
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    batches = []
-    for start in range(0, len(order), size):
-        rows = [ids[i] for i in order[start : start + size]]
-        t = collate(rows, [[] for _ in rows])
-        pieces = [[pieces_of(j) for j in row[: int(n)].tolist()] for row, n in zip(t["src"], t["src_lengths"])]
-        batches.append(Batch(t["src"], t["src_lengths"], pieces))
-    return batches
 
 
 # -- nmt's system (the peers' are in nmt/bench/peers.py): decodes the batches, returns the new tokens' count ---------

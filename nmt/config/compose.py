@@ -11,9 +11,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import SITES, ModelConfig
+from nmt.config.train import TrainConfig
 from nmt.data.corpora import corpus_dir
 from nmt.errors import first_line
-from nmt.config.train import TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # inside the package: a wheel trains from any directory
 

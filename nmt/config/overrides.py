@@ -15,10 +15,10 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from nmt.data.corpora import local_files
-from nmt.training.init_from import check_init_from
 from nmt.config.compose import CONF_DIR, compose_config, config_error_line, to_train_config
 from nmt.config.train import TrainConfig
+from nmt.data.corpora import local_files
+from nmt.training.init_from import check_init_from
 
 
 class OverrideError(ValueError):

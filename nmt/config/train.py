@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from nmt.config import ModelConfig
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, ModelConfig
 
 FORMATS = ("text", "tsv", "jsonl", "parquet")
 SPM_TYPES = ("bpe", "unigram")

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.decoding.search import Hypothesis, max_lengths
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.decoding.search import Hypothesis, max_lengths
 
 NO_PENALTY = 1e-12  # a non-zero length penalty that divides every score by exactly 1.0 (see the module doc)
 

@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.errors import first_line
-from nmt.decoding.search import Hypothesis, max_lengths
 from nmt.data.textio import some
+from nmt.decoding.search import Hypothesis, max_lengths
 from nmt.decoding.translate import Translation, Translator
+from nmt.errors import first_line
 
 log = logging.getLogger("nmt.decoding.translate")
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from nmt.config.train import DataConfig
 from nmt.data.batching import StreamBatches, TrainBatches, collate, token_batches
 from nmt.data.load import DataError, clean_and_encode, encode_eval, load_split, local_files, split_files
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
-from nmt.config.train import DataConfig
 
 log = logging.getLogger(__name__)
 

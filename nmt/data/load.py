@@ -16,11 +16,11 @@ from typing import Optional
 
 import datasets
 
+from nmt.config.train import DataConfig
 from nmt.data.corpora import local_files
-from nmt.errors import DataError, first_line
 from nmt.data.textio import TextError, iter_lines
 from nmt.data.tokenizer import Tokenizer
-from nmt.config.train import DataConfig
+from nmt.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from safetensors.torch import save_model
 
-from nmt.model import Seq2Seq
 from nmt.data.tokenizer import Tokenizer
+from nmt.model import Seq2Seq
 
 CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
 

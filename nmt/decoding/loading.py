@@ -17,11 +17,10 @@ import torch
 from safetensors.torch import load_model as load_safetensors
 
 from nmt.config import ModelConfig
-from nmt.errors import first_line
-from nmt.decoding.export import CONFIG, SPM, WEIGHTS
-from nmt.model import Seq2Seq, build_model
 from nmt.data.tokenizer import Tokenizer
-
+from nmt.decoding.export import CONFIG, SPM, WEIGHTS
+from nmt.errors import first_line
+from nmt.model import Seq2Seq, build_model
 
 SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch.Size\(\[(.*?)\]\) from "
                            r"checkpoint, the shape in current model is torch.Size\(\[(.*?)\]\)")

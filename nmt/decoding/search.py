@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from nmt.config import DecodeConfig
-from nmt.model import Seq2Seq
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.model import Seq2Seq
 
 
 @dataclass

@@ -24,12 +24,12 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from nmt.data.batching import collate, token_batches
 from nmt.config import DecodeConfig
-from nmt.decoding.flags import DEFAULT_BEAM, MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
-from nmt.errors import first_line
-from nmt.decoding.search import Hypothesis, decode
+from nmt.data.batching import collate, token_batches
 from nmt.data.textio import read_lines, some, write_text
+from nmt.decoding.flags import DEFAULT_BEAM, MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
+from nmt.decoding.search import Hypothesis, decode
+from nmt.errors import first_line
 
 log = logging.getLogger("nmt.decoding.translate")
 

@@ -14,8 +14,8 @@ import torch
 @torch.no_grad()
 def attention_pictures(model, tokenizer, source: str, hypothesis: str, out_dir: Path) -> dict[str, str]:
     """Per-head grids (last layer) for the three sites and the cross-attention alignment, for one sentence."""
-    from nmt.evaluation import plots
     from nmt.data.batching import collate
+    from nmt.evaluation import plots
 
     device = next(model.parameters()).device
     src_ids, hyp_ids = tokenizer.encode([source, hypothesis])

@@ -11,10 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+from nmt.data.textio import read_text
 from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
 from nmt.errors import first_line
 from nmt.evaluation.scoring import corpus_scores
-from nmt.data.textio import read_text
 
 log = logging.getLogger("nmt.evaluation.evaluate")
 
@@ -47,10 +47,10 @@ def _read_test_set(args: argparse.Namespace) -> tuple[list[str], list[str], Opti
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from nmt.evaluation.eval_report import example_line, write_report
     from nmt.decoding.loading import load_model_info
-    from nmt.model import kv_cache_bytes
     from nmt.decoding.translate import Translator, format_output
+    from nmt.evaluation.eval_report import example_line, write_report
+    from nmt.model import kv_cache_bytes
 
     cfg = decode_config(args)
     check_device(args.device)

@@ -48,8 +48,8 @@ def run_model(run_dir: Path) -> Optional[Path]:
 
 
 def collect(run_dir: Path) -> dict:
-    from nmt.model import kv_cache_bytes
     from nmt.decoding.loading import load_model
+    from nmt.model import kv_cache_bytes
 
     if not run_dir.is_dir():
         what = "not a directory" if run_dir.exists() else "no such directory"

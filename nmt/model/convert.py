@@ -25,9 +25,9 @@ from torch import Tensor
 
 from nmt.attention import Attention
 from nmt.config import SITES, ModelConfig
-from nmt.errors import first_line
 from nmt.decoding.export import CONFIG, export_model
 from nmt.decoding.loading import ModelLoadError, load_model
+from nmt.errors import first_line
 from nmt.model import Seq2Seq, build_model
 
 SHORTHANDS = {"decoder": ("decoder_self", "cross"), "all": SITES}

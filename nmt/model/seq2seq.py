@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from nmt.attention import Attention, AttentionBackendError, KVCache
 from nmt.attention.backends import static_problem
 from nmt.config import SITES, ModelConfig
+from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.model.packed_linear import PackedLinear
 from nmt.model.positions import RotaryEmbedding, SinusoidalPositions
-from nmt.data.tokenizer import BOS_ID, EOS_ID
+
 
 def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple

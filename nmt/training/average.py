@@ -16,9 +16,9 @@ from typing import Optional
 
 import torch
 
-from nmt.errors import first_line
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import ModelLoadError, load_model, load_model_info
+from nmt.errors import first_line
 
 STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 

@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.evaluation.scoring import bleu, translate_and_score
-from nmt.training.loss import ProjectedLoss
-from nmt.model import build_model
-from nmt.data.tokenizer import Tokenizer
 from nmt.config.train import OptimConfig, TrainConfig
+from nmt.data.tokenizer import Tokenizer
+from nmt.evaluation.scoring import bleu, translate_and_score
+from nmt.model import build_model
+from nmt.training.loss import ProjectedLoss
 
 
 def lr_lambda(cfg: OptimConfig, max_steps: int):

@@ -7,7 +7,6 @@ no run folder. Lightning, datasets and torch are imported only once the config i
 
 from __future__ import annotations
 
-import __main__
 import importlib.util
 import os
 import shutil
@@ -18,8 +17,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from nmt.config.overrides import check_command_line
+import __main__
 from nmt.config.compose import CONF_DIR, config_error_line, register_configs
+from nmt.config.overrides import check_command_line
 
 # Flags that print something and start no run: Hydra answers them itself.
 INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info"}

@@ -20,14 +20,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.config.compose import to_train_config
+from nmt.config.train import TrainConfig
 from nmt.data.datamodule import TranslationData
+from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.export import export_model
+from nmt.decoding.loading import load_model
 from nmt.training.init_from import check_init_from
 from nmt.training.lit_module import TranslationModule, module_from_configs
-from nmt.decoding.loading import load_model
-from nmt.config.compose import to_train_config
-from nmt.data.tokenizer import Tokenizer
-from nmt.config.train import TrainConfig
 
 log = logging.getLogger(__name__)
 # Lightning 2.6's pytree helper trips over torch 2.13's own deprecation on every fit: noise to a user, nothing to do.
