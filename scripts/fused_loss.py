@@ -1,4 +1,5 @@
-"""Training steps with the fused CPU loss (nmt.training.loss.ProjectedLoss) against the readable one (F.linear + F.cross_entropy).
+"""Training steps with the fused CPU loss (nmt.training.loss.ProjectedLoss) against the readable one
+(F.linear + F.cross_entropy).
 
 Two copies of the same model (a conf/model preset, same seed) train on the same real Multi30k token-budget batches,
 alternating step by step (who goes first swaps every batch), each a full step: forward, label-smoothed loss (0.1),

@@ -1,4 +1,5 @@
-"""The output projection at CPU inference: `F.linear` (MKL sgemm) against the packed oneDNN path (nmt.model.packed_linear).
+"""The output projection at CPU inference: `F.linear` (MKL sgemm) against the packed oneDNN path
+(nmt.model.packed_linear).
 
 Times both on (rows, d_model) × (d_model, vocab), alternated, medians of 7, and prints F.linear ÷ packed (> 1: packed
 wins) with the largest difference between their outputs.

@@ -37,7 +37,8 @@ def test_average_is_the_elementwise_mean_and_loads(run_dir, tmp_path):
     for name, value in averaged.items():
         expected = sum(s[f"model.{name}"].double() for s in states) / 3
         torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6, msg=name)
-    assert not torch.equal(averaged["src_embed.weight"], states[-1]["model.src_embed.weight"])  # really a mix, not the last
+    assert not torch.equal(averaged["src_embed.weight"],
+                           states[-1]["model.src_embed.weight"])  # really a mix, not the last
     assert tokenizer.vocab_size == model.cfg.vocab_size
 
 

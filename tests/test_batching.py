@@ -50,7 +50,8 @@ def test_collate_adds_specials_and_pads():
 def _pairs(n=300):
     rng = np.random.default_rng(3)
     return [
-        {"src_ids": rng.integers(4, 50, rng.integers(1, 30)).tolist(), "tgt_ids": rng.integers(4, 50, rng.integers(1, 30)).tolist()}
+        {"src_ids": rng.integers(4, 50, rng.integers(1, 30)).tolist(),
+         "tgt_ids": rng.integers(4, 50, rng.integers(1, 30)).tolist()}
         for _ in range(n)
     ]
 

@@ -18,7 +18,8 @@ def test_bench_attention_reports_every_case_and_exact_kv_fractions(tmp_path, cap
     results = json.loads((out / "attention.json").read_text())
     cases = {(c["variant"], c["backend"], c["mode"], c["length"]): c for c in results["cases"]}
     variants = {"mha", "gqa-2", "mqa", "window-8", "sparse-8+2", "sparse-sqrt"}
-    assert {key[0] for key in cases} == variants and {key[1] for key in cases} == {"math", "sdpa", "flex", "band", "auto"}
+    assert ({key[0] for key in cases} == variants
+            and {key[1] for key in cases} == {"math", "sdpa", "flex", "band", "auto"})
     assert len(cases) == 6 * 5 * 2 * 2
     assert cases[("window-8", "auto", "forward", 64)]["picked"] == "sdpa"  # too short for band to win
     for v in variants:

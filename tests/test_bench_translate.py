@@ -44,7 +44,8 @@ def test_bench_translate_measures_every_system_on_equal_token_counts(tmp_path, c
             assert 0 <= record["identical_to_nmt"]["nmt→CT2 float32"] <= 8
             assert record["beam"] != 1 or record["identical_to_nmt"]["nmt→CT2 float32"] == 8
     printed = capsys.readouterr().out
-    assert "| mqa, greedy |" in printed and "| sliding_window, beam 3 |" in printed and "| mha (model), greedy |" in printed
+    assert ("| mqa, greedy |" in printed and "| sliding_window, beam 3 |" in printed
+            and "| mha (model), greedy |" in printed)
     assert (out / "translate.md").read_text().strip() in printed
 
 

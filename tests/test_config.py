@@ -52,7 +52,8 @@ def test_preset_values():
 
 def test_per_site_overrides_compose():
     """A sliding-window encoder with GQA cross-attention, two ways: a preset list, and dotted overrides."""
-    listed = model_config(compose_config(["attention=[sliding_window,gqa]", "model.attention.decoder_self.n_kv_heads=1"]))
+    listed = model_config(compose_config(["attention=[sliding_window,gqa]",
+                                          "model.attention.decoder_self.n_kv_heads=1"]))
     assert listed.site("encoder_self").window == 8 and listed.site("encoder_self").n_kv_heads == 2
     assert listed.site("decoder_self").n_kv_heads == 1
     assert listed.site("cross").n_kv_heads == 2 and listed.site("cross").window is None

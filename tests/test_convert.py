@@ -125,6 +125,18 @@ def test_impossible_conversions_are_one_line_errors(specs, message, tokenizer, t
         convert(source, source, {"cross": 1})
 
 
+def test_an_existing_out_is_replaced_only_with_force(tokenizer, tmp_path, capsys):
+    source = export_model(build_model(mha()), tokenizer, tmp_path / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli_main(["convert", str(source), "--out", str(out), "all=2"]) == 2
+    assert capsys.readouterr().err == f"nmt convert: --out {out}: already exists; add --force to replace it\n"
+    assert (out / "keep.txt").read_text() == "mine"
+    assert cli_main(["convert", str(source), "--out", str(out), "all=2", "--force"]) == 0
+    assert not (out / "keep.txt").exists() and load_model(out)[0].cfg.site("cross").n_kv_heads == 2
+
+
 def test_shorthands_and_later_arguments_win():
     assert parse_targets(["all=1", "cross=2"]) == {"encoder_self": 1, "decoder_self": 1, "cross": 2}
     assert parse_targets(["decoder=2"]) == {"decoder_self": 2, "cross": 2}

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("ctranslate2", reason="the CTranslate2 export needs the ctranslate2 package (pip install ctranslate2)")
+pytest.importorskip("ctranslate2",
+                    reason="the CTranslate2 export needs the ctranslate2 package (pip install ctranslate2)")
 
 from nmt.config import DecodeConfig, ModelConfig  # noqa: E402
 from nmt.ct2.export import export_ct2  # noqa: E402
@@ -162,7 +163,8 @@ CONFIGS = {
 def test_ct2_computes_nmt_log_probabilities(name, tmp_path):
     """Weight for weight: CTranslate2's log-probabilities of given targets, decoded step by step as in translation
     (CT2Search.score), are nmt's teacher-forced ones, windowed decoder self-attention included."""
-    kwargs = {**dict(vocab_size=60, d_model=32, n_heads=4, d_ff=48, encoder_layers=2, decoder_layers=2), **CONFIGS[name]}
+    kwargs = {**dict(vocab_size=60, d_model=32, n_heads=4, d_ff=48, encoder_layers=2, decoder_layers=2),
+              **CONFIGS[name]}
     torch.manual_seed(0)
     model = build_model(ModelConfig(**kwargs)).eval()
     pieces = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(56)]

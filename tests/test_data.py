@@ -65,7 +65,8 @@ def test_tsv_jsonl_parquet(tmp_path, fmt):
     assert ds[len(rows) - 1] == {"src": "NA", "tgt": "null"}  # not turned into missing values
 
 
-@pytest.mark.parametrize("row,fields", [("no tab here", "1 tab-separated field "), ("x\ty\tz", "3 tab-separated fields ")])
+@pytest.mark.parametrize("row,fields", [("no tab here", "1 tab-separated field "),
+                                        ("x\ty\tz", "3 tab-separated fields ")])
 def test_tsv_row_with_wrong_field_count_names_file_and_line(tmp_path, row, fields):
     """pandas would read a row without its tab as a pair with an empty target: a wrong reference, not a repair."""
     (tmp_path / "train.tsv").write_text(f"en\tde\na\tb\n\n{row}\nc\td\n", encoding="utf-8")
@@ -108,7 +109,8 @@ def test_missing_file_is_named(tmp_path):
 
 def test_invalid_utf8_names_file_and_line(tmp_path):
     write_lines(tmp_path / "train.en", EN)
-    (tmp_path / "train.de").write_bytes("\n".join(DE[:3]).encode() + b"\nGr\xfc\xdfe\n" + b"\n".join(x.encode() for x in DE[4:]) + b"\n")
+    (tmp_path / "train.de").write_bytes("\n".join(DE[:3]).encode() + b"\nGr\xfc\xdfe\n"
+                                        + b"\n".join(x.encode() for x in DE[4:]) + b"\n")
     with pytest.raises(DataError, match=r"train.de:4: invalid UTF-8 \(invalid start byte at byte 2\)"):
         load_split(config(tmp_path), "train")
 

@@ -99,7 +99,8 @@ def test_kv_cache_bytes_are_measured_per_variant(tokenizer, tmp_path):
 
 def test_report_compares_runs(tmp_path, tokenizer, capsys):
     runs = []
-    for name, attention in (("mha", {}), ("mqa", {s: {"n_kv_heads": 1} for s in ("encoder_self", "decoder_self", "cross")})):
+    for name, attention in (("mha", {}),
+                            ("mqa", {s: {"n_kv_heads": 1} for s in ("encoder_self", "decoder_self", "cross")})):
         run = tmp_path / name
         make_model_dir(run / "model", tokenizer, **attention)
         (run / "logs" / "version_0").mkdir(parents=True)

@@ -29,7 +29,8 @@ def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "export", tmp_path_factory.mktemp("spm"))
+    return load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "export",
+                         tmp_path_factory.mktemp("spm"))
 
 
 def test_exported_directory_round_trips(tmp_path, tokenizer):
@@ -61,3 +62,29 @@ def test_re_export_replaces_the_directory_whole(tmp_path, tokenizer, monkeypatch
     loaded, _ = load_model(tmp_path / "model")  # the first export, intact
     assert torch.equal(loaded.src_embed.weight, first.src_embed.weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left
+
+
+def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
+    """The second rename (new folder into place) failing must not leave the old one under a temporary name."""
+    import os
+
+    from nmt.decoding.export import write_directory
+
+    target = tmp_path / "model"
+    write_directory(target, lambda tmp: (tmp / "f").write_text("old"))
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("simulated failure of the swap")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="simulated"):
+        write_directory(target, lambda tmp: (tmp / "f").write_text("new"))
+    monkeypatch.undo()
+    assert (target / "f").read_text() == "old" and len(calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    write_directory(target, lambda tmp: (tmp / "f").write_text("new"))  # and a working swap replaces it
+    assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -1,4 +1,5 @@
-"""The fused CPU loss (nmt.training.loss) against the readable path: F.linear, then F.cross_entropy with label smoothing."""
+"""The fused CPU loss (nmt.training.loss) against the readable path: F.linear, then F.cross_entropy with label
+smoothing."""
 
 import pytest
 import torch

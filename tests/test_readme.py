@@ -48,8 +48,9 @@ def test_the_readme_quickstart_trains_translates_and_reports(tmp_path):
         with gzip.open(ROOT / f"data/multi30k/test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
             (tmp_path / f"test.{lang}").write_text("".join(next(f) for _ in range(20)), encoding="utf-8")
     run_dir = tmp_path / "quickstart"
-    short = (" trainer.max_steps=6 trainer.val_every_n_steps=3 trainer.val_max_sentences=10 data.max_train_examples=3000 "
-             f"data.vocab_size=600 data.cache_dir={tmp_path / 'cache'} trainer.enable_progress_bar=false")
+    short = (" trainer.max_steps=6 trainer.val_every_n_steps=3 trainer.val_max_sentences=10 "
+             "data.max_train_examples=3000 data.vocab_size=600 "
+             f"data.cache_dir={tmp_path / 'cache'} trainer.enable_progress_bar=false")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in commands:
         command = command.replace("runs/quickstart", str(run_dir))

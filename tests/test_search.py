@@ -124,7 +124,8 @@ def test_decoding_stops_when_every_sentence_has_ended():
 
 def test_sampling_is_seeded_and_top_k_one_is_greedy():
     model, src, lengths = model_and_batch()
-    sample = lambda seed, **kw: [h[0].tokens for h in greedy(model, src, lengths, DecodeConfig(sampling=True, seed=seed, **kw))]  # noqa: E731
+    sample = lambda seed, **kw: [h[0].tokens  # noqa: E731
+                                 for h in greedy(model, src, lengths, DecodeConfig(sampling=True, seed=seed, **kw))]
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
     assert sample(5, top_k=1) == [h[0].tokens for h in greedy(model, src, lengths, DecodeConfig())]

@@ -37,6 +37,8 @@ class Backend:
     needs_window: it computes sliding windows only.
     cross, cross_window: whether it may serve a cross-attention site / a windowed one.
     weights: whether it returns the attention weights (``need_weights``).
+    full_scores: it holds every (query, key) score of a call at once (B·n_heads·T·S elements), so its memory grows
+        with length²; the benchmark checks such calls against free memory first.
     device_check, call_check: ``"module:function"`` for what only the kernel module knows, or None:
         ``device_check(device, dtype) -> Optional[str]`` (e.g. the GPU's compute capability) and
         ``call_check(mask, dropout_p, head_dim) -> Optional[str]`` (e.g. how the kernel aligns masks).
@@ -55,6 +57,7 @@ class Backend:
     cross: bool = True
     cross_window: bool = True
     weights: bool = False
+    full_scores: bool = False
     device_check: Optional[str] = None
     call_check: Optional[str] = None
 
@@ -66,7 +69,7 @@ class Backend:
 
 _KERNELS = "nmt.attention.kernels"
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
-    Backend("math", f"{_KERNELS}:math_attention", weights=True),
+    Backend("math", f"{_KERNELS}:math_attention", weights=True, full_scores=True),
     Backend("sdpa", f"{_KERNELS}:sdpa_attention"),
     Backend("flex", f"{_KERNELS}:flex_attention_kernel", backward=("cuda",), dropout=False, instead="backend sdpa",
             why="FlexAttention takes no dropout and, on CPU, computes no gradients"),
@@ -79,7 +82,7 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
             instead="backend sdpa, flex or auto",
             why="it computes sliding-window attention (plus global tokens) only, block by block over one sequence's "
                 "positions"),
-    Backend("matmul", f"{_KERNELS}:matmul_attention"),
+    Backend("matmul", f"{_KERNELS}:matmul_attention", full_scores=True),
 )}
 BACKENDS = ("auto", *REGISTRY)  # the names a config may give; auto picks one of the others per call
 
@@ -95,6 +98,7 @@ def kernel(backend: str) -> Callable[..., Any]:
     return _load(REGISTRY[backend].kernel)
 
 
+@functools.lru_cache(maxsize=1024)  # runs at every attention call (twice under auto): the registry is constant
 def mask_problem(backend: str, *, window: Optional[int], global_tokens: int, dropout: float) -> Optional[str]:
     """Why ``backend`` cannot compute this window / global tokens / dropout, or None: checked on the config and again
     on every call (a MaskSpec carries the same window and global tokens)."""

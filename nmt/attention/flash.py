@@ -55,7 +55,8 @@ def device_problem(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     already checked that ``device`` is CUDA and ``dtype`` fp16/bf16."""
     capability = torch.cuda.get_device_capability(device)
     if capability < (8, 0):
-        return f"backend 'flash' needs a GPU of compute capability >= 8.0 (this one has {capability[0]}.{capability[1]})"
+        return (f"backend 'flash' needs a GPU of compute capability >= 8.0 "
+                f"(this one has {capability[0]}.{capability[1]})")
     return None
 
 

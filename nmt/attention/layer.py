@@ -105,7 +105,8 @@ class Attention(nn.Module):
         """q, k, v and the mask of self-attention: keys are ``x``'s own positions after the cached ones."""
         if cache is not None and lengths is not None:
             raise ValueError(
-                f"attention {self.site}: cached decoding takes no padding (lengths); padded keys would stay in the cache"
+                f"attention {self.site}: cached decoding takes no padding (lengths); "
+                "padded keys would stay in the cache"
             )
         q_start = cache.length if cache is not None else 0
         kv_dim = self.n_kv_heads * self.head_dim

@@ -59,7 +59,6 @@ def variants(n_heads: int, window: int, global_tokens: int) -> list[Variant]:
 # Kernels for a few queries (decoding steps); at full length they materialize the scores like math: --backends names
 # them to measure anyway.
 DECODING_KERNELS = ("matmul",)
-QUADRATIC_MEMORY = ("math", "matmul")  # backends that hold (length × length) scores: checked against free memory
 
 
 def backends_for(device: torch.device) -> list[str]:
@@ -99,7 +98,7 @@ def prepare_case(backend: str, variant: Variant, length: int, mode: str, args, d
     row = {"variant": variant.name, "backend": backend, "length": length, "mode": mode, "window": window,
            "global_tokens": global_tokens, "math_estimate_bytes": need}
     problem = why_not(backend, mask, args.head_dim, backward, device, dtype)
-    if problem is None and backend in QUADRATIC_MEMORY:
+    if problem is None and backend in REGISTRY and REGISTRY[backend].full_scores:
         if need > 0.7 * available_bytes(device):
             problem = f"needs ~{need / 2**30:.0f} GiB (scores are length²), more than is free"
     if problem is not None:
@@ -199,7 +198,8 @@ def longest_length_table(rows: list[dict], lengths: list[int]) -> str:
         ratio = f"{r['seconds'] / before['seconds']:.2f}" if before else ""
         fraction = r["peak_bytes"] / r["math_estimate_bytes"]
         table.append([variant, backend, mode, f"{r['peak_bytes'] / 2**20:,.1f}",
-                      f"{r['math_estimate_bytes'] / 2**30:,.2f}", f"1/{1 / fraction:,.0f}" if fraction > 0 else "0", ratio])
+                      f"{r['math_estimate_bytes'] / 2**30:,.2f}", f"1/{1 / fraction:,.0f}" if fraction > 0 else "0",
+                      ratio])
     header = ["variant", "backend", "mode", "peak MiB", "math would need GiB", "peak ÷ math's",
               f"time {_length(longest)} ÷ {_length(previous)}" if previous else "time ratio"]
     return markdown_table(header, table)
@@ -227,10 +227,11 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
                 shown_why = r["why"]
         row.append(", ".join(f"{e:.2f}" for e in exponents.get((variant, backend, mode), [])))
         table.append(row)
-    kv_rows = [[name, e["n_kv_heads"], f"{e['bytes_per_token']:,}", f"{e['fraction_of_mha']:.4f}"] for name, e in kv.items()]
-    shape = (f"batch {args.batch}, {args.heads} heads × {args.head_dim}, {'causal' if args.causal else 'bidirectional'} "
-             f"self-attention, {args.dtype}, median of {args.repeats} ({args.clock} time); {env['device']}, "
-             f"{env['threads']} threads, torch {env['torch']}")
+    kv_rows = [[name, e["n_kv_heads"], f"{e['bytes_per_token']:,}", f"{e['fraction_of_mha']:.4f}"]
+               for name, e in kv.items()]
+    shape = (f"batch {args.batch}, {args.heads} heads × {args.head_dim}, "
+             f"{'causal' if args.causal else 'bidirectional'} self-attention, {args.dtype}, median of {args.repeats} "
+             f"({args.clock} time); {env['device']}, {env['threads']} threads, torch {env['torch']}")
     return "\n".join([
         f"Attention kernels: {shape}. Cells: median time (ms) / peak memory added by one call (MiB); '—' = cannot run.",
         "", markdown_table(header, table), "",
@@ -253,7 +254,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--global-tokens", type=int, default=16)
-    parser.add_argument("--causal", action="store_true", help="decoder self-attention (default: encoder, bidirectional)")
+    parser.add_argument("--causal", action="store_true",
+                        help="decoder self-attention (default: encoder, bidirectional)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
                         help="wall time, or this process's CPU time: on a shared machine run with OMP_NUM_THREADS=1 "

@@ -120,3 +120,28 @@ def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: in
         pieces = [[pieces_of(j) for j in row[: int(n)].tolist()] for row, n in zip(t["src"], t["src_lengths"])]
         batches.append(Batch(t["src"], t["src_lengths"], pieces))
     return batches
+
+
+class WorkerProcess:
+    """A benchmark peer in a process of its own, spoken to over a pipe: started with ``spawn`` (a fresh interpreter,
+    no torch threads inherited, so its OpenMP threads do not compete with the bench's between calls). ``target(conn,
+    *args)`` sends "ready" or a one-line reason first, kept in ``status``; ``close`` ends the process (a ``None``
+    request, then terminate after 30 s)."""
+
+    def __init__(self, target: Callable[..., None], args: tuple) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=target, args=(child, *args), daemon=True)
+        self.process.start()
+        self.status = self.conn.recv() if self.conn.poll(600) else "the worker did not start within 600 s"
+
+    def close(self) -> None:
+        """End the worker: ask it to stop, wait up to 30 s, then terminate it."""
+        if self.process.is_alive():
+            if self.status == "ready":
+                self.conn.send(None)
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.terminate()

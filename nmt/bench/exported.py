@@ -4,8 +4,8 @@ and int8), decoded by CTranslate2 in a process of its own, as the Marian convers
 Two uses: forced lengths on the random model (raw ``translate_batch`` with min = max = ``--length`` tokens, as for
 Marian's CTranslate2), and natural lengths on trained models (``--trained``), where the exported models decode with
 ``nmt translate --engine ct2``'s search (nmt/ct2/search.py) and their outputs are compared with nmt's.
-KV-cache bytes: nmt's measured from its cache tensors (nmt.evaluation.evaluate.kv_cache_bytes), CTranslate2's computed from its
-cache layout (nmt.ct2.spec.kv_cache_bytes), for one sentence of 20 source and 20 target subwords.
+KV-cache bytes: nmt's measured from its cache tensors (nmt.model.kv_cache_bytes), CTranslate2's computed from its cache
+layout (nmt.ct2.spec.kv_cache_bytes), for one sentence of 20 source and 20 target subwords.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from nmt.bench.common import WorkerProcess
 
 FORMATS = {"nmt→CT2 float32": "float32", "nmt→CT2 int8": "int8"}
 REFERENCE = {"source_subwords": 20, "target_subwords": 20}  # as nmt report's reference sentence
@@ -55,32 +57,18 @@ def _worker(conn, folders: dict[str, str], threads: int) -> None:
             conn.send((sum(len(t) + 1 for t in tokens), tokens))
 
 
-class ExportedWorker:
+class ExportedWorker(WorkerProcess):
     """The worker process holding the exported folders; ``close`` ends it."""
 
     def __init__(self, folders: dict[str, Path]) -> None:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads inherited
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, daemon=True,
-                                       args=(child, {k: str(v) for k, v in folders.items()}, torch.get_num_threads()))
-        self.process.start()
+        super().__init__(_worker, ({k: str(v) for k, v in folders.items()}, torch.get_num_threads()))
         self.n_sets = 0
-        self.status = self.conn.recv() if self.conn.poll(600) else "the worker did not start within 600 s"
 
     def send_batches(self, batches: list[list[list[int]]]) -> int:
+        """Send source id batches (sentences of ids, no eos) to keep in the worker; returns the key naming them."""
         key, self.n_sets = self.n_sets, self.n_sets + 1
         self.conn.send(("batches", key, batches))
         return key
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            if self.status == "ready":
-                self.conn.send(None)
-            self.process.join(timeout=30)
-            if self.process.is_alive():
-                self.process.terminate()
 
 
 def start_exported(model, tokenizer, workdir: Path) -> tuple[Optional[ExportedWorker], Optional[str]]:

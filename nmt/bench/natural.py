@@ -76,7 +76,8 @@ def bench_trained(args: argparse.Namespace, lines: list[str]) -> tuple[list[dict
                     continue
                 speed = per[name]["sentences_per_s"]
                 agree = f", {same[name]}/{n} = nmt" if name in same else ""
-                cells += [f"{speed:.1f} ({speed / nmt_speed:.2f}×)", f"{','.join(map(str, per[name]['tokens']))}{agree}"]
+                cells += [f"{speed:.1f} ({speed / nmt_speed:.2f}×)",
+                          f"{','.join(map(str, per[name]['tokens']))}{agree}"]
             rows.append([f"{label} ({Path(path).name}), {'greedy' if beam == 1 else f'beam {beam}'}",
                          f"{nmt_speed:.1f}", ",".join(map(str, per["nmt"]["tokens"])), *cells,
                          f"{ours:,} / {theirs:,}"])

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from nmt.bench.common import Batch
+from nmt.bench.common import Batch, WorkerProcess
 
 
 def marian_config(model_cfg, max_positions: int):
@@ -101,12 +101,10 @@ def _ctranslate2_worker(conn, marian_dir: str, pieces: list[str], threads: int) 
         conn.send(generated)
 
 
-class CTranslate2Process:
+class CTranslate2Process(WorkerProcess):
     """Handle on the worker process; ``close`` ends it."""
 
     def __init__(self, marian, pieces: list[str], workdir: Path) -> None:
-        import multiprocessing
-
         # The converter drops the last vocabulary row as Marian's "<pad>" (it starts the decoder from a zero embedding
         # instead), so save a copy with one extra row named "<pad>": the converted model then has exactly our V rows.
         # Our own pad piece is renamed so that the vocabulary stays unique; it never appears in a source.
@@ -114,23 +112,8 @@ class CTranslate2Process:
         extended.resize_token_embeddings(len(pieces) + 1, mean_resizing=False)
         extended.save_pretrained(workdir / "marian")
         vocab = ["<nmt_pad>"] + pieces[1:] + ["<pad>"]
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads inherited
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_ctranslate2_worker, args=(child, str(workdir / "marian"), vocab, torch.get_num_threads()),
-            daemon=True,
-        )
-        self.process.start()
+        super().__init__(_ctranslate2_worker, (str(workdir / "marian"), vocab, torch.get_num_threads()))
         self.n_batch_sets = 0  # batch lists sent to the worker, which keeps them by number
-        self.status = self.conn.recv() if self.conn.poll(600) else "the worker did not start within 600 s"
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            if self.status == "ready":
-                self.conn.send(None)
-            self.process.join(timeout=30)
-            if self.process.is_alive():
-                self.process.terminate()
 
 
 def ctranslate2_translator(marian, pieces: list[str], workdir: Path):

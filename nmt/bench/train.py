@@ -177,8 +177,9 @@ def main(argv: list[str]) -> int:
                      f"{sizes[(name, 'nmt')]:,} / {sizes[(name, 'torch.nn.Transformer')]:,}"])
     env = environment()
     markdown = "\n".join([
-        f"Training throughput, target tokens/s (median of {args.repeats}; {args.steps} steps of ≤ {args.max_tokens}-token "
-        f"Multi30k batches, fp32; {env['device']}, {env['threads']} threads, torch {env['torch']}):", "",
+        f"Training throughput, target tokens/s (median of {args.repeats}; {args.steps} steps of "
+        f"≤ {args.max_tokens}-token Multi30k batches, fp32; {env['device']}, {env['threads']} threads, "
+        f"torch {env['torch']}):", "",
         markdown_table(["model", "nmt", "torch.nn.Transformer", "nmt ÷ reference", "parameters (nmt / reference)"],
                        rows),
     ])

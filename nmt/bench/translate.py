@@ -64,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--trained", action="append", default=None, metavar="MODEL",
                         help="a trained nmt model directory or checkpoint (repeatable): also decoded at natural "
                              "lengths by nmt and by its CTranslate2 exports (float32, int8)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
     args = parser.parse_args(argv)
     presets = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     if args.model not in presets:
@@ -316,7 +317,8 @@ def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[di
         verdict = "" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"
         speed = lambda name, missing: _fmt(per[name]["sentences_per_s"]) if name in per else missing  # noqa: E731
         rows.append([
-            ("greedy" if beam == 1 else f"beam {beam}") if label is None else f"{label}, {'greedy' if beam == 1 else f'beam {beam}'}",
+            ("greedy" if beam == 1 else f"beam {beam}") if label is None
+            else f"{label}, {'greedy' if beam == 1 else f'beam {beam}'}",
             _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
             f"{ratio:.2f}×{verdict}", f"{cpu_ratio:.2f}×", speed("CTranslate2", random["ct2_missing"]),
             speed("nmt→CT2 float32", random["exported_missing"]), speed("nmt→CT2 int8", random["exported_missing"]),

@@ -157,15 +157,18 @@ class TrainerConfig:
         if self.keep_checkpoints < 1:
             raise ValueError(f"trainer.keep_checkpoints ({self.keep_checkpoints}) must be >= 1")
         if self.keep_checkpoints > 1 and self.checkpoint_every_n_steps is None:
-            raise ValueError(f"trainer.keep_checkpoints ({self.keep_checkpoints}) needs trainer.checkpoint_every_n_steps")
+            raise ValueError(f"trainer.keep_checkpoints ({self.keep_checkpoints}) needs "
+                             "trainer.checkpoint_every_n_steps")
         for name in ("gradient_clip_val", "patience", "fast_dev_run"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 0")
         if self.accelerator not in ACCELERATORS:
             raise ValueError(f"trainer.accelerator ({self.accelerator!r}) must be one of {', '.join(ACCELERATORS)}")
-        devices_ok = (isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1)) or self.devices == "auto"
+        devices_ok = ((isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1))
+                      or self.devices == "auto")
         if not devices_ok and not (isinstance(self.devices, (list, tuple)) and self.devices):
-            raise ValueError(f"trainer.devices ({self.devices!r}) must be a count >= 1, -1 (all), 'auto' or a list of ids")
+            raise ValueError(f"trainer.devices ({self.devices!r}) must be a count >= 1, -1 (all), 'auto' "
+                             "or a list of ids")
 
 
 @dataclass
@@ -189,6 +192,7 @@ class TrainConfig:
     init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
-        # The directory itself is checked with the command line (nmt.training.init_from.check_init_from), as data files are.
+        # The directory itself is checked with the command line (nmt.training.init_from.check_init_from), as data
+        # files are.
         if self.init_from is not None and not str(self.init_from).strip():
             raise ValueError(f"init_from ({self.init_from!r}) must name a model directory, or be null")

@@ -35,6 +35,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def quantizations() -> tuple[str, ...]:
+    """The weight types CTranslate2 accepts for ``--quantization`` (int8, …, float32), from its installed package;
+    raises ImportError without ctranslate2."""
     from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
 
     return tuple(ACCEPTED_MODEL_TYPES)
@@ -81,6 +83,8 @@ def export_ct2(model, tokenizer, out: str | Path, quantization: str = "float32",
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The ``nmt export ct2`` options (``argv`` after ``ct2``): model, out, quantization, max_positions, force. A bad
+    command line raises UsageError (one line) instead of exiting; ``--help`` prints the help and exits 0."""
     parser = _Parser(prog=PROG, description="Export an nmt model to a CTranslate2 model folder.")
     parser.add_argument("model", help="exported nmt model directory or training checkpoint (.ckpt)")
     parser.add_argument("out", help="the CTranslate2 model folder to write")
@@ -94,6 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    """``nmt export ct2 MODEL OUT ...`` (``argv``: the words after ``export``); returns the exit status: 0 when written
+    or for -h, 2 with the usage (no or another subcommand) or a one-line error (ValueError, OSError) on stderr."""
     if not argv or argv[0] != "ct2":
         stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
         print("usage: nmt export ct2 MODEL OUT [--quantization TYPE] [--max-positions N] [--force]\n"

@@ -1,4 +1,5 @@
-"""nmt's search (nmt/decoding/search.py) run by CTranslate2's ``translate_batch``: the same tokens for the same sentences.
+"""nmt's search (nmt/decoding/search.py) run by CTranslate2's ``translate_batch``: the same tokens for the same
+sentences.
 
 How each nmt setting maps (CTranslate2 4.8: src/decoding.cc, python translate_batch):
 
@@ -10,14 +11,14 @@ How each nmt setting maps (CTranslate2 4.8: src/decoding.cc, python translate_ba
   hundred steps: enough to reorder near-equal beams). Greedy picks the same argmax either way and suppresses them.
   Beam search runs unsuppressed, with nmt's normalisation; a sentence where pad or bos made it into a hypothesis is
   searched again with them suppressed.
-- **max length** L = max_len_a · source subwords + max_len_b (nmt.decoding.search.max_lengths, eos included) is per sentence;
-  ``max_decoding_length`` is one number per call. Greedy: decoding to the batch's largest L − 1 tokens and cutting
-  each hypothesis after its own L − 1 is exact (nmt forces eos after L − 1 tokens; greedy steps do not interact).
-  Beam: a sentence whose K hypotheses all ended within L − 1 tokens was searched exactly as nmt searches it (until
-  its last step CTranslate2's beam step is nmt's: the 2K best candidates, eos among the K best finishes a hypothesis,
-  the K best others continue, a sentence ends at K finished). A sentence that reaches L ("tail") differs at the end:
-  nmt's last step ends every alive beam with eos, CTranslate2's last step keeps the K best candidates whatever their
-  token. Tails are searched again to L − 1 tokens with patience 2 (the same search, as they never had K finished
+- **max length** L = max_len_a · source subwords + max_len_b (nmt.decoding.search.max_lengths, eos included) is per
+  sentence; ``max_decoding_length`` is one number per call. Greedy: decoding to the batch's largest L − 1 tokens and
+  cutting each hypothesis after its own L − 1 is exact (nmt forces eos after L − 1 tokens; greedy steps do not
+  interact). Beam: a sentence whose K hypotheses all ended within L − 1 tokens was searched exactly as nmt searches it
+  (until its last step CTranslate2's beam step is nmt's: the 2K best candidates, eos among the K best finishes a
+  hypothesis, the K best others continue, a sentence ends at K finished). A sentence that reaches L ("tail") differs at
+  the end: nmt's last step ends every alive beam with eos, CTranslate2's last step keeps the K best candidates whatever
+  their token. Tails are searched again to L − 1 tokens with patience 2 (the same search, as they never had K finished
   hypotheses; every registered hypothesis comes back): those that did not end are alive beams of nmt's last step, as
   are the first L − 1 tokens of every longer hypothesis of the first search; each gets eos and nmt's score
   (``score``), and the best K − (finished) join the finished ones. Exact unless an eos was among the K best
@@ -79,7 +80,8 @@ class CT2Search:
         return [min(L, self.max_positions) for L in limits] if self.max_positions else limits
 
     def decode(self, ids: list[list[int]], cfg: DecodeConfig, scores: bool = True) -> list[list[Hypothesis]]:
-        """Per source (token ids without eos) its ``cfg.nbest`` hypotheses, best first, as nmt.decoding.search.decode."""
+        """Per source (token ids without eos) its ``cfg.nbest`` hypotheses, best first, as
+        nmt.decoding.search.decode."""
         if not ids:
             return []
         source = [[self.pieces[i] for i in s] for s in ids]

@@ -55,7 +55,8 @@ def problems(cfg: ModelConfig, tokenizer_pieces: Optional[int] = None) -> list[s
         found.append(f"attention.encoder_self.window={enc.window}: CTranslate2's encoder self-attention has no window "
                      "(its sliding_window only trims a decoder's KV cache)")
     if cross.window is not None:
-        found.append(f"attention.cross.window={cross.window}: CTranslate2's cross-attention always sees the whole source")
+        found.append(f"attention.cross.window={cross.window}: CTranslate2's cross-attention always sees "
+                     "the whole source")
     for site, resolved in (("encoder_self", enc), ("decoder_self", dec), ("cross", cross)):
         if resolved.global_tokens:
             found.append(f"attention.{site}.global_tokens={resolved.global_tokens}: CTranslate2 has no global tokens")

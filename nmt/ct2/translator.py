@@ -82,6 +82,8 @@ class CT2Translator(Translator):
                         len(capped), max(limits), positions, some(capped))
 
     def decode_ids(self, ids: list[list[int]], cfg: DecodeConfig, scores: bool = True) -> list[list[Hypothesis]]:
+        """As Translator.decode_ids, by CTranslate2 (CT2Search.decode): each source's n-best list, best first. A
+        CTranslate2 RuntimeError is raised as a one-line ValueError."""
         try:
             return self.search.decode(ids, cfg, scores)
         except RuntimeError as error:  # CTranslate2 reports its errors as RuntimeError

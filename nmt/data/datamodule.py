@@ -48,7 +48,8 @@ class TranslationData(L.LightningDataModule):
             files = local_files(self.cfg, self.cfg.splits.train) if self.cfg.path is not None else []
             stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
             source = self.cfg.hub_id if self.cfg.path is None else self.cfg.path
-            return f"stream:{source}:{self.cfg.hub_config}:{self.cfg.splits.train}:{self.cfg.max_train_examples}:{stamps}"
+            return (f"stream:{source}:{self.cfg.hub_config}:{self.cfg.splits.train}:"
+                    f"{self.cfg.max_train_examples}:{stamps}")
         return f"{raw._fingerprint}:{self.cfg.src_lang}-{self.cfg.tgt_lang}"
 
     def load_tokenizer(self, raw=None) -> Tokenizer:

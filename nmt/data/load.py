@@ -100,11 +100,11 @@ def _raise_read_error(paths: list[Path], error: Exception, check=None) -> None:
 
 
 def _text_lines(path: str, stamp: str):
-    """Rows ``{"text": line}`` of a text file, read by nmt.data.textio, the reader of every command: a line ends at "\\n"
-    only; a CR before it and a leading byte-order mark are dropped. (The `text` builder splits with str.splitlines,
-    which also breaks at a lone \\r, \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029: one stray inside a sentence on
-    each side and every later pair is silently misaligned.) Invalid UTF-8 raises TextError naming the file and line.
-    ``stamp`` (size and mtime) is only there to key the datasets cache."""
+    """Rows ``{"text": line}`` of a text file, read by nmt.data.textio, the reader of every command: a line ends at
+    "\\n" only; a CR before it and a leading byte-order mark are dropped. (The `text` builder splits with
+    str.splitlines, which also breaks at a lone \\r, \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029: one stray inside a
+    sentence on each side and every later pair is silently misaligned.) Invalid UTF-8 raises TextError naming the file
+    and line. ``stamp`` (size and mtime) is only there to key the datasets cache."""
     for text in iter_lines(path):
         yield {"text": text}
 
@@ -253,7 +253,8 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
         return _to_pairs(_load_files(cfg, files, streaming)[0], cfg, str(files[0]))
     src, tgt = _load_files(cfg, files, streaming)
     if streaming:
-        return datasets.IterableDataset.from_generator(_zip_lines, gen_kwargs={"files": tuple(files), "pair": (src, tgt)})
+        return datasets.IterableDataset.from_generator(_zip_lines,
+                                                       gen_kwargs={"files": tuple(files), "pair": (src, tgt)})
     if src.num_rows != tgt.num_rows:
         raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
     return datasets.concatenate_datasets([src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)

@@ -23,28 +23,36 @@ CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
 
 
 def write_directory(directory: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Create ``directory`` whole: ``fill(tmp)`` writes into a temporary sibling, which then replaces ``directory``
-    (an existing one is moved aside first and removed after). On any error, or an interrupt, nothing changes."""
+    """Create ``directory`` whole: ``fill(tmp)`` writes into a temporary sibling, which then replaces ``directory``.
+    An existing one is renamed aside (a unique name, so two writers never share it) and removed once the new one is in
+    place, or renamed back if that fails. On any error, or an interrupt, nothing changes. Returns ``directory``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         fill(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
+        if not directory.exists():
             os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+            return directory
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+        os.replace(directory, old)  # onto the fresh empty folder: os.replace may replace an empty directory
+        try:
             os.replace(tmp, directory)
+        except BaseException:
+            os.replace(old, directory)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
 
 
-def export_model(model: Seq2Seq, tokenizer: Tokenizer, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def export_model(model: Seq2Seq, tokenizer: Tokenizer, directory: str | Path,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write ``directory`` (atomically, through ``write_directory``): config.json (``{"model": model.cfg, **extra}``),
+    model.safetensors (the weights, tied matrices once) and spm.model (``tokenizer``'s bytes). Returns the directory;
+    ``nmt.decoding.loading.load_model`` reads it back without unpickling anything."""
     def fill(tmp: Path) -> None:
         save_model(model, str(tmp / WEIGHTS))  # handles the tied embedding/output matrices
         (tmp / SPM).write_bytes(tokenizer.serialized)

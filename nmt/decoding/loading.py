@@ -93,7 +93,8 @@ def _from_checkpoint(path: Path) -> tuple[Seq2Seq, Tokenizer, dict]:
         state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         serialized = checkpoint["nmt_spm"]
     except (KeyError, TypeError):
-        raise ModelLoadError(f"{path}: not an nmt training checkpoint (no model config, weights or tokenizer)") from None
+        raise ModelLoadError(f"{path}: not an nmt training checkpoint "
+                             "(no model config, weights or tokenizer)") from None
     model = _build(cfg, path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

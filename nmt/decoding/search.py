@@ -218,7 +218,8 @@ def beam_search(
         if len(keep) == 0:
             break
         # The K best continuations that do not end: eos candidates are ranked after every other candidate.
-        rank = torch.where(is_eos, top_scores.new_tensor(float("inf")), torch.arange(top_scores.size(1), device=src.device).float())
+        rank = torch.where(is_eos, top_scores.new_tensor(float("inf")),
+                           torch.arange(top_scores.size(1), device=src.device).float())
         pick = rank.topk(K, dim=1, largest=False).indices[keep]  # (kept, K)
         rows = (keep[:, None] * beams + top_beam[keep].gather(1, pick)).flatten()  # rows of the current layout
         steps.select(rows, keep, K)

@@ -30,8 +30,9 @@ def attention_pictures(model, tokenizer, source: str, hypothesis: str, out_dir: 
     tgt_out_pieces = tokenizer.pieces(hypothesis) + ["</s>"]
     last = lambda ws: ws[-1][0].float().cpu().numpy()  # noqa: E731 (last layer, the only sentence)
     files = {
-        "encoder_self": plots.head_grid(last(weights["encoder_self"]), src_pieces, src_pieces, "encoder self-attention (last layer)",
-                                        out_dir / "attention_encoder_self.png", "source", "source"),
+        "encoder_self": plots.head_grid(last(weights["encoder_self"]), src_pieces, src_pieces,
+                                        "encoder self-attention (last layer)", out_dir / "attention_encoder_self.png",
+                                        "source", "source"),
         "decoder_self": plots.head_grid(last(weights["decoder_self"]), tgt_out_pieces, tgt_in_pieces,
                                         "decoder self-attention (last layer)", out_dir / "attention_decoder_self.png",
                                         "target", "target prefix (decoder input)"),

@@ -1,5 +1,5 @@
-"""``nmt evaluate``: translate a test set (or read hypotheses) and score it with sacreBLEU (nmt.evaluation.scoring); with
-``--report DIR`` also write the evaluation report (nmt.evaluation.eval_report)."""
+"""``nmt evaluate``: translate a test set (or read hypotheses) and score it with sacreBLEU (nmt.evaluation.scoring);
+with ``--report DIR`` also write the evaluation report (nmt.evaluation.eval_report)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ def alignment(weights: np.ndarray, target: Sequence[str], source: Sequence[str],
     return _save(fig, path)
 
 
-def scatter(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str, path: Path) -> Path:
+def scatter(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str,
+            path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(xs, ys)
     for x, y, label in zip(xs, ys, labels):

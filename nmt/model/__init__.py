@@ -1,6 +1,19 @@
 """The encoder–decoder Transformer (``seq2seq.py``), its positions (``positions.py``), the packed output projection
-of CPU inference (``packed_linear.py``); the attention it uses per site is ``nmt.attention``."""
+of CPU inference (``packed_linear.py``) and ``nmt convert`` (``convert.py``); the attention it uses per site is
+``nmt.attention``.
 
-from nmt.model.seq2seq import DecoderState, Seq2Seq, build_model, kv_cache_bytes
+The names below load on first use (PEP 562): ``nmt.attention.layer`` needs ``nmt.model.positions`` while
+``nmt.model.seq2seq`` needs ``nmt.attention``, so an eager import here would make whichever is imported first find
+the other half-loaded.
+"""
 
-__all__ = ["DecoderState", "Seq2Seq", "build_model", "kv_cache_bytes"]
+from importlib import import_module
+
+_EXPORTS = {name: "seq2seq" for name in ("DecoderState", "Seq2Seq", "build_model", "kv_cache_bytes")}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nmt.model' has no attribute {name!r}")
+    return getattr(import_module(f"nmt.model.{_EXPORTS[name]}"), name)

@@ -18,15 +18,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from nmt.attention import Attention
 from nmt.config import SITES, ModelConfig
-from nmt.decoding.export import CONFIG, export_model
-from nmt.decoding.loading import ModelLoadError, load_model
+from nmt.decoding.export import export_model
+from nmt.decoding.loading import ModelLoadError, load_model_info
 from nmt.errors import first_line
 from nmt.model import Seq2Seq, build_model
 
@@ -110,24 +109,20 @@ def convert_model(model: Seq2Seq, targets: dict[str, int]) -> Seq2Seq:
     return converted.eval()
 
 
-def source_extras(path: Path) -> dict[str, Any]:
-    """What the source keeps beside its model config (``bleu_tokenize``, ``checkpoint``, earlier conversions …)."""
-    if path.is_dir():
-        payload = json.loads((path / CONFIG).read_text())
-        return {key: value for key, value in payload.items() if key != "model"}
-    hyper = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-    return {"checkpoint": path.name, "bleu_tokenize": hyper.get("bleu_tokenize")}
-
-
-def convert(source: str | Path, out: str | Path, targets: dict[str, int]) -> Path:
+def convert(source: str | Path, out: str | Path, targets: dict[str, int], force: bool = False) -> Path:
     """Convert the model directory or checkpoint ``source`` and write the model directory ``out`` (atomically),
-    with the source's extras and a record of this conversion appended to ``conversions`` in its config.json."""
+    with what the source recorded beside its weights (``bleu_tokenize``, ``checkpoint``, earlier conversions) and a
+    record of this conversion appended to ``conversions`` in its config.json.
+
+    Raises ConvertError when ``out`` is the source, or exists and ``force`` is false (an existing ``out`` is
+    replaced only on request, as ``nmt export ct2`` does); ModelLoadError when ``source`` does not load."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise ConvertError(f"--out {out} is the source model; write the conversion to another directory")
-    model, tokenizer = load_model(source)
+    if out.exists() and not force:
+        raise ConvertError(f"--out {out}: already exists; add --force to replace it")
+    model, tokenizer, extras = load_model_info(source)
     converted = convert_model(model, targets)
-    extras = source_extras(source)
     record = {"from": str(source), "method": METHOD,
               "n_kv_heads": {site: {"from": model.cfg.site(site).n_kv_heads, "to": new}
                              for site, new in targets.items()}}
@@ -136,14 +131,16 @@ def convert(source: str | Path, out: str | Path, targets: dict[str, int]) -> Pat
 
 
 def main(argv: list[str]) -> int:
+    """``nmt convert``'s command line: 0 when the model is written, 2 with one line on stderr otherwise."""
     parser = argparse.ArgumentParser(prog="nmt convert", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="an exported model directory or a training checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="the model directory to write")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("targets", nargs="+", metavar="SITE=N",
                         help=f"new n_kv_heads per site: {', '.join(SITES)}, decoder (decoder_self and cross), all")
     args = parser.parse_args(argv)
     try:
-        out = convert(args.model, args.out, parse_targets(args.targets))
+        out = convert(args.model, args.out, parse_targets(args.targets), force=args.force)
     except (ConvertError, ModelLoadError, OSError, json.JSONDecodeError) as error:
         print(f"nmt convert: {first_line(error)}", file=sys.stderr)
         return 2

@@ -4,8 +4,8 @@
 it through MKL's sgemm; oneDNN with the weight reordered ahead of time into its blocked layout (what torch.compile's
 CPU freezing does) runs the same product 1.3–1.6× as fast on this 2-core CPU (`python scripts/packed_linear.py`).
 The packed copy is kept per weight and rebuilt when the weight changes (an optimizer step, a load, a move), so
-validation during training and decoding after it see the current weights. Training, autograd, autocast and other devices or dtypes
-take ``F.linear``.
+validation during training and decoding after it see the current weights. Training, autograd, autocast and other devices
+or dtypes take ``F.linear``.
 """
 
 from __future__ import annotations

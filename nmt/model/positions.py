@@ -48,7 +48,8 @@ class RotaryEmbedding(nn.Module):
         self._cos, self._sin = self._tables(initial_length, torch.device("cpu"))
 
     def _tables(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float64) / self.head_dim)
+        inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float64)
+                                       / self.head_dim)
         angles = torch.arange(length, device=device, dtype=torch.float64)[:, None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)  # (length, head_dim)
         return angles.cos().float(), angles.sin().float()

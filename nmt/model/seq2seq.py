@@ -159,7 +159,8 @@ class DecoderState:
 
 
 class Seq2Seq(nn.Module):
-    """Pre-norm (or post-norm) Transformer with scaled, optionally tied embeddings and sinusoidal or rotary positions."""
+    """Pre-norm (or post-norm) Transformer with scaled, optionally tied embeddings and sinusoidal or rotary
+    positions."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

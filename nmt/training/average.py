@@ -25,7 +25,8 @@ STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
     """The run's periodic checkpoints (``checkpoints/step-NNNNNNN.ckpt``), oldest first."""
-    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step-*.ckpt") if (m := STEP_FILE.search(p.name))]
+    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step-*.ckpt")
+             if (m := STEP_FILE.search(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -55,7 +56,8 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
         raise ValueError(f"{run_dir}: no checkpoints to average: no step-*.ckpt files in {run_dir / 'checkpoints'} "
                          "(train with trainer.checkpoint_every_n_steps and trainer.keep_checkpoints)")
     if len(found) < last:
-        raise ValueError(f"{run_dir / 'checkpoints'}: --last {last} asks for more checkpoints than the {len(found)} there")
+        raise ValueError(f"{run_dir / 'checkpoints'}: --last {last} asks for more checkpoints than the "
+                         f"{len(found)} there")
     chosen = found[-last:]
     model, tokenizer, info = load_model_info(chosen[-1])
     for path in chosen[:-1]:  # one model config and one vocabulary, or the mean is meaningless

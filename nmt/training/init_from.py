@@ -3,10 +3,11 @@
 
 The run's model config must be the directory's: this module compares the two dicts, each site's heads resolved
 (n_kv_heads null is n_heads), and names the first field that differs, reading only DIR/config.json, so
-`nmt.config.overrides` refuses a mismatch before torch loads and before a run folder exists. Fields that change neither the parameters nor what the model computes at inference — ``dropout`` and each
-site's ``backend`` — may differ (fine-tune with less dropout, uptrain on CUDA with flash a model trained on CPU).
-With ``resume=true`` and a run folder that already holds checkpoints/last.ckpt, the checkpoint wins: init_from only
-sets the starting point of a fresh run (its tokenizer stays the run's). Imports no torch.
+`nmt.config.overrides` refuses a mismatch before torch loads and before a run folder exists. Fields that change neither
+the parameters nor what the model computes at inference — ``dropout`` and each site's ``backend`` — may differ
+(fine-tune with less dropout, uptrain on CUDA with flash a model trained on CPU). With ``resume=true`` and a run folder
+that already holds checkpoints/last.ckpt, the checkpoint wins: init_from only sets the starting point of a fresh run
+(its tokenizer stays the run's). Imports no torch.
 """
 
 from __future__ import annotations

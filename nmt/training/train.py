@@ -1,8 +1,8 @@
 """``nmt train``: check the command line, then let Hydra start the run and ``nmt.training.trainer.train`` do it.
 
-Every job's config is composed and validated first (``nmt.config.overrides``) with Hydra and the dataclass schemas alone, so
-``--help``, ``--cfg job`` and any config error answer in about a second: one line naming the key, exit status 2, and
-no run folder. Lightning, datasets and torch are imported only once the config is known to be good.
+Every job's config is composed and validated first (``nmt.config.overrides``) with Hydra and the dataclass schemas
+alone, so ``--help``, ``--cfg job`` and any config error answer in about a second: one line naming the key, exit
+status 2, and no run folder. Lightning, datasets and torch are imported only once the config is known to be good.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Lightning side of ``nmt train``: callbacks, the Trainer, and ``train(cfg)`` — the function tests call directly.
 
-``nmt train`` (``nmt.training.train``) imports this module only after the config has composed and validated, so a typo is
-reported before Lightning, datasets and torch load.
+``nmt train`` (``nmt.training.train``) imports this module only after the config has composed and validated, so a typo
+is reported before Lightning, datasets and torch load.
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
     accelerator = cfg.trainer.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
-    if cfg.trainer.precision.startswith("bf16") and accelerator in ("gpu", "cuda") and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; use trainer.precision=16-mixed")
+    if (cfg.trainer.precision.startswith("bf16") and accelerator in ("gpu", "cuda")
+            and not torch.cuda.is_bf16_supported()):
+        raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; "
+                         "use trainer.precision=16-mixed")
     uses_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if uses_cuda else "cpu")
     module.model.check_backends(device, _compute_dtype(cfg.trainer.precision), training=True)

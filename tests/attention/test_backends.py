@@ -99,6 +99,7 @@ def declared_limits(spec: backends.Backend) -> dict[str, tuple[bool, str]]:
         "devices": (spec.devices != backends.ANY_DEVICE, rf"\b({devices})( with [^;]*)? only"),
         "dtypes": (bool(spec.dtypes), rf"(?<![\w/]){dtypes}(?![\w/])[^;]* only" if dtypes else r"\bfp16\b|\bbf16\b"),
         "weights": (spec.weights, r"returns attention weights"),
+        "full scores": (spec.full_scores, r"holds every score"),
     }
 
 

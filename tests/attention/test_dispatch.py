@@ -32,7 +32,9 @@ def test_auto_picks_sdpa_on_cpu_and_logs_once(caplog):
         for _ in range(3):
             got, _ = attend("auto", case.q, case.k, case.v, case.mask, site="encoder_self")
     messages = [r.getMessage() for r in caplog.records if "auto picked" in r.getMessage()]
-    assert messages == ["attention encoder_self: auto picked sdpa (CPU: fused SDPA kernel for every mask, forward and backward)"]
+    assert messages == [
+        "attention encoder_self: auto picked sdpa (CPU: fused SDPA kernel for every mask, forward and backward)"
+    ]
     expected, _ = attend("sdpa", case.q, case.k, case.v, case.mask)
     assert torch.equal(got, expected)
 

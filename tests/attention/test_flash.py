@@ -74,7 +74,8 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, causal=Fa
 
 
 # Flash cannot express global tokens, nor align a cross-attention window (both refused before compute).
-FLASH_CASES = [(v, s) for v in ("mha", "gqa", "mqa", "sliding_window") for s in SITES if (v, s) != ("sliding_window", "cross")]
+FLASH_CASES = [(v, s) for v in ("mha", "gqa", "mqa", "sliding_window") for s in SITES
+               if (v, s) != ("sliding_window", "cross")]
 
 
 @pytest.mark.parametrize("variant, site", FLASH_CASES)

@@ -69,7 +69,8 @@ def test_full_and_plain_causal_are_recognised():
     assert not MaskSpec(q_len=3, k_len=4, causal=True).is_plain_causal
     # A decoding step over a window-trimmed cache sees every cached key: no mask needed.
     assert MaskSpec(q_len=1, k_len=3, q_start=10, k_start=8, causal=True, window=3).is_full
-    assert MaskSpec(q_len=1, k_len=5, q_start=10, k_start=8, k_globals=2, causal=True, window=3, global_tokens=2).is_full
+    assert MaskSpec(q_len=1, k_len=5, q_start=10, k_start=8, k_globals=2, causal=True, window=3,
+                    global_tokens=2).is_full
 
 
 def render(spec: MaskSpec) -> str:
