@@ -21,8 +21,10 @@ commands:
 def show_attention(overrides: list[str]) -> int:
     """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
     from nmt.config.compose import compose_config, config_error_line, model_config
+    from nmt.config.overrides import check_overrides
 
     try:
+        check_overrides(overrides)  # nmt train's key and option checks: the same one-line messages
         cfg = model_config(compose_config(overrides))
     except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
         print(f"nmt attention: {config_error_line(error)}", file=sys.stderr)

@@ -67,12 +67,13 @@ def test_per_site_overrides_compose():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.attention.cross.foo=3", "Key 'foo' not in 'AttentionConfig'"),
+        ("model.attention.cross.foo=3", "unknown key model.attention.cross.foo; did you mean"),
+        ("model.attention.encoder_self.windw=4", "did you mean model.attention.encoder_self.window[?]"),
         ("model.attention.cross.window=abc", "could not be converted to Integer"),
         ("model.attention.cross.window=0", r"model.attention.cross: window \(0\) must be >= 1"),
         ("model.attention.encoder_self.n_kv_heads=3", r"n_heads \(4\) must be divisible by n_kv_heads \(3\)"),
         ("model.d_model=130", r"d_model \(130\) must be divisible"),
-        ("attention=nope", "Could not find 'attention/nope'"),
+        ("attention=nope", "attention=nope: no such option; options: flash, gqa, mha, mqa"),
     ],
 )
 def test_cli_config_errors_are_one_line(override, message, capsys):

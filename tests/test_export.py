@@ -1,5 +1,7 @@
 """Checkpoints and exported model directories are written atomically and load without unpickling objects."""
 
+import os
+
 import pytest
 import torch
 
@@ -88,3 +90,31 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     write_directory(target, lambda tmp: (tmp / "f").write_text("new"))  # and a working swap replaces it
     assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_models_checkpoints_and_tokenizers_get_the_umasks_modes(umask, tmp_path, tokenizer):
+    """tempfile makes its files 0600 and folders 0700, and a rename keeps them: a model saved on a shared machine
+    was readable by its owner only. Everything written atomically gets what open() and mkdir() would give."""
+    import stat
+
+    from nmt.data.tokenizer import TokenizerSettings, load_or_train
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    previous = os.umask(umask)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / "run" / "last.ckpt")
+        cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=4, d_ff=64, encoder_layers=1, decoder_layers=1)
+        model_dir = export_model(build_model(cfg), tokenizer, tmp_path / "model")
+        spm_file = load_or_train(lambda: multi30k_sample(300), TokenizerSettings(400), "modes",
+                                  tmp_path / "spm").model_file
+    finally:
+        os.umask(previous)
+    assert mode(tmp_path / "run" / "last.ckpt") == 0o666 & ~umask
+    assert mode(model_dir) == 0o777 & ~umask
+    assert {p.name: mode(p) for p in model_dir.iterdir()} == {name: 0o666 & ~umask
+                                                              for name in ("config.json", "model.safetensors",
+                                                                           "spm.model")}
+    assert mode(spm_file) == 0o666 & ~umask

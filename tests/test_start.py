@@ -153,6 +153,21 @@ def test_a_start_that_fails_in_the_run_removes_its_folder_but_never_an_older_one
     assert (older / "notes.txt").is_file()
 
 
+@pytest.mark.parametrize("earlier", ["checkpoints/last.ckpt", "model/config.json"])
+def test_a_fresh_run_never_starts_over_a_finished_one(earlier, tmp_path, capsys):
+    """Re-running a command into its own run folder replaced the trained model with the new run's files one by one."""
+    run_dir = tmp_path / "run"
+    (run_dir / earlier).parent.mkdir(parents=True)
+    (run_dir / earlier).write_text("an earlier run's")
+    args = ["experiment=cpu_smoke", f"hydra.run.dir={run_dir}"]
+    assert check_command_line(args) == (f"hydra.run.dir={run_dir} already holds a run ({earlier}); add resume=true "
+                                        "to continue it, or name another hydra.run.dir")
+    assert train_main(args) == 2 and capsys.readouterr().err.startswith(f"nmt train: hydra.run.dir={run_dir} already")
+    assert (run_dir / earlier).read_text() == "an earlier run's"
+    assert check_command_line([*args, "resume=true"]) is None
+    assert check_command_line(["experiment=cpu_smoke", f"hydra.run.dir={tmp_path / 'new'}"]) is None
+
+
 def test_the_progress_bar_counts_steps_not_a_negative_epoch_total():
     from types import SimpleNamespace
 

@@ -244,7 +244,7 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt bench attention", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nmt bench attention", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--variants", nargs="+", help="names to keep (default: all), e.g. mha window-256")

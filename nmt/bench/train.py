@@ -131,7 +131,7 @@ def tokens_per_second(models: dict[str, nn.Module], work: list[dict], warmup: in
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt bench train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nmt bench train", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--models", nargs="+", default=["tiny", "small"], help="conf/model presets")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 warm-up steps)")
     parser.add_argument("--repeats", type=int, default=3)

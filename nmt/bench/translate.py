@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--model", default="tiny", help="nmt/conf/model preset: tiny, small or base")
     parser.add_argument("--src", default=str(corpus_dir("multi30k") / "test_2016_flickr.en.gz"),
                         help="raw source text (.gz fine); default Multi30k test_2016_flickr")

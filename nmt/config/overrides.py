@@ -109,24 +109,52 @@ def check_local_files(cfg: TrainConfig) -> None:
             local_files(cfg.data, split)
 
 
+def check_run_dir(overrides: list[str], cfg: TrainConfig) -> None:
+    """A fresh run (``resume=false``) does not start in a folder that holds an earlier run's checkpoints or model:
+    its files would be replaced one by one, the trained model first. OverrideError says how to continue it instead.
+    Only ``hydra.run.dir=DIR`` names a folder in advance (Hydra's default is a new timestamped one)."""
+    if cfg.resume:
+        return
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key == "hydra.run.dir" and value:
+            run = Path(value).expanduser()
+            earlier = [p for p in (run / "checkpoints" / "last.ckpt", run / "model" / "config.json") if p.exists()]
+            if earlier:
+                raise OverrideError(
+                    f"hydra.run.dir={value} already holds a run ({earlier[0].relative_to(run)}); add resume=true to "
+                    "continue it, or name another hydra.run.dir"
+                )
+
+
+def check_overrides(overrides: list[str], config_dir: Optional[str] = None) -> None:
+    """Every override names a schema key or a config group, and every group option exists (OverrideError with a
+    did-you-mean, or the group's options); Hydra's grammar errors pass through. Used by ``nmt train`` and
+    ``nmt attention``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    roots = _search_roots(parsed, config_dir)
+    keys = schema_keys()
+    groups = config_groups(roots or [CONF_DIR, *([Path(config_dir)] if config_dir else [])])
+    for override in parsed:
+        check_key(override.key_or_group, groups, keys)
+        if roots is not None and override.key_or_group in groups:
+            check_option(override, roots)
+
+
 def check_command_line(argv: list[str]) -> Optional[str]:
     """None when every job of ``nmt train ARGV`` composes and validates, else one line saying what is wrong."""
     from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = get_args_parser().parse_args(argv)  # a bad flag exits with argparse's usage line, status 2
     try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-        roots = _search_roots(parsed, args.config_dir)
-        keys = schema_keys()
-        groups = config_groups(roots or [CONF_DIR, *([Path(args.config_dir)] if args.config_dir else [])])
-        for override in parsed:
-            check_key(override.key_or_group, groups, keys)
-            if roots is not None and override.key_or_group in groups:
-                check_option(override, roots)
+        check_overrides(args.overrides, args.config_dir)
         for job in jobs(args.overrides, args.multirun):
             cfg = to_train_config(compose_config(_with_search_path(job, args.config_dir), args.config_name or "train"))
             check_local_files(cfg)
+            if not args.multirun:  # a sweep writes into hydra.sweep.dir, one new folder per job
+                check_run_dir(job, cfg)
             check_init_from(cfg)  # DIR/config.json against the run's model config: json only
     except Exception as error:  # Hydra, OmegaConf and __post_init__ errors alike: one line
         return config_error_line(error)

@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import sentencepiece as spm
 
+from nmt.files import publish_modes
+
 log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -77,6 +79,7 @@ def train_tokenizer(sentences: Iterable[str], settings: TokenizerSettings, model
     model_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=model_file.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(model.getvalue())
+    publish_modes(tmp.name)
     os.replace(tmp.name, model_file)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from safetensors.torch import save_model
 
 from nmt.data.tokenizer import Tokenizer
+from nmt.files import publish_modes
 from nmt.model import Seq2Seq
 
 CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
@@ -31,6 +32,7 @@ def write_directory(directory: str | Path, fill: Callable[[Path], None]) -> Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         fill(tmp)
+        publish_modes(tmp)  # mkdtemp's 0700 (and any 0600 file inside) would make the model its owner's only
         if not directory.exists():
             os.replace(tmp, directory)
             return directory

@@ -151,7 +151,7 @@ def report(run_dirs: list[Path], out: Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nmt report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nmt report", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("runs", nargs="+", help="run directories (a multirun's job folders: DIR/* is fine, what is "
                                                 "not a run is skipped with a note)")
     parser.add_argument("--out", default="outputs/report", help="where report.md, report.json and PNGs go")

@@ -132,7 +132,7 @@ def convert(source: str | Path, out: str | Path, targets: dict[str, int], force:
 
 def main(argv: list[str]) -> int:
     """``nmt convert``'s command line: 0 when the model is written, 2 with one line on stderr otherwise."""
-    parser = argparse.ArgumentParser(prog="nmt convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nmt convert", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("model", help="an exported model directory or a training checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -71,7 +71,7 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nmt average", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nmt average", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("run_dir", help="a training run directory (holds checkpoints/step-*.ckpt)")
     parser.add_argument("--last", type=int, default=10, help="how many of the newest step checkpoints (default 10)")
     parser.add_argument("--output", help="model directory to write (default RUN_DIR/model_avgN)")

@@ -26,6 +26,7 @@ from nmt.data.datamodule import TranslationData
 from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
+from nmt.files import publish_modes
 from nmt.training.init_from import check_init_from
 from nmt.training.lit_module import TranslationModule, module_from_configs
 
@@ -68,6 +69,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
             torch.save(checkpoint, tmp)
+        publish_modes(tmp.name)  # tempfile's 0600 would make the checkpoint its owner's only
         os.replace(tmp.name, path)
 
 
