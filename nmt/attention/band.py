@@ -18,6 +18,7 @@ runs as one SDPA call. What band cannot compute is declared in its entry of `nmt
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -134,10 +135,7 @@ def _band(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float, n_g
 
 def _global_rows(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, dropout_p: float) -> Tensor:
     """The first ``q.size(2)`` queries, global ones, over every key: dense attention, (B, n_heads, n_global, D)."""
-    rows = MaskSpec(q_len=q.size(2), k_len=mask.k_len, q_start=mask.q_start, k_start=mask.k_start,
-                    q_lengths=mask.q_lengths, k_lengths=mask.k_lengths, causal=mask.causal, window=mask.window,
-                    global_tokens=mask.global_tokens)
-    return sdpa_attention(q, k, v, rows, dropout_p)[0]
+    return sdpa_attention(q, k, v, dataclasses.replace(mask, q_len=q.size(2)), dropout_p)[0]  # a fresh memo
 
 
 def band_attention(

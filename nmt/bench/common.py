@@ -145,3 +145,16 @@ class WorkerProcess:
             self.process.join(timeout=30)
             if self.process.is_alive():
                 self.process.terminate()
+
+
+def ct2_forced_tokens(translator, batches: list[list[list[str]]], beam: int, length: int) -> int:
+    """New tokens a ``ctranslate2.Translator`` generates for ``batches`` (sources as piece lists) when every
+    sentence is forced to ``length`` tokens (eos included): the bench's forced-length decoding, for Marian's and
+    nmt's CTranslate2 models alike."""
+    generated = 0
+    for batch in batches:
+        results = translator.translate_batch(batch, beam_size=beam, min_decoding_length=length,
+                                             max_decoding_length=length, return_end_token=True, max_batch_size=0,
+                                             max_input_length=0)
+        generated += sum(len(r.hypotheses[0]) for r in results)
+    return generated

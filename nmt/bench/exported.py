@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 import torch
 
-from nmt.bench.common import WorkerProcess
+from nmt.bench.common import WorkerProcess, ct2_forced_tokens
+from nmt.errors import first_line
 
 FORMATS = {"nmt→CT2 float32": "float32", "nmt→CT2 int8": "int8"}
 REFERENCE = {"source_subwords": 20, "target_subwords": 20}  # as nmt report's reference sentence
@@ -32,7 +33,7 @@ def _worker(conn, folders: dict[str, str], threads: int) -> None:
     try:
         translators = {name: CT2Translator.load(folder, threads=threads) for name, folder in folders.items()}
     except Exception as error:  # reported in the table's columns, as a missing package is
-        conn.send(f"loading failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        conn.send(f"loading failed: {first_line(error)}")
         return
     conn.send("ready")
     sets: dict[int, list] = {}
@@ -44,13 +45,8 @@ def _worker(conn, folders: dict[str, str], threads: int) -> None:
         translator = translators[name]
         if kind == "forced":
             pieces = translator.search.pieces
-            generated = 0
-            for batch in sets[key]:
-                results = translator.search.translator.translate_batch(
-                    [[pieces[i] for i in s] for s in batch], beam_size=beam, min_decoding_length=length,
-                    max_decoding_length=length, return_end_token=True, max_batch_size=0, max_input_length=0)
-                generated += sum(len(r.hypotheses[0]) for r in results)
-            conn.send(generated)
+            batches = [[[pieces[i] for i in s] for s in batch] for batch in sets[key]]
+            conn.send(ct2_forced_tokens(translator.search.translator, batches, beam, length))
         else:
             tokens = [h[0].tokens for batch in sets[key] for h in translator.decode_ids(batch, DecodeConfig(beam=beam),
                                                                                           scores=False)]

@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from nmt.bench.common import Batch, WorkerProcess
+from nmt.bench.common import Batch, WorkerProcess, ct2_forced_tokens
+from nmt.errors import first_line
 
 
 def marian_config(model_cfg, max_positions: int):
@@ -82,7 +83,7 @@ def _ctranslate2_worker(conn, marian_dir: str, pieces: list[str], threads: int) 
         Converter(marian_dir).convert(out_dir, force=True)
         translator = ctranslate2.Translator(out_dir, device="cpu", intra_threads=threads, inter_threads=1)
     except Exception as error:  # reported in the table's CTranslate2 column, as a missing package is
-        conn.send(f"conversion failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        conn.send(f"conversion failed: {first_line(error)}")
         return
     conn.send("ready")
     batch_sets: dict[int, list] = {}  # each: batches of token-piece lists
@@ -91,14 +92,7 @@ def _ctranslate2_worker(conn, marian_dir: str, pieces: list[str], threads: int) 
             batch_sets[request[1]] = request[2]
             continue
         _, key, beam, length = request
-        generated = 0
-        for pieces_batch in batch_sets[key]:
-            results = translator.translate_batch(
-                pieces_batch, beam_size=beam, min_decoding_length=length, max_decoding_length=length,
-                return_end_token=True, max_batch_size=0,
-            )
-            generated += sum(len(r.hypotheses[0]) for r in results)
-        conn.send(generated)
+        conn.send(ct2_forced_tokens(translator, batch_sets[key], beam, length))
 
 
 class CTranslate2Process(WorkerProcess):

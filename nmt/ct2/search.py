@@ -49,14 +49,14 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from nmt.decoding.search import Hypothesis, max_lengths
+from nmt.decoding.search import Hypothesis, length_penalty, max_lengths
 
 NO_PENALTY = 1e-12  # a non-zero length penalty that divides every score by exactly 1.0 (see the module doc)
 
 
 def gnmt(logprob: float, length: int, alpha: float) -> float:
-    """nmt's ranking score: logprob / ((5 + length) / 6)^α, ``length`` counting the eos."""
-    return logprob / ((5 + length) / 6) ** alpha
+    """nmt's ranking score: ``logprob`` over GNMT's length penalty, ``length`` counting the eos."""
+    return logprob / length_penalty(length, alpha)
 
 
 class CT2Search:

@@ -54,8 +54,7 @@ class TranslationData(L.LightningDataModule):
 
     def load_tokenizer(self, raw=None) -> Tokenizer:
         if self.given_tokenizer is not None:
-            self.tokenizer = self.given_tokenizer
-            return self.tokenizer
+            return self.given_tokenizer  # self.tokenizer has been it since __init__
         raw = raw if raw is not None else self._raw_train()
         settings = TokenizerSettings(
             self.cfg.vocab_size, self.cfg.spm_model_type, self.cfg.character_coverage, self.cfg.spm_max_sentences

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Optional
 
+from nmt.errors import first_line
+
 BOM = "\ufeff"
 
 log = logging.getLogger("nmt")
@@ -62,9 +64,8 @@ def decode_lines(raw_lines: Iterable[bytes], source: str, errors: str = "strict"
                     invalid.append(number)
             yield text[1:] if number == 1 and text.startswith(BOM) else text
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = f"{source}:{number + 1}" if number else source
-        raise TextError(f"{where}: unreadable ({detail})") from None
+        raise TextError(f"{where}: unreadable ({first_line(error)})") from None
 
 
 def iter_lines(path: str | Path, errors: str = "strict", invalid: Optional[list[int]] = None) -> Iterator[str]:

@@ -104,6 +104,12 @@ def _log_softmax_(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, -1, out=logits)
 
 
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length normalisation ((5 + length) / 6)^α (Wu et al. 2016, "Google's Neural Machine Translation
+    System"), ``length`` counting the eos: a hypothesis ranks by its summed log-probability divided by this."""
+    return ((5 + length) / 6) ** alpha
+
+
 def max_lengths(src_lengths: Tensor, cfg: DecodeConfig) -> Tensor:
     """Per sentence, the most subwords a hypothesis may have, eos included (source lengths include their eos)."""
     return (cfg.max_len_a * (src_lengths - 1).float() + cfg.max_len_b).long().clamp(min=1)
@@ -165,7 +171,7 @@ def greedy(
             continue
         for row in ended.nonzero().flatten().tolist():
             length = tokens.size(1)  # the tokens after bos, plus this eos
-            score = float(logprob[row]) / ((5 + length) / 6) ** cfg.length_penalty
+            score = float(logprob[row]) / length_penalty(length, cfg.length_penalty)
             results[int(sentence[row])] = Hypothesis(tokens[row, 1:].tolist(), score, float(logprob[row]))
         alive = (~ended).nonzero().flatten()
         if len(alive) == 0:
@@ -205,7 +211,7 @@ def beam_search(
         )  # (alive, 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == EOS_ID
-        penalty = ((5 + step + 1) / 6) ** cfg.length_penalty
+        penalty = length_penalty(step + 1, cfg.length_penalty)
         for s, j in is_eos[:, :K].nonzero().tolist():  # one sync per step; empty on most steps
             original = int(sentence[s])
             if len(finished[original]) < K and torch.isfinite(top_scores[s, j]):
