@@ -16,6 +16,7 @@ commands:
   export     export a model for deployment (nmt export ct2 MODEL OUT: a CTranslate2 model folder)
   bench      benchmark attention kernels, training and decoding
   attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
+  analyze    look inside a model: attention viewer (nmt analyze attention), head analysis (nmt analyze heads)
 """
 
 def show_attention(overrides: list[str]) -> int:
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "attention":
         return show_attention(rest)
+    if command == "analyze":
+        from nmt.analysis.cli import main as analyze_main
+
+        return analyze_main(rest)
     if command == "report":
         from nmt.evaluation.report import main as report_main
 
