@@ -14,6 +14,7 @@ from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.decoding.export import export_model
 from nmt.evaluation import plots
+from nmt.evaluation.eval_report import viewer_lines
 from nmt.evaluation.scoring import bleu, translate_texts
 from nmt.model import build_model, kv_cache_bytes
 from tests.conftest import MULTI30K, multi30k_sample
@@ -58,8 +59,20 @@ def test_evaluate_writes_scores_report_and_pictures(tmp_path, tokenizer, test_fi
     assert metrics["model"]["parameters"] > 0 and metrics["kv_cache_bytes_per_sentence"]["total"] > 0
     for name in ("attention_encoder_self", "attention_decoder_self", "attention_cross", "alignment"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 1000
+    shown = metrics["viewer"]["lines"]
+    assert shown == [i + 1 for i in viewer_lines(src.read_text().splitlines(), hypotheses)] and len(shown) == 3
+    page = (tmp_path / "report" / "attention.html").read_text(encoding="utf-8")
+    assert all(src.read_text().splitlines()[line - 1] in page for line in shown)
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "![alignment](alignment.png)" in report and "sentences/s" in report
+    assert "![alignment](alignment.png)" in report and "sentences/s" in report and "(attention.html)" in report
+
+
+def test_viewer_lines_are_length_quartiles_of_lines_with_a_hypothesis():
+    sources = ["a" * n for n in (5, 1, 9, 3, 7, 2, 8)] + ["", "long source, empty hypothesis"]
+    hypotheses = ["x"] * 7 + ["y", ""]
+    assert viewer_lines(sources, hypotheses) == [3, 0, 4]  # lengths 3, 5, 7 of 1 2 3 5 7 8 9
+    assert viewer_lines(sources[:2], hypotheses[:2]) == [1, 0]
+    assert viewer_lines([""], ["x"]) == []
 
 
 def test_attention_grid_has_one_panel_per_head(tmp_path, monkeypatch):

@@ -191,7 +191,7 @@ def test_a_wheel_carries_configs_and_corpus_and_trains_and_translates_from_an_em
     (wheel,) = wheels.glob("nmt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"nmt/conf/train.yaml", "nmt/conf/experiment/quickstart.yaml", "nmt/_data/multi30k/README.md",
-            "nmt/_data/multi30k/tok/test_2016_flickr.lc.norm.tok.de.gz"} <= names
+            "nmt/_data/multi30k/tok/test_2016_flickr.lc.norm.tok.de.gz", "nmt/analysis/viewer.html"} <= names
     installed = run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], timeout=600)
     assert installed.returncode == 0, installed.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -209,3 +209,6 @@ def test_a_wheel_carries_configs_and_corpus_and_trains_and_translates_from_an_em
                                 text=True, timeout=300)
     assert translated.returncode == 0, translated.stderr[-2000:]
     assert len(translated.stdout.split("\n")) == 4 and translated.stdout.split("\n")[1] == ""
+    viewed = run(["-m", "nmt.cli", "analyze", "attention", "--model", "run/model", "--sentence", "A dog runs.",
+                  "--out", "view.html"], cwd=empty, env=env)  # the page template comes from the wheel too
+    assert viewed.returncode == 0 and "A dog runs." in (empty / "view.html").read_text(), viewed.stderr[-2000:]

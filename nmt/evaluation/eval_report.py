@@ -1,5 +1,6 @@
 """The report of ``nmt evaluate --report DIR``: metrics.json, report.md, hypotheses.txt (nbest.txt) and the attention
-pictures of a typical sentence, drawn from weights the ``math`` backend records (Seq2Seq.recording_attention)."""
+pictures of a typical sentence, and attention.html, the offline viewer of three sentences (nmt.analysis.viewer), drawn
+from weights the ``math`` backend records (Seq2Seq.recording_attention)."""
 
 from __future__ import annotations
 
@@ -47,11 +48,19 @@ def attention_pictures(model, tokenizer, source: str, hypothesis: str, out_dir: 
 
 def write_report(report_dir: Path, metrics: dict, args: argparse.Namespace, model, tokenizer, sources: list[str],
                  hypotheses: list[str], example: Optional[int], nbest: Optional[str]) -> None:
-    """metrics.json, report.md, hypotheses.txt (one line per source line), nbest.txt with --nbest N > 1, and the
-    attention pictures of the example sentence."""
+    """metrics.json, report.md, hypotheses.txt (one line per source line), nbest.txt with --nbest N > 1, the
+    attention pictures of the example sentence and attention.html for it and two more (`viewer_lines`)."""
+    from nmt.analysis.viewer import write_viewer
+
     pictures = attention_pictures(model, tokenizer, sources[example], hypotheses[example], report_dir) \
         if example is not None else {}
     metrics["pictures"] = pictures
+    shown = viewer_lines(sources, hypotheses)
+    if shown:
+        title = f"{args.model}, lines {', '.join(str(i + 1) for i in shown)}"
+        write_viewer(report_dir / "attention.html", model, tokenizer, [sources[i] for i in shown],
+                     [hypotheses[i] for i in shown], title=title)
+        metrics["viewer"] = {"file": "attention.html", "lines": [i + 1 for i in shown]}
     metrics["example"] = {"line": example + 1 if example is not None else None,
                           "source": sources[example] if example is not None else None,
                           "hypothesis": hypotheses[example] if example is not None else None}
@@ -67,6 +76,16 @@ def example_line(sources: list[str]) -> Optional[int]:
     """The sentence of median length among the non-blank ones: a typical example for pictures and cache sizes."""
     candidates = sorted((len(s), i) for i, s in enumerate(sources) if s.strip())
     return candidates[len(candidates) // 2][1] if candidates else None
+
+
+def viewer_lines(sources: list[str], hypotheses: list[str], count: int = 3) -> list[int]:
+    """Up to ``count`` lines for the viewer: the quartiles and median of source length among the lines with a source
+    and a hypothesis (an empty hypothesis has nothing for the decoder's sites to show), shortest first."""
+    candidates = sorted((len(s), i) for i, (s, h) in enumerate(zip(sources, hypotheses)) if s.strip() and h.strip())
+    if len(candidates) <= count:
+        return [i for _, i in candidates]
+    picks = sorted({round(q * (len(candidates) - 1) / (count + 1)) for q in range(1, count + 1)})
+    return [candidates[p][1] for p in picks]
 
 
 def render_report(metrics: dict, args: argparse.Namespace) -> str:
@@ -95,6 +114,9 @@ def render_report(metrics: dict, args: argparse.Namespace) -> str:
         lines += ["", f"KV cache for one sentence at beam {kv['beam']} ({kv['source_subwords']} source, "
                   f"{kv['target_subwords']} target subwords): {kv['total']:,} bytes (self-attention "
                   f"{kv['self_attention']:,}, cross-attention {kv['cross_attention']:,})."]
+    if metrics.get("viewer"):
+        lines += ["", f"Every site, layer and head of lines {', '.join(map(str, metrics['viewer']['lines']))}, "
+                  f"with each site's mask: [{metrics['viewer']['file']}]({metrics['viewer']['file']}) (opens offline)."]
     if metrics.get("pictures"):
         ex = metrics["example"]
         lines += ["", "## Attention", "", f"Line {ex['line']}: {ex['source']} → {ex['hypothesis']}", ""]

@@ -1,0 +1,188 @@
+"""The offline attention viewer: one self-contained ``attention.html`` showing every site × layer × head of a few
+sentences as heatmaps over their subwords, with each site's mask drawn under the weights.
+
+The weights come from the ``math`` backend (`Seq2Seq.recording_attention`), from one teacher-forced pass over the
+chosen sentences padded into one batch, as the model trains on them — so the padding the batch needs is part of the
+picture. The page (``viewer.html`` beside this module) carries its script and styles inline and loads nothing, so it
+opens from a file with no network; it renders with the browser's own SVG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from nmt.config import SITES
+
+SCALE = 1000  # weights are stored as integers in [0, SCALE]: 3 decimals, and a third of the bytes of floats
+TEMPLATE = Path(__file__).with_name("viewer.html")
+DATA_MARK = "/*ATTENTION_DATA*/null"
+
+
+def mask_cells(site_cfg, causal: bool, q_real: int, k_real: int, q_padded: int, k_padded: int) -> str:
+    """The mask of one site for one sentence as a string of ``q_padded · k_padded`` cell codes, row-major:
+    ``a`` allowed by the window (or no window), ``g`` allowed only through a global token, ``m`` masked (causality or
+    the window), ``p`` padding (a query or key past the sentence's real length). Rules: `nmt.attention.masks`."""
+    from nmt.attention.masks import MaskSpec
+
+    spec = MaskSpec(q_len=q_padded, k_len=k_padded, causal=causal, window=site_cfg.window,
+                    global_tokens=site_cfg.global_tokens)
+    q_pos, k_pos = spec.positions(torch.device("cpu"))
+    allowed = spec.allowed(q_pos[:, None], k_pos[None, :])  # (q_padded, k_padded)
+    local = MaskSpec(q_len=q_padded, k_len=k_padded, causal=causal, window=site_cfg.window).allowed(
+        q_pos[:, None], k_pos[None, :])
+    real = (q_pos[:, None] < q_real) & (k_pos[None, :] < k_real)
+    rows = []
+    for q in range(q_padded):
+        rows.append("".join("p" if not real[q, k] else "a" if local[q, k] else "g" if allowed[q, k] else "m"
+                            for k in range(k_padded)))
+    return "".join(rows)
+
+
+def _site_info(model) -> dict:
+    cfg = model.cfg
+    info = {}
+    for site in SITES:
+        resolved = cfg.site(site)
+        layers = cfg.encoder_layers if site == "encoder_self" else cfg.decoder_layers
+        info[site] = {"variant": resolved.variant, "layers": layers, "n_heads": resolved.n_heads,
+                      "n_kv_heads": resolved.n_kv_heads, "window": resolved.window,
+                      "global_tokens": resolved.global_tokens, "causal": site == "decoder_self"}
+    return info
+
+
+@torch.no_grad()
+def attention_data(model, tokenizer, sources: list[str], targets: list[str], title: str = "") -> dict:
+    """Everything the page draws, as JSON-ready lists: per sentence its subwords and, per site, the weights of every
+    layer and head over the sentence's real cells (integers, weight · SCALE, rounded) and the padded batch's mask
+    (`mask_cells`). ``targets`` are the decoder's side (hypotheses or references), teacher-forced.
+
+    Raises ValueError when ``sources`` is empty or the two lists differ in length.
+    """
+    from nmt.data.batching import collate
+
+    if not sources or len(sources) != len(targets):
+        raise ValueError(f"need as many targets as sources, and at least one (got {len(sources)} and {len(targets)})")
+    model.eval()
+    device = next(model.parameters()).device
+    src_ids, tgt_ids = tokenizer.encode(sources), tokenizer.encode(targets)
+    batch = collate(src_ids, tgt_ids)
+    src, src_lengths = batch["src"].to(device), batch["src_lengths"].to(device)
+    with model.recording_attention() as weights:
+        model.decode(batch["tgt_in"].to(device), model.encode(src, src_lengths), src_lengths)
+    sites = _site_info(model)
+    S, T = batch["src"].size(1), batch["tgt_in"].size(1)
+    sentences = []
+    for i, (source, target) in enumerate(zip(sources, targets)):
+        s_len, t_len = len(src_ids[i]) + 1, len(tgt_ids[i]) + 1
+        pieces = {"src": tokenizer.pieces(source) + ["</s>"], "tgt_in": ["<s>"] + tokenizer.pieces(target),
+                  "tgt_out": tokenizer.pieces(target) + ["</s>"]}
+        shapes = {"encoder_self": (s_len, s_len, S, S), "decoder_self": (t_len, t_len, T, T),
+                  "cross": (t_len, s_len, T, S)}
+        per_site = {}
+        for site in SITES:
+            q_real, k_real, q_pad, k_pad = shapes[site]
+            layers = [w[i, :, :q_real, :k_real] for w in weights[site]]  # each (n_heads, q_real, k_real)
+            quantized = torch.stack(layers).float().mul(SCALE).round().int()  # (layers, n_heads, q_real, k_real)
+            per_site[site] = {"weights": quantized.flatten(2).tolist(),
+                              "mask": mask_cells(model.cfg.site(site), sites[site]["causal"], q_real, k_real,
+                                                 q_pad, k_pad)}
+        sentences.append({"source": source, "target": target, **pieces, "sites": per_site})
+    return {"title": title, "scale": SCALE, "padded": {"src": S, "tgt": T}, "sites": sites, "sentences": sentences}
+
+
+def render_html(data: dict) -> str:
+    """The page with ``data`` inlined. ``</`` is escaped so that a subword such as ``</s>`` cannot end the script."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    template = TEMPLATE.read_text(encoding="utf-8")
+    if DATA_MARK not in template:  # a packaging fault, not a user error
+        raise RuntimeError(f"{TEMPLATE} has no {DATA_MARK!r} slot")
+    return template.replace(DATA_MARK, payload)
+
+
+def write_viewer(path: Path, model, tokenizer, sources: list[str], targets: list[str], title: str = "") -> Path:
+    """Write ``attention.html`` for these sentences (see `attention_data`) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(attention_data(model, tokenizer, sources, targets, title)), encoding="utf-8")
+    return path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from nmt.decoding.flags import add_decode_flags
+
+    parser = argparse.ArgumentParser(
+        prog="nmt analyze attention",
+        description="Write one offline HTML page with the attention of chosen sentences: every site, layer and head.")
+    parser.add_argument("--model", required=True, help="exported model directory or a training .ckpt")
+    parser.add_argument("--src", help="source file (.gz read transparently); --lines picks its sentences")
+    parser.add_argument("--lines", default="1,2,3", help="line numbers of --src, 1-based, comma-separated")
+    parser.add_argument("--sentence", action="append", default=[], help="a source sentence, instead of --src "
+                        "(repeatable)")
+    parser.add_argument("--ref", help="teacher-force these references (same lines of this file) instead of the "
+                        "model's translations")
+    parser.add_argument("--out", default="attention.html", help="the page to write (default attention.html)")
+    add_decode_flags(parser)
+    return parser.parse_args(argv)
+
+
+def chosen_lines(spec: str, n_lines: int, path: str) -> list[int]:
+    """0-based indices from ``--lines`` (1-based, comma-separated). Raises ValueError naming the bad item."""
+    indices = []
+    for item in spec.split(","):
+        if not item.strip().isdigit() or not 1 <= int(item) <= n_lines:
+            raise ValueError(f"--lines: {item.strip()!r} is not a line number of {path} (1 … {n_lines})")
+        indices.append(int(item) - 1)
+    return indices
+
+
+def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]]]:
+    from nmt.data.textio import read_text
+
+    if bool(args.src) == bool(args.sentence):
+        raise ValueError("give --src FILE (with --lines) or --sentence TEXT, not both and not neither")
+    if args.sentence:
+        if args.ref:
+            raise ValueError("--ref goes with --src: its lines are the references of the same lines")
+        return args.sentence, None
+    lines = read_text(args.src)
+    picked = chosen_lines(args.lines, len(lines), args.src)
+    sources = [lines[i] for i in picked]
+    if not args.ref:
+        return sources, None
+    refs = read_text(args.ref)
+    if len(refs) != len(lines):
+        raise ValueError(f"{args.src} has {len(lines)} lines but {args.ref} has {len(refs)}")
+    return sources, [refs[i] for i in picked]
+
+
+def main(argv: list[str]) -> int:
+    from nmt.decoding.flags import FlagError, check_device, decode_config
+    from nmt.errors import first_line
+
+    args = parse_args(argv)
+    try:
+        cfg = decode_config(args)
+        check_device(args.device)
+        sources, targets = _sentences(args)
+        blank = [i + 1 for i, s in enumerate(sources) if not s.strip()]
+        if blank:
+            raise ValueError(f"sentence(s) {blank} are blank: nothing to attend over")
+        from nmt.decoding.loading import load_model_info
+        from nmt.decoding.translate import Translator
+
+        model, tokenizer, _ = load_model_info(args.model, args.device)
+        if targets is None:
+            targets = [t.text for t in Translator(model, tokenizer, args.device).translate_full(
+                sources, cfg, args.batch_tokens, args.max_source_len)]
+        path = write_viewer(Path(args.out), model, tokenizer, sources, targets, title=str(args.model))
+    except (FlagError, ValueError, OSError) as error:
+        print(f"nmt analyze attention: {first_line(error)}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, {len(sources)} sentences)")
+    return 0

@@ -1,0 +1,189 @@
+"""nmt analyze attention / attention.html: the data the page draws equals the model's recorded weights, the mask codes
+match what the math backend masked, and the page opens offline in headless Chromium and draws those weights."""
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+from nmt.analysis import viewer
+from nmt.cli import main
+from nmt.config import ModelConfig
+from nmt.data.batching import collate
+from nmt.data.tokenizer import TokenizerSettings, load_or_train
+from nmt.decoding.export import export_model
+from nmt.model import build_model
+from tests import browser
+from tests.conftest import multi30k_sample
+
+SOURCES = ["A man in an orange hat starring at something.",
+           "Two dogs play in the snow.",
+           "A little girl is climbing into a wooden playhouse while her mother watches from the porch."]
+TARGETS = ["Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+           "Zwei Hunde spielen im Schnee.",
+           "Ein kleines Mädchen klettert in ein Spielhaus aus Holz."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "v", tmp_path_factory.mktemp("spm"))
+
+
+def model_of(layers=2, n_heads=4, **attention):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=400, d_model=32, n_heads=n_heads, d_ff=64, encoder_layers=layers,
+                      decoder_layers=layers, attention=attention)
+    return build_model(cfg).eval()
+
+
+SPARSE_GQA = {"encoder_self": {"window": 3, "global_tokens": 2, "n_kv_heads": 2},
+              "decoder_self": {"window": 4, "global_tokens": 1, "n_kv_heads": 1}, "cross": {"n_kv_heads": 2}}
+
+
+def recorded(model, tokenizer):
+    """The oracle: the math backend's weights for the same padded batch, recorded directly."""
+    src_ids, tgt_ids = tokenizer.encode(SOURCES), tokenizer.encode(TARGETS)
+    batch = collate(src_ids, tgt_ids)
+    with torch.no_grad(), model.recording_attention() as weights:
+        model.decode(batch["tgt_in"], model.encode(batch["src"], batch["src_lengths"]), batch["src_lengths"])
+    return weights, src_ids, tgt_ids
+
+
+def test_page_data_is_the_recorded_weights_and_masked_cells_are_zero(tokenizer):
+    model = model_of(**SPARSE_GQA)
+    data = viewer.attention_data(model, tokenizer, SOURCES, TARGETS)
+    weights, src_ids, tgt_ids = recorded(model, tokenizer)
+    for i, sentence in enumerate(data["sentences"]):
+        s, t = len(src_ids[i]) + 1, len(tgt_ids[i]) + 1
+        assert len(sentence["src"]) == s and len(sentence["tgt_in"]) == t == len(sentence["tgt_out"])
+        for site, (q, k) in {"encoder_self": (s, s), "decoder_self": (t, t), "cross": (t, s)}.items():
+            drawn = torch.tensor(sentence["sites"][site]["weights"], dtype=torch.float32) / viewer.SCALE
+            expected = torch.stack([w[i, :, :q, :k] for w in weights[site]]).flatten(2)  # (layers, heads, q·k)
+            torch.testing.assert_close(drawn, expected, atol=0.5 / viewer.SCALE + 1e-6, rtol=0)
+            q_pad = data["padded"]["src" if site == "encoder_self" else "tgt"]
+            k_pad = data["padded"]["tgt" if site == "decoder_self" else "src"]
+            codes = sentence["sites"][site]["mask"]
+            assert len(codes) == q_pad * k_pad
+            real = torch.stack(weights[site])[:, i, :, :q, :k]  # (layers, heads, q, k)
+            for row in range(q_pad):
+                for col in range(k_pad):
+                    code = codes[row * k_pad + col]
+                    assert (code == "p") == (row >= q or col >= k)
+                    if code != "p":  # masked cells carry no weight; allowed ones (a softmax row) some
+                        assert (code == "m") == bool((real[:, :, row, col] == 0).all()), (site, row, col, code)
+    enc, dec = data["sentences"][2]["sites"]["encoder_self"]["mask"], data["sentences"][2]["sites"]["decoder_self"]
+    assert "g" in enc and "m" in enc and "g" in dec["mask"]  # the sparse pattern is really in the picture
+    assert data["sites"]["decoder_self"]["causal"] and data["sites"]["cross"]["n_kv_heads"] == 2
+
+
+def test_mask_codes_for_a_causal_window_with_a_global_token():
+    site = ModelConfig(vocab_size=10, d_model=8, n_heads=2, d_ff=8,
+                       attention={"decoder_self": {"window": 2, "global_tokens": 1}}).site("decoder_self")
+    codes = viewer.mask_cells(site, causal=True, q_real=4, k_real=4, q_padded=5, k_padded=5)
+    rows = [codes[i * 5:(i + 1) * 5] for i in range(5)]
+    assert rows == ["ammmp", "aammp", "gaamp", "gmaap", "ppppp"]
+
+
+def test_subwords_that_close_a_script_tag_cannot_break_the_page():
+    html = viewer.render_html({"title": "</script><script>alert(1)</script>", "sentences": []})
+    script = html.split("const DATA = ", 1)[1].split(";\n", 1)[0]
+    assert "</" not in script and json.loads(script)["title"].startswith("</script>")
+
+
+def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokenizer, capsys):
+    model_dir = export_model(model_of(), tokenizer, tmp_path / "model")
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    out = tmp_path / "view" / "attention.html"
+    assert main(["analyze", "attention", "--model", str(model_dir), "--src", str(src), "--lines", "3,1",
+                 "--out", str(out)]) == 0
+    data = page_data(out)
+    assert [s["source"] for s in data["sentences"]] == [SOURCES[2], SOURCES[0]]
+    bad = [(["--src", str(src), "--lines", "4"], "--lines: '4' is not a line number"),
+           (["--src", str(src), "--lines", "x"], "--lines: 'x'"),
+           (["--src", str(src), "--sentence", "hi"], "not both"),
+           (["--sentence", "hi", "--ref", str(src)], "--ref goes with --src"),
+           (["--src", str(tmp_path / "missing.txt")], "missing.txt"),
+           (["--sentence", "  "], "blank")]
+    for args, message in bad:
+        capsys.readouterr()
+        assert main(["analyze", "attention", "--model", str(model_dir), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+class Cells(HTMLParser):
+    """The drawn cells of the page's DOM, keyed by (site, layer, head) → {(q, k): weight or mask code}."""
+
+    def __init__(self):
+        super().__init__()
+        self.group, self.cells, self.errors, self.rendered = None, {}, None, None
+        self._in_errors = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "g" and "data-site" in a:
+            self.group = (a["data-site"], a["data-layer"], a["data-head"])
+            self.cells[self.group] = {}
+        elif tag == "rect" and "data-q" in a and self.group:
+            self.cells[self.group][int(a["data-q"]), int(a["data-k"])] = a.get("data-w", a["data-mask"])
+        elif tag == "body":
+            self.rendered = a.get("data-rendered")
+        elif tag == "pre" and a.get("id") == "errors":
+            self._in_errors, self.errors = True, ""
+
+    def handle_data(self, data):
+        if self._in_errors:
+            self.errors += data
+
+    def handle_endtag(self, tag):
+        self._in_errors = self._in_errors and tag != "pre"
+
+
+@pytest.mark.slow
+def test_page_opens_offline_in_chromium_and_draws_the_models_weights(tmp_path, tokenizer):
+    """The issue's target: a 6-layer, 8-head model and 3 sentences, ≤ 3 MB, no console output in a browser with no
+    network, and one head's drawn cells equal to the model's weights, read back from the rendered DOM."""
+    model = model_of(layers=6, n_heads=8, encoder_self={"n_kv_heads": 2, "window": 4, "global_tokens": 1},
+                     decoder_self={"n_kv_heads": 4}, cross={"n_kv_heads": 1})
+    page = viewer.write_viewer(tmp_path / "attention.html", model, tokenizer, SOURCES, TARGETS, title="test")
+    html = page.read_text(encoding="utf-8")
+    assert page.stat().st_size <= 3 * 2**20
+    # Nothing to fetch: no src/href/url()/import pointing anywhere, no fetch or XHR.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import|fetch\(|"""
+                         r"XMLHttpRequest", html)
+    weights, src_ids, tgt_ids = recorded(model, tokenizer)
+    padded = page_data(page)["padded"]
+    for index, view, padding, fragment in ((0, "heads", 1, ""), (2, "mean", 0, "sentence=2&view=mean&padding=0")):
+        result = browser.run(page, tmp_path / f"profile{index}", "--dump-dom", fragment=fragment)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert browser.console_lines(result.stderr) == []
+        dom = Cells()
+        dom.feed(result.stdout)
+        assert dom.rendered == f"{index}:{view}:{padding}" and dom.errors == ""
+        assert len(dom.cells) == 3 * 6 * (8 if view == "heads" else 1)
+        t, s = len(tgt_ids[index]) + 1, len(src_ids[index]) + 1
+        cross = weights["cross"][5][index, :, :t, :s]  # the last layer: (heads, t, s)
+        expected = cross[5] if view == "heads" else cross.mean(0)
+        drawn = dom.cells["cross", "5", "5" if view == "heads" else "mean"]
+        assert len(drawn) == (padded["tgt"] * padded["src"] if padding else t * s)
+        for (q, k), value in drawn.items():
+            if q < t and k < s:
+                assert abs(float(value) - float(expected[q, k])) <= 1.5e-3, (q, k, value)
+            else:
+                assert value == "p"
+
+
+def page_data(page):
+    return json.loads(page.read_text(encoding="utf-8").split("const DATA = ", 1)[1].split(";\n", 1)[0]
+                      .replace("<\\/", "</"))
+
+
+@pytest.mark.slow
+def test_screenshot_shows_the_page(tmp_path, tokenizer):
+    page = viewer.write_viewer(tmp_path / "attention.html", model_of(), tokenizer, SOURCES[:1], TARGETS[:1])
+    shot = tmp_path / "shot.png"
+    result = browser.run(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=900,700")
+    assert result.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
