@@ -15,16 +15,21 @@ commands:
   convert    convert a model to fewer K/V heads per site (GQA/MQA by mean-pooling; nmt convert M --out D all=1)
   export     export a model for deployment (nmt export ct2 MODEL OUT: a CTranslate2 model folder)
   bench      benchmark attention kernels, training and decoding
-  attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …)
+  attention  print the attention config each site gets from Hydra overrides (nmt attention attention=gqa …);
+             --kv [src=40 tgt=40 beam=5 batch=1 dtype=fp32] after them adds KV-cache bytes per site and layer
   analyze    look inside a model: attention viewer (nmt analyze attention), head analysis (nmt analyze heads)
 """
 
-def show_attention(overrides: list[str]) -> int:
-    """Print the resolved per-site attention configs, so users see what a combination of presets gives."""
+def show_attention(args: list[str]) -> int:
+    """Print the resolved per-site attention configs, so users see what a combination of presets gives; with
+    ``--kv [KEY=VALUE …]`` after the overrides, then the KV-cache table of nmt.analysis.kv_cache."""
+    from nmt.analysis.kv_cache import format_kv_plan, kv_cache_plan, parse_kv_args, split_kv_args
     from nmt.config.compose import compose_config, config_error_line, model_config
     from nmt.config.overrides import check_overrides
 
+    overrides, kv_args = split_kv_args(args)
     try:
+        kv = parse_kv_args(kv_args) if kv_args is not None else None  # before composing: a typo fails fast
         check_overrides(overrides)  # nmt train's key and option checks: the same one-line messages
         cfg = model_config(compose_config(overrides))
     except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
@@ -37,6 +42,9 @@ def show_attention(overrides: list[str]) -> int:
             f"window={resolved.window} global_tokens={resolved.global_tokens} backend={resolved.backend} "
             f"dropout={resolved.dropout}"
         )
+    if kv is not None:
+        print()
+        print(format_kv_plan(kv_cache_plan(cfg, **kv)), end="")
     return 0
 
 

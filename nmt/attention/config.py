@@ -63,6 +63,13 @@ class AttentionConfig:
         return replace(self, n_heads=heads, n_kv_heads=kv_heads)
 
     @property
+    def sees_every_key(self) -> bool:
+        """True without a window or global tokens: every query sees every (unpadded) key whatever its position, so
+        on cross-attention a sentence's beams can share one cached source row (Seq2Seq.init_state, and the
+        KV-cache calculator nmt.analysis.kv_cache)."""
+        return self.window is None and not self.global_tokens
+
+    @property
     def variant(self) -> str:
         """A short human name, e.g. ``gqa-2+window-8`` (used in logs and reports)."""
         heads, kv = self.n_heads, self.n_kv_heads

@@ -9,7 +9,9 @@ the other half-loaded.
 
 from importlib import import_module
 
-_EXPORTS = {name: "seq2seq" for name in ("DecoderState", "Seq2Seq", "build_model", "kv_cache_bytes")}
+_EXPORTS = {
+    name: "seq2seq" for name in ("DecoderState", "Seq2Seq", "build_model", "kv_cache_bytes", "kv_cache_layer_bytes")
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -294,9 +294,8 @@ class Seq2Seq(nn.Module):
 
     def init_state(self, memory: Tensor, src_lengths: Optional[Tensor] = None) -> DecoderState:
         caches = [(layer.self_attn.new_cache(), layer.cross_attn.new_cache()) for layer in self.decoder_layers]
-        cross = self.cfg.site("cross")
         # Beams can share a source row only where cross-attention ignores query positions (no window, no globals).
-        share = cross.window is None and not cross.global_tokens
+        share = self.cfg.site("cross").sees_every_key
         return DecoderState(caches, memory, src_lengths, share_sources=share)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
@@ -313,18 +312,42 @@ def build_model(cfg: ModelConfig) -> Seq2Seq:
 
 
 @torch.no_grad()
+def _decoded_state(model: Seq2Seq, sources: list[list[int]], hyp_len: int, beam: int) -> DecoderState:
+    """The DecoderState after ``max(hyp_len, 1)`` greedy steps from bos for the batch ``sources`` (eos added to each,
+    right-padded to the longest), laid out as beam search lays it out: ``beam`` decoder rows per sentence, over one
+    source row per sentence where cross-attention sees every key (DecoderState.share_sources), else one per row."""
+    if not sources:
+        raise ValueError("kv_cache_layer_bytes needs at least one source sentence")
+    device = model.src_embed.weight.device
+    lengths = torch.tensor([len(ids) + 1 for ids in sources], device=device)  # (B,) with eos
+    src = torch.full((len(sources), int(lengths.max())), model.cfg.pad_id, device=device)  # (B, S)
+    for row, ids in enumerate(sources):
+        src[row, : len(ids) + 1] = torch.tensor([*ids, EOS_ID], device=device)
+    state = model.init_state(model.encode(src, lengths), lengths)
+    sentences = torch.arange(len(sources), device=device)
+    state.select_beams(sentences.repeat_interleave(beam), sentences, beam)
+    tokens = torch.full((len(sources) * beam, 1), BOS_ID, device=device)
+    for _ in range(max(hyp_len, 1)):
+        tokens = model.decode_step(tokens, state).argmax(-1)
+    return state
+
+
+def kv_cache_layer_bytes(model: Seq2Seq, sources: list[list[int]], hyp_len: int, beam: int) -> list[dict[str, int]]:
+    """Bytes of each decoder layer's KV caches for the batch ``sources`` (subword ids per sentence, eos added here)
+    decoded with ``beam`` beams each to ``hyp_len`` subwords: one {"self_attention", "cross_attention"} per layer, read
+    from the allocated cache tensors (KVCache.nbytes). A padded batch caches every sentence's source at the longest
+    one's length S (padding included). Raises ValueError for an empty batch."""
+    state = _decoded_state(model, sources, hyp_len, beam)
+    return [{"self_attention": self_cache.nbytes, "cross_attention": cross_cache.nbytes}
+            for self_cache, cross_cache in state.caches]
+
+
 def kv_cache_bytes(model: Seq2Seq, src_ids: list[int], hyp_len: int, beam: int) -> dict[str, int]:
     """Bytes of the decoder's KV caches for one sentence of ``src_ids`` (subword ids, eos added here) decoded with
     ``beam`` beams to ``hyp_len`` subwords: {"self_attention", "cross_attention", "total"}, read from the allocated
     cache tensors of a DecoderState laid out as beam search lays it out (``beam`` decoder rows over one source row,
-    where cross-attention has no window)."""
-    device = model.src_embed.weight.device
-    src = torch.tensor([[*src_ids, EOS_ID]], device=device)  # (1, S)
-    lengths = torch.tensor([src.size(1)], device=device)
-    state = model.init_state(model.encode(src, lengths), lengths)
-    state.select_beams(torch.zeros(beam, dtype=torch.long, device=device), torch.arange(1, device=device), beam)
-    tokens = torch.full((beam, 1), BOS_ID, device=device)
-    for _ in range(max(hyp_len, 1)):
-        tokens = model.decode_step(tokens, state).argmax(-1)
-    self_bytes, cross_bytes = state.self_cache_bytes(), state.cross_cache_bytes()
+    where cross-attention has no window). Per layer: kv_cache_layer_bytes."""
+    layers = kv_cache_layer_bytes(model, [src_ids], hyp_len, beam)
+    self_bytes = sum(layer["self_attention"] for layer in layers)
+    cross_bytes = sum(layer["cross_attention"] for layer in layers)
     return {"self_attention": self_bytes, "cross_attention": cross_bytes, "total": self_bytes + cross_bytes}
