@@ -7,9 +7,11 @@ Heads are masked through `Seq2Seq.head_gates` (gate 0) on the model that decodes
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -66,12 +68,24 @@ def pruning_curves(model, translate: Callable[[], list[str]], references: list[s
             start, scores = time.perf_counter(), [unpruned]
             for k, (layer, head) in enumerate(orders[site], start=1):
                 gates[site][layer, head] = 0.0
-                scores.append(corpus_scores(translate(), references, tokenized))
+                with _errors_only("sacrebleu"):  # its warnings are about the data: said at the unpruned point
+                    scores.append(corpus_scores(translate(), references, tokenized))
                 if progress is not None:
                     progress(site, k, len(orders[site]), scores[-1])
             gates[site].fill_(1.0)
             curves[site] = Curve(orders[site], scores, round(time.perf_counter() - start, 2))
     return curves
+
+
+@contextlib.contextmanager
+def _errors_only(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def verdict(curves: dict[str, Curve], metric: str, tolerance: float) -> Verdict:

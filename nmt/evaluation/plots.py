@@ -131,7 +131,7 @@ def _value_map(ax, values: np.ndarray, vmin: float, vmax: float):
         for head in range(heads):
             value = float(values[layer, head])
             dark = value > vmin + 0.6 * (vmax - vmin)
-            ax.text(head, layer, f"{value:.2g}", ha="center", va="center", fontsize=7,
+            ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if dark else "black")
     ax.set_xticks(range(heads))
     ax.set_yticks(range(layers))
