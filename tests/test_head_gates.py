@@ -146,5 +146,6 @@ def test_gates_of_the_wrong_shape_are_refused_naming_the_site():
     with pytest.raises(ValueError, match=r"head gates for cross: expected \(2, \[batch,\] 2\), got \(2, 4\)"):
         with model.head_gates({**good, "cross": torch.ones(2, 4)}):
             pass
+    assert all(layer.head_gate is None for layer in model.attention_layers())  # none gated by the refused call
     with model.head_gates() as gates:
         assert tuple(gates["cross"].shape) == (2, 2)

@@ -105,8 +105,8 @@ class Attention(nn.Module):
         return self.out_proj(out), weights
 
     def _gate(self, out: Tensor) -> Tensor:
-        """Each head's output (B, n_heads, T, head_dim) times its gate ξ_h (Michel et al. 2019, §3: a head is
-        masked by ξ_h = 0 and its importance is |∂L/∂ξ_h| at ξ = 1). After every backend and cache path, so it holds
+        """Each head's output (B, n_heads, T, head_dim) times its gate ξ_h (Michel et al. 2019, §2.3 and §4.1: a head
+        is masked by ξ_h = 0 and its importance is |∂L/∂ξ_h| at ξ = 1). After every backend and cache path, so it holds
         for cached decoding and for beam search's cross-attention, where a sentence's beams are extra query rows
         (the gate is per head, not per row). A (B, n_heads) row gates each batch row on its own: teacher-forced
         passes only, as B must be this call's batch."""

@@ -234,8 +234,8 @@ class Seq2Seq(nn.Module):
         self, values: Optional[dict[str, Tensor]] = None, *, requires_grad: bool = False, batch: Optional[int] = None
     ) -> Iterator[dict[str, Tensor]]:
         """Gate each attention head's output while the block runs (Michel et al. 2019, "Are Sixteen Heads Really
-        Better than One?", §3): head h of a layer contributes ξ_h · Att_h(x) to the output projection, so ξ_h = 0
-        masks the head and ∂L/∂ξ_h at ξ = 1 is its importance. Yields ``{site: gates}`` for the sites
+        Better than One?", §2.3 and §4.1): head h of a layer contributes ξ_h · Att_h(x) to the output projection, so
+        ξ_h = 0 masks the head and ∂L/∂ξ_h at ξ = 1 is its importance. Yields ``{site: gates}`` for the sites
         ``encoder_self``, ``decoder_self`` and ``cross``, each gates tensor (layers, n_heads) in the order the layers
         run, or (layers, batch, n_heads) with ``batch`` (one gate per batch row: teacher-forced passes of exactly
         that batch, whose summed loss then gives each row's own gradient). The layers read the yielded tensors at
@@ -257,8 +257,9 @@ class Seq2Seq(nn.Module):
             values = {site: torch.ones(len(site_layers), *(() if batch is None else (batch,)),
                                        self.cfg.site(site).n_heads, dtype=weight.dtype, device=weight.device,
                                        requires_grad=requires_grad) for site, site_layers in by_site.items()}
-        for site, site_layers in by_site.items():
+        for site, site_layers in by_site.items():  # all checked before any layer is gated
             _check_gates(site, values.get(site), len(site_layers), self.cfg.site(site).n_heads)
+        for site, site_layers in by_site.items():
             for row, layer in enumerate(site_layers):
                 layer.head_gate = (values[site], row)
         try:
