@@ -60,6 +60,9 @@ class Attention(nn.Module):
             self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
         self.out_proj = nn.Linear(q_dim, d_model, bias=bias)
         self.recording: Optional[list[Tensor]] = None  # where to append each call's weights, while recorded
+        # While gated (Seq2Seq.head_gates): the site's gates (layers, n_heads) or (layers, B, n_heads) and this
+        # layer's row. The row is taken at every call, so each pass builds its own autograd graph to the gates.
+        self.head_gate: Optional[tuple[Tensor, int]] = None
 
     def new_cache(self) -> KVCache:
         if self.cross:
@@ -96,8 +99,22 @@ class Attention(nn.Module):
                               need_weights=need_weights or recording, site=self.site)  # (B, n_heads, T, head_dim)
         if recording:
             self.recording.append(weights)
+        if self.head_gate is not None:
+            out = self._gate(out)
         out = out.transpose(1, 2).flatten(2)  # (B, T, n_heads · head_dim)
         return self.out_proj(out), weights
+
+    def _gate(self, out: Tensor) -> Tensor:
+        """Each head's output (B, n_heads, T, head_dim) times its gate ξ_h (Michel et al. 2019, §2.3 and §4.1: a head
+        is masked by ξ_h = 0 and its importance is |∂L/∂ξ_h| at ξ = 1). After every backend and cache path, so it holds
+        for cached decoding and for beam search's cross-attention, where a sentence's beams are extra query rows
+        (the gate is per head, not per row). A (B, n_heads) row gates each batch row on its own: teacher-forced
+        passes only, as B must be this call's batch."""
+        gates, row = self.head_gate
+        gate = gates[row].to(out.dtype)  # (n_heads,) or (B, n_heads)
+        if gate.size(-1) != self.n_heads:
+            raise ValueError(f"attention {self.site}: {gate.size(-1)} head gates for {self.n_heads} heads")
+        return out * gate[..., None, None]
 
     def _self_inputs(
         self, x: Tensor, lengths: Optional[Tensor], cache: Optional[KVCache]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -78,13 +78,64 @@ def scatter(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], xla
     return _save(fig, path)
 
 
-def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, path: Path) -> Path:
+def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, path: Path,
+           level: Optional[tuple[float, str]] = None) -> Path:
+    """One line per series; ``level`` (value, label): a dashed horizontal line, e.g. a threshold."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker=".", label=label)
+    if level is not None:
+        ax.axhline(level[0], color="grey", linestyle="--", linewidth=1, label=level[1])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def layer_head_maps(columns: dict[str, dict[str, np.ndarray]], path: Path, title: str = "") -> Path:
+    """Heatmaps of per-head values: ``columns`` {quantity: {row name (e.g. a site): values (layers, n_heads)}}, a
+    panel per row and quantity, layers down and heads across, each value written in its cell. Every quantity has
+    one colour scale over all its panels (and one colour bar), so a shade means the same value in every row."""
+    names = list(dict.fromkeys(row for panels in columns.values() for row in panels))
+    most_heads = max((v.shape[1] for panels in columns.values() for v in panels.values()), default=1)
+    most_layers = max((v.shape[0] for panels in columns.values() for v in panels.values()), default=1)
+    fig, axes = plt.subplots(len(names), len(columns), squeeze=False, layout="constrained",
+                             figsize=(max(3.5, 0.6 * most_heads + 2) * len(columns),
+                                      (0.35 * most_layers + 1.2) * len(names) + 0.6))
+    for col, (quantity, panels) in enumerate(columns.items()):
+        values = [v for v in panels.values() if v.size]
+        vmin = min((float(v.min()) for v in values), default=0.0)
+        vmax = max((float(v.max()) for v in values), default=1.0)
+        image = None
+        for row, name in enumerate(names):
+            ax = axes[row][col]
+            if name not in panels or not panels[name].size:
+                ax.axis("off")
+                continue
+            image = _value_map(ax, panels[name], vmin, max(vmax, vmin + 1e-12))
+            ax.set_title(f"{name}: {quantity}", fontsize=9)
+        if image is not None:
+            fig.colorbar(image, ax=[axes[r][col] for r in range(len(names))], shrink=0.8, label=quantity)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _value_map(ax, values: np.ndarray, vmin: float, vmax: float):
+    """One (layers, n_heads) panel with its values written in the cells (white on the darker half)."""
+    image = ax.imshow(values, cmap=CMAP, vmin=vmin, vmax=vmax, aspect="auto")
+    layers, heads = values.shape
+    for layer in range(layers):
+        for head in range(heads):
+            value = float(values[layer, head])
+            dark = value > vmin + 0.6 * (vmax - vmin)
+            ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_xlabel("head", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return image

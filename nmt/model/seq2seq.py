@@ -229,6 +229,45 @@ class Seq2Seq(nn.Module):
             for layer in layers:
                 layer.recording = None
 
+    @contextlib.contextmanager
+    def head_gates(
+        self, values: Optional[dict[str, Tensor]] = None, *, requires_grad: bool = False, batch: Optional[int] = None
+    ) -> Iterator[dict[str, Tensor]]:
+        """Gate each attention head's output while the block runs (Michel et al. 2019, "Are Sixteen Heads Really
+        Better than One?", §2.3 and §4.1): head h of a layer contributes ξ_h · Att_h(x) to the output projection, so
+        ξ_h = 0 masks the head and ∂L/∂ξ_h at ξ = 1 is its importance. Yields ``{site: gates}`` for the sites
+        ``encoder_self``, ``decoder_self`` and ``cross``, each gates tensor (layers, n_heads) in the order the layers
+        run, or (layers, batch, n_heads) with ``batch`` (one gate per batch row: teacher-forced passes of exactly
+        that batch, whose summed loss then gives each row's own gradient). The layers read the yielded tensors at
+        every call, so edits inside the block (``gates["cross"][1, 2] = 0``) take effect, on every path: teacher
+        forcing, cached greedy and beam decoding, any backend. Outside the block no layer is gated.
+
+        ``values``: the gates to use, e.g. autograd inputs (all three sites, each of the shape above); otherwise
+        ones in the parameters' dtype and device, leaves with ``requires_grad``. Gradients reach the gates whatever
+        the parameters' own ``requires_grad``.
+
+            with model.head_gates(requires_grad=True) as gates:
+                loss = F.cross_entropy(model(src, src_lengths, tgt_in).flatten(0, 1), tgt_out.flatten())
+                grads = torch.autograd.grad(loss, list(gates.values()))  # (layers, n_heads) per site
+        """
+        layers = self.attention_layers()
+        by_site = {site: [layer for layer in layers if layer.site == site] for site in SITES}
+        weight = self.src_embed.weight
+        if values is None:
+            values = {site: torch.ones(len(site_layers), *(() if batch is None else (batch,)),
+                                       self.cfg.site(site).n_heads, dtype=weight.dtype, device=weight.device,
+                                       requires_grad=requires_grad) for site, site_layers in by_site.items()}
+        for site, site_layers in by_site.items():  # all checked before any layer is gated
+            _check_gates(site, values.get(site), len(site_layers), self.cfg.site(site).n_heads)
+        for site, site_layers in by_site.items():
+            for row, layer in enumerate(site_layers):
+                layer.head_gate = (values[site], row)
+        try:
+            yield values
+        finally:
+            for layer in layers:
+                layer.head_gate = None
+
     def attention_layers(self) -> list[Attention]:
         return [m for m in self.modules() if isinstance(m, Attention)]
 
@@ -305,6 +344,13 @@ class Seq2Seq(nn.Module):
         for layer, caches in zip(self.decoder_layers, state.caches):
             x = layer(x, state.memory, state.memory_lengths, caches=caches, beam=state.beam)
         return self._logits(x)
+
+
+def _check_gates(site: str, gates: Optional[Tensor], n_layers: int, n_heads: int) -> None:
+    """ValueError naming the site unless ``gates`` is (n_layers, n_heads) or (n_layers, batch, n_heads)."""
+    if gates is None or gates.dim() not in (2, 3) or (gates.size(0), gates.size(-1)) != (n_layers, n_heads):
+        got = "none" if gates is None else tuple(gates.shape)
+        raise ValueError(f"head gates for {site}: expected ({n_layers}, [batch,] {n_heads}), got {got}")
 
 
 def build_model(cfg: ModelConfig) -> Seq2Seq:
