@@ -149,3 +149,28 @@ def test_gates_of_the_wrong_shape_are_refused_naming_the_site():
     assert all(layer.head_gate is None for layer in model.attention_layers())  # none gated by the refused call
     with model.head_gates() as gates:
         assert tuple(gates["cross"].shape) == (2, 2)
+        with pytest.raises(RuntimeError, match="do not nest"):  # an inner block's exit would ungate the outer's
+            with model.head_gates():
+                pass
+        assert all(layer.head_gate is not None for layer in model.attention_layers())
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "band", "matmul"])  # flex compiles ~15 s; tested elsewhere
+def test_every_cpu_backend_is_gated_as_math_is(backend):
+    """The gate acts after `attend`, so a masked head is masked whatever kernel computed it (band needs a window)."""
+    window = 3 if backend == "band" else None
+    outputs = {}
+    for name in ("math", backend):
+        config = AttentionConfig(backend=name, window=window)
+        cross_backend = "sdpa" if name == "band" else name  # band serves self-attention windows only
+        torch.manual_seed(0)
+        model = build_model(tiny(attention=AttentionSites(encoder_self=config, decoder_self=config,
+                                                          cross=AttentionConfig(backend=cross_backend)))).eval()
+        src, src_lengths, tgt = batch()
+        with torch.no_grad(), model.head_gates() as gates:
+            _masked(gates, MASKED)
+            outputs[name] = model(src, src_lengths, tgt)
+        with torch.no_grad():
+            ungated = model(src, src_lengths, tgt)
+    assert (outputs[backend] - outputs["math"]).abs().max() <= 1e-5
+    assert (ungated - outputs[backend]).abs().max() > 1e-3  # the masked heads did matter

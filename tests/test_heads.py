@@ -175,6 +175,11 @@ def test_bad_input_is_one_line_naming_the_problem(setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("nmt analyze heads: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+    (tmp_path / "a_file").write_text("")  # refused before any decoding, not after the curves
+    assert main(["analyze", "heads", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--out",
+                 str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"nmt analyze heads: --out {tmp_path / 'a_file'} is a file, not a folder\n"
 
 
 def test_uniform_entropy_is_the_mean_ln_of_the_keys_each_row_sees(setup, analysis):

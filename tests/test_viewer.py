@@ -86,10 +86,13 @@ def test_mask_codes_for_a_causal_window_with_a_global_token():
     assert rows == ["ammmp", "aammp", "gaamp", "gmaap", "ppppp"]
 
 
-def test_subwords_that_close_a_script_tag_cannot_break_the_page():
-    html = viewer.render_html({"title": "</script><script>alert(1)</script>", "sentences": []})
+HOSTILE = "A dog <!--<script> runs </script> by </s>"  # would end the script, or re-open it and swallow the rest
+
+
+def test_text_that_closes_or_opens_a_script_tag_cannot_break_the_page():
+    html = viewer.render_html({"title": HOSTILE, "sentences": []})
     script = html.split("const DATA = ", 1)[1].split(";\n", 1)[0]
-    assert "</" not in script and json.loads(script)["title"].startswith("</script>")
+    assert "<" not in script and json.loads(script)["title"] == HOSTILE
 
 
 def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokenizer, capsys):
@@ -97,6 +100,8 @@ def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokeniz
     src = tmp_path / "src.txt"
     src.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
     out = tmp_path / "view" / "attention.html"
+    blank = tmp_path / "blank.txt"
+    blank.write_text("A dog.\n\nA cat.\n", encoding="utf-8")
     assert main(["analyze", "attention", "--model", str(model_dir), "--src", str(src), "--lines", "3,1",
                  "--out", str(out)]) == 0
     data = page_data(out)
@@ -106,7 +111,9 @@ def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokeniz
            (["--src", str(src), "--sentence", "hi"], "not both"),
            (["--sentence", "hi", "--ref", str(src)], "--ref goes with --src"),
            (["--src", str(tmp_path / "missing.txt")], "missing.txt"),
-           (["--sentence", "  "], "blank")]
+           (["--sentence", "hi", "--sentence", "  "], "--sentence number 2 is blank"),
+           (["--src", str(blank), "--lines", "1,2"], f"{blank}: line 2 is blank"),
+           (["--src", str(src), "--lines", "²"], "--lines: '²'")]
     for args, message in bad:
         capsys.readouterr()
         assert main(["analyze", "attention", "--model", str(model_dir), *args]) == 2
@@ -116,7 +123,7 @@ def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokeniz
 
 class Page(HTMLParser):
     """What the rendered DOM holds: the heatmap canvases (site, layer, head), the body's data-rendered, and the text of
-    <pre id="errors"> and <pre id="probe"> (the probed heatmap's drawn cells, read back from its pixels)."""
+    #errors, #probe (the probed heatmap's drawn cells, read back from its pixels) and #tooltip."""
 
     def __init__(self):
         super().__init__()
@@ -128,8 +135,8 @@ class Page(HTMLParser):
             self.canvases.append((a["data-site"], a["data-layer"], a["data-head"]))
         elif tag == "body":
             self.rendered = a.get("data-rendered")
-        elif tag == "pre":
-            self._pre = a.get("id")
+        elif a.get("id") in ("errors", "probe", "tooltip"):
+            self._pre = a["id"]
             self.text[self._pre] = ""
 
     def handle_data(self, data):
@@ -137,7 +144,7 @@ class Page(HTMLParser):
             self.text[self._pre] += data
 
     def handle_endtag(self, tag):
-        self._pre = None if tag == "pre" else self._pre
+        self._pre = None if tag in ("pre", "div") else self._pre
 
 
 @pytest.mark.slow
@@ -147,7 +154,7 @@ def test_page_opens_offline_in_chromium_and_draws_the_models_weights(tmp_path, t
     weights (to the colour ramp's resolution), its padding and masked cells drawn as such."""
     model = model_of(layers=6, n_heads=8, encoder_self={"n_kv_heads": 2, "window": 4, "global_tokens": 1},
                      decoder_self={"n_kv_heads": 4, "window": 3}, cross={"n_kv_heads": 1})
-    page = viewer.write_viewer(tmp_path / "attention.html", model, tokenizer, SOURCES, TARGETS, title="test")
+    page = viewer.write_viewer(tmp_path / "attention.html", model, tokenizer, SOURCES, TARGETS, title=HOSTILE)
     html = page.read_text(encoding="utf-8")
     assert page.stat().st_size <= 3 * 2**20
     # Nothing to fetch: no src/href/url()/import pointing anywhere, no fetch or XHR.
@@ -155,7 +162,7 @@ def test_page_opens_offline_in_chromium_and_draws_the_models_weights(tmp_path, t
                          r"XMLHttpRequest|https?://", html)
     weights, src_ids, tgt_ids = recorded(model, tokenizer)
     padded = page_data(page)["padded"]
-    cases = ((0, "heads", 1, "cross", "probe=cross:5:5"),
+    cases = ((0, "heads", 1, "cross", "probe=cross:5:5&hover=cross:5:5:1:2"),
              (2, "mean", 0, "decoder_self", "sentence=2&view=mean&padding=0&probe=decoder_self:4:mean"))
     for index, view, padding, site, fragment in cases:
         result = browser.run(page, tmp_path / f"profile{index}", "--dump-dom", fragment=fragment)
@@ -171,6 +178,12 @@ def test_page_opens_offline_in_chromium_and_draws_the_models_weights(tmp_path, t
             expected = weights[site][5][index, 5, :t, :k_len]  # layer 5, head 5: (t, k_len)
         else:
             expected = weights[site][4][index, :, :t, :k_len].mean(0)  # layer 4, mean over heads
+        if "hover" in fragment:  # the tooltip names the cell's two subwords and its weight
+            sentence = page_data(page)["sentences"][index]
+            stored = sentence["sites"]["cross"]["weights"][5][5][1 * s + 2] / viewer.SCALE  # 3 decimals of expected
+            assert abs(stored - float(expected[1, 2])) <= 0.5 / viewer.SCALE + 1e-6
+            assert dom.text["tooltip"] == (f"cross, layer 5, head 5\n{sentence['tgt_out'][1]}  →  "
+                                           f"{sentence['src'][2]}\nweight {stored:.3f}")
         drawn = json.loads(dom.text["probe"])
         rows, cols = (padded["tgt"], padded["src"] if site == "cross" else padded["tgt"]) if padding else (t, k_len)
         assert len(drawn) == rows and {len(row) for row in drawn} == {cols}
@@ -186,8 +199,7 @@ def test_page_opens_offline_in_chromium_and_draws_the_models_weights(tmp_path, t
 
 
 def page_data(page):
-    return json.loads(page.read_text(encoding="utf-8").split("const DATA = ", 1)[1].split(";\n", 1)[0]
-                      .replace("<\\/", "</"))
+    return json.loads(page.read_text(encoding="utf-8").split("const DATA = ", 1)[1].split(";\n", 1)[0])
 
 
 @pytest.mark.slow

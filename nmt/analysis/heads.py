@@ -12,6 +12,7 @@ Importance and BLEU are measured on the same sentences.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -22,8 +23,6 @@ from nmt.data.textio import read_text
 from nmt.data.tokenizer import PAD_ID
 from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
 from nmt.errors import first_line
-
-log = logging.getLogger("nmt.analysis.heads")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def read_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The first ``--max-sentences`` lines of --src and --ref, which must have as many lines, at least one."""
+    """The first ``--max-sentences`` lines of --src and --ref, which must have as many lines, at least one. Also
+    makes ``--out``, so a folder that cannot be written fails before the minutes of decoding, not after."""
     if args.max_sentences is not None and args.max_sentences < 1:
         raise FlagError(f"--max-sentences ({args.max_sentences}) must be >= 1")
     if args.tolerance < 0:
@@ -58,6 +58,10 @@ def read_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         raise ValueError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
     if not references:
         raise ValueError(f"{args.ref} has no lines: nothing to analyse")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
     return sources[: args.max_sentences], references[: args.max_sentences]
 
 
@@ -88,6 +92,7 @@ def analyze(args: argparse.Namespace, progress=None) -> tuple[dict, list[str], l
                                                           scores=False)]
 
     orders = {site: masking_order(s.importance_normalized) for site, s in scores.items()}
+    progress = functools.partial(progress, metric=metric) if progress is not None else None
     curves = pruning_curves(model, translate, references, tokenized, orders, progress)
     judged = verdict(curves, metric, args.tolerance)
     done = time.perf_counter()
@@ -106,9 +111,9 @@ def analyze(args: argparse.Namespace, progress=None) -> tuple[dict, list[str], l
     return report, heads_report.summary(scores, judged, metric), files
 
 
-def _progress(site: str, k: int, total: int, scores: dict) -> None:
-    """One stderr line per point of a curve: the pruning curves decode the test set once per head."""
-    print(f"nmt analyze heads: {site}: {k} of {total} heads masked, BLEU {scores['bleu']:.2f}", file=sys.stderr)
+def _progress(site: str, k: int, total: int, scores: dict, metric: str = "bleu") -> None:
+    """One stderr line per point of a curve (the BLEU the curves use): they decode the test set once per head."""
+    print(f"nmt analyze heads: {site}: {k} of {total} heads masked, {metric} {scores[metric]:.2f}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

@@ -4,13 +4,14 @@ sentences as heatmaps over their subwords, with each site's mask drawn under the
 The weights come from the ``math`` backend (`Seq2Seq.recording_attention`), from one teacher-forced pass over the
 chosen sentences padded into one batch, as the model trains on them — so the padding the batch needs is part of the
 picture. The page (``viewer.html`` beside this module) carries its script and styles inline and loads nothing, so it
-opens from a file with no network; it renders with the browser's own SVG.
+opens from a file with no network; it draws the heatmaps on canvases.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -97,8 +98,9 @@ def attention_data(model, tokenizer, sources: list[str], targets: list[str], tit
 
 
 def render_html(data: dict) -> str:
-    """The page with ``data`` inlined. ``</`` is escaped so that a subword such as ``</s>`` cannot end the script."""
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """The page with ``data`` inlined. Every ``<`` is written ``\\u003c`` (the same JSON string), so no text — a
+    subword such as ``</s>``, a sentence holding ``<!--<script>`` — can end or re-open the script element."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     template = TEMPLATE.read_text(encoding="utf-8")
     if DATA_MARK not in template:  # a packaging fault, not a user error
         raise RuntimeError(f"{TEMPLATE} has no {DATA_MARK!r} slot")
@@ -135,13 +137,14 @@ def chosen_lines(spec: str, n_lines: int, path: str) -> list[int]:
     """0-based indices from ``--lines`` (1-based, comma-separated). Raises ValueError naming the bad item."""
     indices = []
     for item in spec.split(","):
-        if not item.strip().isdigit() or not 1 <= int(item) <= n_lines:
+        if not re.fullmatch(r"[0-9]+", item.strip()) or not 1 <= int(item) <= n_lines:
             raise ValueError(f"--lines: {item.strip()!r} is not a line number of {path} (1 … {n_lines})")
         indices.append(int(item) - 1)
     return indices
 
 
 def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]]]:
+    """The sources (and with --ref, the references) to show. Raises ValueError naming the flag, file or line."""
     from nmt.data.textio import read_text
 
     if bool(args.src) == bool(args.sentence):
@@ -149,9 +152,15 @@ def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]]
     if args.sentence:
         if args.ref:
             raise ValueError("--ref goes with --src: its lines are the references of the same lines")
+        blank = [n + 1 for n, s in enumerate(args.sentence) if not s.strip()]
+        if blank:
+            raise ValueError(f"--sentence number {blank[0]} is blank: nothing to attend over")
         return args.sentence, None
     lines = read_text(args.src)
     picked = chosen_lines(args.lines, len(lines), args.src)
+    blank = [i + 1 for i in picked if not lines[i].strip()]
+    if blank:
+        raise ValueError(f"{args.src}: line {blank[0]} is blank: nothing to attend over")
     sources = [lines[i] for i in picked]
     if not args.ref:
         return sources, None
@@ -170,9 +179,6 @@ def main(argv: list[str]) -> int:
         cfg = decode_config(args)
         check_device(args.device)
         sources, targets = _sentences(args)
-        blank = [i + 1 for i, s in enumerate(sources) if not s.strip()]
-        if blank:
-            raise ValueError(f"sentence(s) {blank} are blank: nothing to attend over")
         from nmt.decoding.loading import load_model_info
         from nmt.decoding.translate import Translator
 

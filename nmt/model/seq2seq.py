@@ -251,6 +251,8 @@ class Seq2Seq(nn.Module):
                 grads = torch.autograd.grad(loss, list(gates.values()))  # (layers, n_heads) per site
         """
         layers = self.attention_layers()
+        if any(layer.head_gate is not None for layer in layers):  # the inner block's exit would ungate the outer's
+            raise RuntimeError("head_gates blocks do not nest: set the gates you want in the one block")
         by_site = {site: [layer for layer in layers if layer.site == site] for site in SITES}
         weight = self.src_embed.weight
         if values is None:
