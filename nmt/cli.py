@@ -20,6 +20,17 @@ commands:
   analyze    look inside a model: attention viewer (nmt analyze attention), head analysis (nmt analyze heads)
 """
 
+ATTENTION_USAGE = """usage: nmt attention [OVERRIDE …] [--kv [src=N] [tgt=N] [beam=N] [batch=N] [dtype=fp32|fp16|bf16]]
+
+Print the attention config each site (encoder_self, decoder_self, cross) gets from Hydra overrides, as nmt train
+would compose them, e.g. nmt attention 'attention=[sliding_window,gqa]' model.attention.cross.n_kv_heads=1
+
+--kv  after the overrides: the KV cache's bytes per site and layer while beam search decodes, per sentence and per
+      batch, and the ratio to MHA. src: source positions with eos (default 40); tgt: decoded positions with bos (40);
+      beam (5); batch (1); dtype (fp32). See docs/attention.md.
+"""
+
+
 def show_attention(args: list[str]) -> int:
     """Print the resolved per-site attention configs, so users see what a combination of presets gives; with
     ``--kv [KEY=VALUE …]`` after the overrides, then the KV-cache table of nmt.analysis.kv_cache."""
@@ -28,12 +39,23 @@ def show_attention(args: list[str]) -> int:
     from nmt.config.overrides import check_overrides
 
     overrides, kv_args = split_kv_args(args)
+    if any(word in ("-h", "--help") for word in overrides):
+        print(ATTENTION_USAGE, end="")
+        return 0
+    options = [word for word in overrides if word.startswith("-")]
+    if options:
+        print(f"nmt attention: unknown option {options[0]!r}: the options are --kv and --help; overrides are "
+              "KEY=VALUE words", file=sys.stderr)
+        return 2
     try:
         kv = parse_kv_args(kv_args) if kv_args is not None else None  # before composing: a typo fails fast
         check_overrides(overrides)  # nmt train's key and option checks: the same one-line messages
         cfg = model_config(compose_config(overrides))
     except Exception as error:  # Hydra/OmegaConf/validation errors: one line, no traceback
-        print(f"nmt attention: {config_error_line(error)}", file=sys.stderr)
+        line = config_error_line(error)
+        if "Ambiguous value" in line:  # a=b,c reads as a sweep, which needs -m; a list of presets is a=[b,c]
+            line += " (several presets at once: 'attention=[sparse,mqa]', quoted for the shell)"
+        print(f"nmt attention: {line}", file=sys.stderr)
         return 2
     for site, variant in cfg.variants().items():
         resolved = cfg.site(site)

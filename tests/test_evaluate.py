@@ -92,6 +92,9 @@ def test_evaluate_scores_given_hypotheses_and_checks_line_counts(tmp_path, token
     short.write_text("one line\n")
     assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(short)]) == 2
     assert "has 20 lines but" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--report",
+                 str(short)]) == 2  # refused before translating, not after
+    assert capsys.readouterr().err == f"nmt evaluate: --report {short} is a file, not a folder\n"
 
 
 def test_kv_cache_bytes_are_measured_per_variant(tokenizer, tmp_path):

@@ -205,3 +205,17 @@ def test_the_docs_table_is_what_the_calculator_says():
             plan = kv_cache_plan(config((f"attention={preset}", *model)), src=40, tgt=40, beam=5)
             assert plan.totals().total == int(bytes_.replace(",", "")), (preset, model)
             assert f"{plan.ratio():.4g}" == ratio, (preset, model)
+
+
+def test_cli_help_and_unknown_options_and_preset_lists(capsys):
+    """`nmt attention --help` prints its usage; an unknown option is one line naming it (it used to reach Hydra's
+    lexer); a comma list of presets gets the bracketed spelling as a hint."""
+    for flag in ("--help", "-h"):
+        assert main(["attention", flag]) == 0
+        assert capsys.readouterr().out.startswith("usage: nmt attention [OVERRIDE …] [--kv")
+    assert main(["attention", "attention=gqa", "--kb", "src=40"]) == 2
+    assert capsys.readouterr().err == ("nmt attention: unknown option '--kb': the options are --kv and --help; "
+                                       "overrides are KEY=VALUE words\n")
+    assert main(["attention", "attention=sparse,mqa"]) == 2
+    err = capsys.readouterr().err
+    assert "'attention=[sparse,mqa]'" in err and err.count("\n") == 1

@@ -110,6 +110,8 @@ def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokeniz
            (["--src", str(src), "--lines", "x"], "--lines: 'x'"),
            (["--src", str(src), "--sentence", "hi"], "not both"),
            (["--sentence", "hi", "--ref", str(src)], "--ref goes with --src"),
+           (["--sentence", "hi", "--lines", "2"], "--lines goes with --src"),
+           (["--src", str(src), "--out", str(tmp_path)], f"--out {tmp_path} is a folder"),
            (["--src", str(tmp_path / "missing.txt")], "missing.txt"),
            (["--sentence", "hi", "--sentence", "  "], "--sentence number 2 is blank"),
            (["--src", str(blank), "--lines", "1,2"], f"{blank}: line 2 is blank"),
@@ -163,14 +165,14 @@ def test_page_opens_offline_in_chromium_and_draws_the_models_weights(tmp_path, t
     weights, src_ids, tgt_ids = recorded(model, tokenizer)
     padded = page_data(page)["padded"]
     cases = ((0, "heads", 1, "cross", "probe=cross:5:5&hover=cross:5:5:1:2"),
-             (2, "mean", 0, "decoder_self", "sentence=2&view=mean&padding=0&probe=decoder_self:4:mean"))
+             (2, "mean", 0, "decoder_self", "sentence=3&view=mean&padding=0&probe=decoder_self:4:mean"))
     for index, view, padding, site, fragment in cases:
         result = browser.run(page, tmp_path / f"profile{index}", "--dump-dom", fragment=fragment)
         assert result.returncode == 0, result.stderr[-2000:]
         assert browser.console_lines(result.stderr) == []
         dom = Page()
         dom.feed(result.stdout)
-        assert dom.rendered == f"{index}:{view}:{padding}" and dom.text["errors"] == ""
+        assert dom.rendered == f"{index + 1}:{view}:{padding}" and dom.text["errors"] == ""
         assert len(dom.canvases) == 3 * 6 * (8 if view == "heads" else 1)
         t, s = len(tgt_ids[index]) + 1, len(src_ids[index]) + 1
         k_len = s if site == "cross" else t

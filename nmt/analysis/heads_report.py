@@ -45,9 +45,9 @@ def verdict_line(judged: Verdict, metric: str) -> str:
     within = f"Within {judged.tolerance:g} {METRIC_NAMES[metric]} of the unpruned {judged.unpruned:.2f}"
     if judged.fewest == judged.most:
         return f"{within}, every site keeps the same share of its heads: {kept(judged.fewest)}."
-    verb = "tolerates" if len(judged.fewest) == 1 else "tolerate"
-    return (f"{within}, {kept(judged.fewest)} {verb} the fewest heads (the most prunable); {kept(judged.most)} "
-            f"{'needs' if len(judged.most) == 1 else 'need'} the most (the least prunable).")
+    verb = "gets" if len(judged.fewest) == 1 else "get"
+    return (f"{within}, {kept(judged.fewest)} {verb} by with the fewest heads (the most prunable); "
+            f"{kept(judged.most)} {'needs' if len(judged.most) == 1 else 'need'} the most (the least prunable).")
 
 
 def _head_table(scores: dict[str, SiteScores]) -> list[str]:

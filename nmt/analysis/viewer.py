@@ -58,10 +58,12 @@ def _site_info(model) -> dict:
 
 
 @torch.no_grad()
-def attention_data(model, tokenizer, sources: list[str], targets: list[str], title: str = "") -> dict:
+def attention_data(model, tokenizer, sources: list[str], targets: list[str], title: str = "",
+                   lines: Optional[list[int]] = None) -> dict:
     """Everything the page draws, as JSON-ready lists: per sentence its subwords and, per site, the weights of every
     layer and head over the sentence's real cells (integers, weight · SCALE, rounded) and the padded batch's mask
-    (`mask_cells`). ``targets`` are the decoder's side (hypotheses or references), teacher-forced.
+    (`mask_cells`). ``targets`` are the decoder's side (hypotheses or references), teacher-forced. ``lines``: the
+    sentences' 1-based line numbers in their file, which the page's menu shows.
 
     Raises ValueError when ``sources`` is empty or the two lists differ in length.
     """
@@ -93,7 +95,8 @@ def attention_data(model, tokenizer, sources: list[str], targets: list[str], tit
             per_site[site] = {"weights": quantized.flatten(2).tolist(),
                               "mask": mask_cells(model.cfg.site(site), sites[site]["causal"], q_real, k_real,
                                                  q_pad, k_pad)}
-        sentences.append({"source": source, "target": target, **pieces, "sites": per_site})
+        line = {"line": lines[i]} if lines else {}
+        sentences.append({"source": source, "target": target, **line, **pieces, "sites": per_site})
     return {"title": title, "scale": SCALE, "padded": {"src": S, "tgt": T}, "sites": sites, "sentences": sentences}
 
 
@@ -107,11 +110,12 @@ def render_html(data: dict) -> str:
     return template.replace(DATA_MARK, payload)
 
 
-def write_viewer(path: Path, model, tokenizer, sources: list[str], targets: list[str], title: str = "") -> Path:
+def write_viewer(path: Path, model, tokenizer, sources: list[str], targets: list[str], title: str = "",
+                 lines: Optional[list[int]] = None) -> Path:
     """Write ``attention.html`` for these sentences (see `attention_data`) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(attention_data(model, tokenizer, sources, targets, title)), encoding="utf-8")
+    path.write_text(render_html(attention_data(model, tokenizer, sources, targets, title, lines)), encoding="utf-8")
     return path
 
 
@@ -123,9 +127,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Write one offline HTML page with the attention of chosen sentences: every site, layer and head.")
     parser.add_argument("--model", required=True, help="exported model directory or a training .ckpt")
     parser.add_argument("--src", help="source file (.gz read transparently); --lines picks its sentences")
-    parser.add_argument("--lines", default="1,2,3", help="line numbers of --src, 1-based, comma-separated")
-    parser.add_argument("--sentence", action="append", default=[], help="a source sentence, instead of --src "
-                        "(repeatable)")
+    parser.add_argument("--lines", help="line numbers of --src, 1-based, comma-separated "
+                        "(default 1,2,3)")
+    parser.add_argument("--sentence", action="append", default=[], help="a source sentence, instead of --src; "
+                        "repeat the flag for more (--sentence A --sentence B)")
     parser.add_argument("--ref", help="teacher-force these references (same lines of this file) instead of the "
                         "model's translations")
     parser.add_argument("--out", default="attention.html", help="the page to write (default attention.html)")
@@ -143,31 +148,32 @@ def chosen_lines(spec: str, n_lines: int, path: str) -> list[int]:
     return indices
 
 
-def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]]]:
-    """The sources (and with --ref, the references) to show. Raises ValueError naming the flag, file or line."""
+def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]], Optional[list[int]]]:
+    """The sources, the references (with --ref) and the 1-based line numbers (with --src) to show. Raises
+    ValueError naming the flag, file or line."""
     from nmt.data.textio import read_text
 
     if bool(args.src) == bool(args.sentence):
         raise ValueError("give --src FILE (with --lines) or --sentence TEXT, not both and not neither")
     if args.sentence:
-        if args.ref:
-            raise ValueError("--ref goes with --src: its lines are the references of the same lines")
+        if args.ref or args.lines:
+            raise ValueError(f"{'--ref' if args.ref else '--lines'} goes with --src, not with --sentence")
         blank = [n + 1 for n, s in enumerate(args.sentence) if not s.strip()]
         if blank:
             raise ValueError(f"--sentence number {blank[0]} is blank: nothing to attend over")
-        return args.sentence, None
+        return args.sentence, None, None
     lines = read_text(args.src)
-    picked = chosen_lines(args.lines, len(lines), args.src)
+    picked = chosen_lines(args.lines or "1,2,3", len(lines), args.src)
     blank = [i + 1 for i in picked if not lines[i].strip()]
     if blank:
         raise ValueError(f"{args.src}: line {blank[0]} is blank: nothing to attend over")
-    sources = [lines[i] for i in picked]
+    sources, numbers = [lines[i] for i in picked], [i + 1 for i in picked]
     if not args.ref:
-        return sources, None
+        return sources, None, numbers
     refs = read_text(args.ref)
     if len(refs) != len(lines):
         raise ValueError(f"{args.src} has {len(lines)} lines but {args.ref} has {len(refs)}")
-    return sources, [refs[i] for i in picked]
+    return sources, [refs[i] for i in picked], numbers
 
 
 def main(argv: list[str]) -> int:
@@ -178,17 +184,23 @@ def main(argv: list[str]) -> int:
     try:
         cfg = decode_config(args)
         check_device(args.device)
-        sources, targets = _sentences(args)
+        sources, targets, numbers = _sentences(args)
+        out = Path(args.out)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give the page's file name, e.g. {out / 'attention.html'}")
         from nmt.decoding.loading import load_model_info
         from nmt.decoding.translate import Translator
 
         model, tokenizer, _ = load_model_info(args.model, args.device)
+        title = f"{args.model}" + (f", {args.src}" if args.src else "")
         if targets is None:
             targets = [t.text for t in Translator(model, tokenizer, args.device).translate_full(
                 sources, cfg, args.batch_tokens, args.max_source_len)]
-        path = write_viewer(Path(args.out), model, tokenizer, sources, targets, title=str(args.model))
+        else:
+            title += f", teacher-forced on the references of {args.ref}"
+        path = write_viewer(out, model, tokenizer, sources, targets, title=title, lines=numbers)
     except (FlagError, ValueError, OSError) as error:
         print(f"nmt analyze attention: {first_line(error)}", file=sys.stderr)
         return 2
-    print(f"wrote {path} ({path.stat().st_size:,} bytes, {len(sources)} sentences)")
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, {len(sources)} sentence{'s' if len(sources) > 1 else ''})")
     return 0

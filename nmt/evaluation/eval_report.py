@@ -59,7 +59,7 @@ def write_report(report_dir: Path, metrics: dict, args: argparse.Namespace, mode
     if shown:
         title = f"{args.model}, lines {', '.join(str(i + 1) for i in shown)}"
         write_viewer(report_dir / "attention.html", model, tokenizer, [sources[i] for i in shown],
-                     [hypotheses[i] for i in shown], title=title)
+                     [hypotheses[i] for i in shown], title=title, lines=[i + 1 for i in shown])
         metrics["viewer"] = {"file": "attention.html", "lines": [i + 1 for i in shown]}
     metrics["example"] = {"line": example + 1 if example is not None else None,
                           "source": sources[example] if example is not None else None,

@@ -25,7 +25,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--src", required=True, help="source file (.gz read transparently)")
     parser.add_argument("--ref", required=True, help="reference file (.gz read transparently)")
     parser.add_argument("--hyp", help="score these hypotheses instead of translating")
-    parser.add_argument("--report", help="write metrics.json, report.md, hypotheses.txt (nbest.txt) and pictures here")
+    parser.add_argument("--report", help="write metrics.json, report.md, hypotheses.txt (nbest.txt), pictures and "
+                        "attention.html (the offline attention viewer) into this folder")
     parser.add_argument("--tokenized", action="store_true",
                         help="references are tokenized and lowercased: also report BLEU with tokenize=none (implied "
                              "when the model's run used data.bleu_tokenize=none)")
@@ -54,6 +55,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     cfg = decode_config(args)
     check_device(args.device)
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():  # before the decoding, not after
+        raise ValueError(f"--report {args.report} is a file, not a folder")
     sources, references, hypotheses = _read_test_set(args)
     model, tokenizer, info = load_model_info(args.model, args.device)
     tokenized = args.tokenized or info.get("bleu_tokenize") == "none"  # an exported directory or a checkpoint
