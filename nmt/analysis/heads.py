@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from nmt.data.textio import read_text
+from nmt.data.textio import read_aligned
 from nmt.data.tokenizer import PAD_ID
 from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
 from nmt.errors import first_line
@@ -53,11 +53,7 @@ def read_pairs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         raise FlagError(f"--max-sentences ({args.max_sentences}) must be >= 1")
     if args.tolerance < 0:
         raise FlagError(f"--tolerance ({args.tolerance:g}) must be >= 0")
-    sources, references = read_text(args.src), read_text(args.ref)
-    if len(sources) != len(references):
-        raise ValueError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
-    if not references:
-        raise ValueError(f"{args.ref} has no lines: nothing to analyse")
+    sources, references = read_aligned(args.src, args.ref, "analyse")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")

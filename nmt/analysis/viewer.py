@@ -151,7 +151,7 @@ def chosen_lines(spec: str, n_lines: int, path: str) -> list[int]:
 def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]], Optional[list[int]]]:
     """The sources, the references (with --ref) and the 1-based line numbers (with --src) to show. Raises
     ValueError naming the flag, file or line."""
-    from nmt.data.textio import read_text
+    from nmt.data.textio import read_aligned, read_text
 
     if bool(args.src) == bool(args.sentence):
         raise ValueError("give --src FILE (with --lines) or --sentence TEXT, not both and not neither")
@@ -162,7 +162,7 @@ def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]]
         if blank:
             raise ValueError(f"--sentence number {blank[0]} is blank: nothing to attend over")
         return args.sentence, None, None
-    lines = read_text(args.src)
+    lines, refs = read_aligned(args.src, args.ref, "show") if args.ref else (read_text(args.src), None)
     picked = chosen_lines(args.lines or "1,2,3", len(lines), args.src)
     blank = [i + 1 for i in picked if not lines[i].strip()]
     if blank:
@@ -170,9 +170,6 @@ def _sentences(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]]
     sources, numbers = [lines[i] for i in picked], [i + 1 for i in picked]
     if not args.ref:
         return sources, None, numbers
-    refs = read_text(args.ref)
-    if len(refs) != len(lines):
-        raise ValueError(f"{args.src} has {len(lines)} lines but {args.ref} has {len(refs)}")
     return sources, [refs[i] for i in picked], numbers
 
 

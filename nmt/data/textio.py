@@ -104,3 +104,15 @@ def read_text(path: str | Path) -> list[str]:
         log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
                     path, len(invalid), some(invalid))
     return lines
+
+
+def read_aligned(first: str | Path, second: str | Path, what: str = "score") -> tuple[list[str], list[str]]:
+    """Two files read with `read_text` that must align line for line (source and reference, hypothesis and
+    reference), with at least one line. Raises ValueError naming both files and their counts, or the empty one
+    (``what``: the verb of "nothing to …")."""
+    a, b = read_text(first), read_text(second)
+    if len(a) != len(b):
+        raise ValueError(f"{first} has {len(a)} lines but {second} has {len(b)}")
+    if not b:
+        raise ValueError(f"{second} has no lines: nothing to {what}")
+    return a, b

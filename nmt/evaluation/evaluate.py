@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from nmt.data.textio import read_text
+from nmt.data.textio import read_aligned
 from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
 from nmt.errors import first_line
 from nmt.evaluation.scoring import corpus_scores
@@ -36,14 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _read_test_set(args: argparse.Namespace) -> tuple[list[str], list[str], Optional[list[str]]]:
     """Sources, references and (with --hyp) hypotheses: as many lines each, and at least one."""
-    sources, references = read_text(args.src), read_text(args.ref)
-    if len(sources) != len(references):
-        raise ValueError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
-    hypotheses = read_text(args.hyp) if args.hyp else None
-    if hypotheses is not None and len(hypotheses) != len(references):
-        raise ValueError(f"{args.hyp} has {len(hypotheses)} lines but {args.ref} has {len(references)}")
-    if not references:
-        raise ValueError(f"{args.ref} has no lines: nothing to score")
+    sources, references = read_aligned(args.src, args.ref)
+    hypotheses = read_aligned(args.hyp, args.ref)[0] if args.hyp else None
     return sources, references, hypotheses
 
 
