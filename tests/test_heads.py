@@ -25,14 +25,7 @@ from tests.conftest import MULTI30K, multi30k_sample
 SENTENCES = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small gain nothing from a second thread; on a busy machine it only adds waiting (the 25
-    decodes of the pruning curves took 40 s with two threads there, 3 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -37,14 +37,7 @@ CASES = {
 SOURCE = [random.Random(0).randrange(4, 100) for _ in range(6)]  # 6 subwords + eos: src = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Steps of a d_model-32 model are a few tiny matmuls: handing them to a thread pool cost 10x on a busy 2-core
-    machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @functools.lru_cache(maxsize=None)
