@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nmt.config.train import DataConfig
-from nmt.data.batching import StreamBatches, TrainBatches, collate, token_batches
+from nmt.data.batching import StreamBatches, TrainBatches, collate, subword_lengths, token_batches
 from nmt.data.load import DataError, clean_and_encode, encode_eval, load_split, local_files, split_files
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 
@@ -120,7 +120,7 @@ class TranslationData(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         ds = self.valid_set
         src, tgt = ds["src_ids"], ds["tgt_ids"]
-        lens_s, lens_t = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
+        lens_s, lens_t = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
         rank, world = self._rank()
         if len(src) < world:
             raise DataError(f"the validation set has {len(src)} pairs, fewer than the {world} ranks")

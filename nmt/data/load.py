@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+import numpy as np
 
 from nmt.config.train import DataConfig
+from nmt.data.batching import subword_lengths
 from nmt.data.corpora import local_files
 from nmt.data.textio import TextError, iter_lines
 from nmt.data.tokenizer import Tokenizer
@@ -286,6 +288,9 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     def non_empty(pair):
         return bool(pair["src"].strip()) and bool(pair["tgt"].strip())
 
+    def non_empty_rows(src, tgt):  # batched: one call per 1,000 rows instead of one per row
+        return [bool(s.strip()) and bool(t.strip()) for s, t in zip(src, tgt)]
+
     def short(pair):
         return len(pair["src_ids"]) <= max_len and len(pair["tgt_ids"]) <= max_len
 
@@ -296,15 +301,17 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     if streaming:
         return ds.filter(non_empty).map(encode, batched=True).filter(short).filter(balanced), stats
     stats.total = ds.num_rows
-    ds = ds.filter(non_empty)
+    ds = ds.filter(non_empty_rows, batched=True, input_columns=["src", "tgt"])
     stats.empty = stats.total - ds.num_rows
     ds = ds.map(encode, batched=True)
-    before = ds.num_rows
-    ds = ds.filter(short)
-    stats.too_long = before - ds.num_rows
-    before = ds.num_rows
-    ds = ds.filter(balanced)
-    stats.bad_ratio = before - ds.num_rows
+    # The length rules on Arrow's list lengths, as arrays: the same pairs as `short` and `balanced`, without a
+    # Python call per row.
+    a, b = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
+    fits = (a <= max_len) & (b <= max_len)
+    ratio_ok = np.maximum(a, b) <= max_ratio * np.maximum(1, np.minimum(a, b))
+    stats.too_long, stats.bad_ratio = int((~fits).sum()), int((fits & ~ratio_ok).sum())
+    if not (fits & ratio_ok).all():
+        ds = ds.select(np.flatnonzero(fits & ratio_ok))
     log.info("%s", stats)
     return ds, stats
 
