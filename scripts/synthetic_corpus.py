@@ -1,7 +1,7 @@
 """A WMT-size parallel corpus from Multi30k's sentences, offline (nmt.data.synthetic): train/valid/test files that
 `nmt train data=local data.path=OUT` reads — issue 29's scale benchmark.
 
-    python scripts/synthetic_corpus.py --pairs 4500000 --out data/synthetic_4.5M [--gzip] [--seed 0]
+    python scripts/synthetic_corpus.py --pairs 4500000 --out data/synthetic_4.5M [--gzip] [--seed 0] [--shards N]
 """
 
 import argparse
@@ -23,11 +23,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gzip", action="store_true", help="write .gz files (read with "
                         "data.file_pattern='{split}.{lang}.gz')")
+    parser.add_argument("--shards", type=int, default=1, help="training files per language: train.00000.en, … "
+                        "(read with data.splits.train='train.*'; default 1: train.en)")
     args = parser.parse_args()
     start = time.perf_counter()
     try:
         corpus = SyntheticCorpus(args.pairs, args.valid, args.test, args.src_lang, args.tgt_lang, args.seed,
-                                 args.gzip)
+                                 args.gzip, args.shards)
         written = write_corpus(args.out, corpus)
     except (ValueError, OSError) as error:
         print(f"synthetic_corpus.py: {first_line(error)}", file=sys.stderr)

@@ -107,57 +107,6 @@ class TrainBatches(IterableDataset):
         self.start = (epoch, index + 1)
 
 
-class StreamBatches(IterableDataset):
-    """Endless training batches from a streamed corpus: a buffer of pairs at a time, bucketed and shuffled.
+from nmt.data.stream_batches import StreamBatches  # noqa: E402  (re-exported: it lived here)
 
-    Resuming replays the stream and skips the batches already consumed, so the order is exactly that of an
-    uninterrupted run (at the cost of re-reading the skipped part once).
-    """
-
-    def __init__(self, stream, max_tokens: int, buffer: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.stream, self.max_tokens, self.buffer, self.seed = stream, max_tokens, buffer, seed
-        self.rank, self.world_size = rank, world_size
-        self.start = (0, 0)
-
-    def _chunks(self) -> Iterator[list[tuple[list[int], list[int]]]]:
-        pairs = []
-        for pair in self.stream:
-            pairs.append((pair["src_ids"], pair["tgt_ids"]))
-            if len(pairs) == self.buffer:
-                yield pairs
-                pairs = []
-        if pairs:
-            yield pairs
-
-    def _epoch(self, epoch: int) -> Iterator[dict]:
-        # Every rank reads the whole stream and keeps its share of each chunk's batches: disjoint and in step.
-        index = 0
-        for chunk, pairs in enumerate(self._chunks()):
-            lens = np.array([[len(s), len(t)] for s, t in pairs])
-            rng = np.random.default_rng([self.seed, epoch, chunk])
-            batches = token_batches(lens[:, 0], lens[:, 1], self.max_tokens, rng)
-            for rows in shard(batches, self.rank, self.world_size):
-                batch = collate([pairs[j][0] for j in rows], [pairs[j][1] for j in rows])
-                batch["position"] = torch.tensor([epoch, index])
-                index += 1
-                yield batch
-
-    def __iter__(self) -> Iterator[dict]:
-        epoch, skip = self.start
-        while True:
-            if hasattr(self.stream, "set_epoch"):
-                self.stream.set_epoch(epoch)
-            produced = 0
-            for batch in self._epoch(epoch):
-                produced += 1
-                if int(batch["position"][1]) >= skip:
-                    yield batch
-            if not produced:  # would otherwise loop forever without yielding
-                raise EmptyEpochError(
-                    f"no training batches for rank {self.rank} of {self.world_size} in a whole pass over the stream "
-                    "(every pair filtered, or fewer batches than ranks)"
-                )
-            epoch, skip = epoch + 1, 0
-
-    def resume_after(self, epoch: int, index: int) -> None:
-        self.start = (epoch, index + 1)
+__all__ = ["EmptyEpochError", "StreamBatches", "TrainBatches", "collate", "shard", "subword_lengths", "token_batches"]

@@ -9,6 +9,7 @@ from typing import Optional
 import lightning as L
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from nmt.config.train import DataConfig
@@ -31,6 +32,7 @@ class TranslationData(L.LightningDataModule):
         self.train_set = None
         self.valid_set = None
         self.cleaning = None
+        self.stream_batches: Optional[StreamBatches] = None  # the streamed training batches, for checkpoints
 
     # -- corpus and tokenizer -------------------------------------------------------------------------------------
     def _raw_train(self):
@@ -105,13 +107,49 @@ class TranslationData(L.LightningDataModule):
     def train_batches(self):
         rank, world = self._rank()
         if self.cfg.streaming:
-            return StreamBatches(self.train_set, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank, world)
+            stream = self._rank_stream(self.train_set, rank, world)
+            self.stream_batches = StreamBatches(stream, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank,
+                                                world, own_rows=world > 1)
+            return self.stream_batches
         return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world)
+
+    def _rank_stream(self, stream, rank: int, world: int):
+        """This rank's rows of the stream (datasets' split_dataset_by_node): whole shards — files — when their count
+        divides by the world size, so no pair is read by two ranks; else every rank reads everything and keeps every
+        world-th row, which the warning says how to avoid."""
+        if world == 1:
+            return stream
+        shards = stream.n_shards
+        if shards % world:
+            log.warning("data: the training stream has %d shard%s, not a multiple of the %d ranks, so every rank "
+                        "reads all of it and keeps every %d-th pair; split the corpus into N·%d files "
+                        "(data.splits.train='train.*' reads train.00000.en, …) to give each rank its own files",
+                        shards, "s" * (shards != 1), world, world, world)
+        return split_dataset_by_node(stream, rank=rank, world_size=world)
+
+    def stream_state(self, position: torch.Tensor) -> Optional[dict]:
+        """What a checkpoint holds to resume this rank's stream right after batch ``position`` ([epoch, index]), or
+        None (not streaming, nothing consumed, or that batch's chunk no longer held)."""
+        batches = self.stream_batches
+        if batches is None or int(position[1]) < 0:
+            return None
+        try:
+            return batches.state_at(*(int(v) for v in position.tolist()))
+        except KeyError:
+            return None
 
     def train_dataloader(self) -> DataLoader:
         batches = self.train_batches()
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None and int(module.data_position[1]) >= 0:
+        rank, world = self._rank()
+        states = getattr(module, "stream_states", None) if module is not None else None
+        if isinstance(batches, StreamBatches) and states is not None and len(states) == world and states[rank]:
+            batches.load_state(states[rank])
+            log.info("data: resuming the stream in place at epoch %d batch %d", *states[rank]["position"][:2].tolist())
+        elif module is not None and int(module.data_position[1]) >= 0:
+            if states is not None:
+                log.warning("data: the checkpoint's stream state is for %d ranks, not %d: replaying the stream to "
+                            "the saved position instead", len(states), world)
             batches.resume_after(*module.data_position.tolist())
             log.info("data: resuming after epoch %d batch %d", *module.data_position.tolist())
         # Its own generator: creating the iterator must not draw from the global RNG that drives dropout.

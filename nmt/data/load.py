@@ -19,7 +19,7 @@ import numpy as np
 
 from nmt.config.train import DataConfig
 from nmt.data.batching import subword_lengths
-from nmt.data.corpora import local_files
+from nmt.data.corpora import local_files, local_shards
 from nmt.data.textio import TextError, iter_lines
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import DataError, first_line
@@ -250,30 +250,41 @@ def split_files(cfg: DataConfig, split: str) -> str:
 def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
     if cfg.path is None:
         return _load_hub(cfg, split_name, streaming)
-    files = local_files(cfg, split_name)
+    shards = local_shards(cfg, split_name)
     if cfg.format != "text":
-        return _to_pairs(_load_files(cfg, files, streaming)[0], cfg, str(files[0]))
-    src, tgt = _load_files(cfg, files, streaming)
+        parts = [_to_pairs(_load_files(cfg, [shard[0]], streaming)[0], cfg, str(shard[0])) for shard in shards]
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if streaming:
-        return datasets.IterableDataset.from_generator(_zip_lines,
-                                                       gen_kwargs={"files": tuple(files), "pair": (src, tgt)})
-    if src.num_rows != tgt.num_rows:
-        raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
-    return datasets.concatenate_datasets([src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)
+        # A list in gen_kwargs is what datasets shards: one shard per file pair, so split_dataset_by_node can hand
+        # each rank whole files and no rank reads another's lines.
+        string = datasets.Value("string")
+        return datasets.IterableDataset.from_generator(
+            _zip_shards, features=datasets.Features(src=string, tgt=string),
+            gen_kwargs={"shards": [(str(src), str(tgt)) for src, tgt in shards]})
+    parts = []
+    for files in shards:
+        src, tgt = _load_files(cfg, list(files), streaming)
+        if src.num_rows != tgt.num_rows:
+            raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
+        parts.append(datasets.concatenate_datasets([src.rename_column("text", "src"),
+                                                    tgt.rename_column("text", "tgt")], axis=1))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _zip_lines(files, pair):
-    src, tgt = pair
-    src_it, tgt_it = iter(src), iter(tgt)
-    count = 0
-    for s in src_it:
-        t = next(tgt_it, None)
-        if t is None:
-            raise DataError(f"{files[1]} ends after {count} lines but {files[0]} goes on; they must align")
-        count += 1
-        yield {"src": s["text"], "tgt": t["text"]}
-    if next(tgt_it, None) is not None:
-        raise DataError(f"{files[0]} ends after {count} lines but {files[1]} goes on; they must align")
+def _zip_shards(shards: list[tuple[str, str]]):
+    """Rows ``{"src", "tgt"}`` of each (source file, target file) shard in turn, read by nmt.data.textio like every
+    other reader; DataError naming both files when one ends before the other, TextError for invalid UTF-8."""
+    for src_file, tgt_file in shards:
+        tgt_it = iter_lines(tgt_file)
+        count = 0
+        for s in iter_lines(src_file):
+            t = next(tgt_it, None)
+            if t is None:
+                raise DataError(f"{tgt_file} ends after {count} lines but {src_file} goes on; they must align")
+            count += 1
+            yield {"src": s, "tgt": t}
+        if next(tgt_it, None) is not None:
+            raise DataError(f"{src_file} ends after {count} lines but {tgt_file} goes on; they must align")
 
 
 def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False):

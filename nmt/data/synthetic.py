@@ -15,6 +15,7 @@ combinations), so a 4.5M-line corpus is mostly distinct lines rather than copies
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,17 @@ class SyntheticCorpus:
     tgt_lang: str = "de"
     seed: int = 0
     compress: bool = False
+    shards: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("pairs", "valid", "test"):
+        for name in ("pairs", "valid", "test", "shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
         for lang in (self.src_lang, self.tgt_lang):
             if not (corpus_dir("multi30k") / f"train.{lang}.gz").is_file():
                 raise ValueError(f"Multi30k has no language {lang!r} (en, de, fr, cs)")
+        if self.shards > self.pairs:
+            raise ValueError(f"shards ({self.shards}) must be at most pairs ({self.pairs})")
         if self.src_lang == self.tgt_lang:
             raise ValueError(f"src_lang and tgt_lang are both {self.src_lang!r}")
 
@@ -76,12 +80,34 @@ def _open(path: Path, compress: bool):
     return gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if compress else open(path, "w", encoding="utf-8")
 
 
+def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str]], n: int,
+                 corpus: SyntheticCorpus) -> dict[str, Path]:
+    """Write ``n`` lines into ``len(names)`` consecutive shards (``names``: file names with a ``{lang}`` field), each
+    under a temporary name and then renamed. Returns {file name without .gz: path}."""
+    written = {}
+    bounds = [n * k // len(names) for k in range(len(names) + 1)]  # shard k holds lines bounds[k] .. bounds[k+1]-1
+    for name, size in zip(names, np.diff(bounds).tolist()):
+        paths = {lang: out_dir / name.format(lang=lang) for lang in (corpus.src_lang, corpus.tgt_lang)}
+        temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
+        with _open(temporary[corpus.src_lang], corpus.compress) as src_file, \
+                _open(temporary[corpus.tgt_lang], corpus.compress) as tgt_file:
+            for src_line, tgt_line in itertools.islice(lines, size):
+                src_file.write(src_line + "\n")
+                tgt_file.write(tgt_line + "\n")
+        for lang, path in paths.items():
+            os.replace(temporary[lang], path)
+            written[path.name.removesuffix(".gz") if corpus.compress else path.name] = path
+    return written
+
+
 def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path]:
     """Write train/valid/test ``.{lang}`` files (``.gz`` with ``compress``) into ``out_dir``, the layout
-    ``data=local`` reads (``data.file_pattern="{split}.{lang}.gz"`` when compressed). Deterministic for a seed.
-    Each file is written under a temporary name and renamed, so an interrupted run leaves no half corpus that looks
-    whole. Returns {"train.en": path, …}. Raises ValueError (from SyntheticCorpus) for bad settings, OSError when
-    ``out_dir`` cannot be written."""
+    ``data=local`` reads (``data.file_pattern="{split}.{lang}.gz"`` when compressed). With ``shards`` > 1 the
+    training lines go, in order, into ``train.00000.{lang}``, ``train.00001.{lang}``, … (read with
+    ``data.splits.train='train.*'``); valid and test stay one file each. The lines are the same whatever the shard
+    count. Deterministic for a seed. Each file is written under a temporary name and renamed, so an interrupted run
+    leaves no half corpus that looks whole. Returns {"train.en": path, …} ("train.00000.en", … when sharded).
+    Raises ValueError (from SyntheticCorpus) for bad settings, OSError when ``out_dir`` cannot be written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = corpus_dir("multi30k")
@@ -92,14 +118,8 @@ def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path
                              ("test", "test_2016_flickr", corpus.test)):
         sources = [s.strip() for s in read_text(data / f"{source}.{corpus.src_lang}.gz")]
         targets = [t.strip() for t in read_text(data / f"{source}.{corpus.tgt_lang}.gz")]
-        paths = {lang: out_dir / f"{split}.{lang}{suffix}" for lang in (corpus.src_lang, corpus.tgt_lang)}
-        temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
-        with _open(temporary[corpus.src_lang], corpus.compress) as src_file, \
-                _open(temporary[corpus.tgt_lang], corpus.compress) as tgt_file:
-            for src_line, tgt_line in _split_lines(sources, targets, n, rng):
-                src_file.write(src_line + "\n")
-                tgt_file.write(tgt_line + "\n")
-        for lang, path in paths.items():
-            os.replace(temporary[lang], path)
-            written[f"{split}.{lang}"] = path
+        shards = corpus.shards if split == "train" else 1
+        names = [f"{split}.{{lang}}{suffix}"] if shards == 1 else \
+            [f"{split}.{k:05d}.{{lang}}{suffix}" for k in range(shards)]
+        written.update(_write_split(out_dir, names, _split_lines(sources, targets, n, rng), n, corpus))
     return written
