@@ -168,3 +168,16 @@ def test_a_resumed_stream_continues_in_place(tmp_path, monkeypatch, consumed):
     start = lines.index(read[0])
     assert start % 1000 == 0 and 0 <= end - start < 1000 + 1000
     assert read == lines[start: start + len(read)] and len(read) > end - start
+
+
+def test_a_resumed_stream_can_be_checkpointed_again_before_its_saved_batches_run_out(tmp_path, monkeypatch):
+    path = corpus(tmp_path, shards=2, pairs=600)
+    uninterrupted = [decoded(b) for b in itertools.islice(iter(resumable_batches(path, [], monkeypatch)), 30)]
+    first = resumable_batches(path, [], monkeypatch)
+    position = list(itertools.islice(iter(first), 2))[-1]["position"]
+    second = resumable_batches(path, [], monkeypatch)
+    second.load_state(first.state_at(*position.tolist()))
+    position = list(itertools.islice(iter(second), 1))[-1]["position"]  # still among the checkpoint's batches
+    third = resumable_batches(path, [], monkeypatch)
+    third.load_state(second.state_at(*position.tolist()))
+    assert [decoded(b) for b in itertools.islice(iter(third), 27)] == uninterrupted[3:]

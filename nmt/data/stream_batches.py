@@ -73,7 +73,9 @@ class StreamBatches(IterableDataset):
     def _resumed(self, resume: dict[str, Any]) -> Iterator[dict]:
         """The saved chunk's pending batches, then the rest of that pass from the saved stream state."""
         epoch, index, chunk = (int(v) for v in resume["position"].tolist())
-        for rows in _unpack(resume["pending"]):
+        pending = _unpack(resume["pending"])
+        self._recent.append((epoch, index, chunk, resume["stream"], pending))  # a checkpoint may come before its end
+        for rows in pending:
             yield _tagged(rows, epoch, index)
             index += 1
         if resume["stream"] is not None:

@@ -185,7 +185,7 @@ class TranslationModule(L.LightningModule):
         """Every rank's stream state (``TranslationData.stream_state``: tensors, ints and strings), gathered to the
         rank that writes the checkpoint: each rank's stream is its own. None when not streaming."""
         data = self._trainer.datamodule if self._trainer is not None else None
-        if data is None or not getattr(data.cfg, "streaming", False):
+        if data is None or not getattr(getattr(data, "cfg", None), "streaming", False):
             return None
         state = data.stream_state(self.data_position)
         if not (dist.is_available() and dist.is_initialized()):
