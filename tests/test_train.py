@@ -146,6 +146,31 @@ def test_a_streaming_run_resumes_in_place(cache_dir, tmp_path):
     assert len(traces[0]) == 6 and traces[0] == traces[1]
 
 
+def test_a_sharded_stream_under_ddp_resumes_each_rank_in_place(cache_dir, tmp_path):
+    """2 CPU processes stream a 4-shard corpus (2 files each), stop after 3 steps and resume to 5: each rank resumes
+    from its own stream state (gathered into the checkpoint), the ranks' batches stay disjoint, none is repeated."""
+    from nmt.data.synthetic import SyntheticCorpus, write_corpus
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, SyntheticCorpus(pairs=2000, valid=20, test=20, shards=4))
+    args = [*small_run(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trace_batches=true",
+                       "data.streaming=true", "data.stream_buffer=300", "trainer.val_every_n_steps=100"),
+            "data=local", f"data.path={corpus}", "data.splits.train=train.*", "data.max_len=250"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "ddp"
+    first = nmt_train([*args, "trainer.max_steps=3"], run_dir, env=env)
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    resumed = nmt_train([*args, "trainer.max_steps=5", "resume=true"], run_dir, env=env)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming the stream in place" in output and "not a multiple" not in output
+    traces = [[line.split() for line in (run_dir / "batch_trace" / f"rank{r}.txt").read_text().split("\n")[:-1]]
+              for r in (0, 1)]
+    for trace in traces:
+        assert [(int(e), int(i)) for _, e, i, _ in trace] == [(0, i) for i in range(5)]  # on in order, none again
+    assert not {t[3] for t in traces[0]} & {t[3] for t in traces[1]}
+
+
 def test_ddp_on_cpu_two_processes(cache_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     args = small_run(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=6",
