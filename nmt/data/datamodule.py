@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Optional
+from typing import Iterator, Optional
 
 import lightning as L
 import numpy as np
@@ -18,6 +18,22 @@ from nmt.data.load import DataError, clean_and_encode, encode_eval, load_split, 
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 
 log = logging.getLogger(__name__)
+
+
+def spm_sentences(ds, max_sentences: int) -> Iterator[str]:
+    """sentencepiece's training input from an Arrow dataset of ``src``/``tgt`` pairs: the non-blank sides of every
+    pair, in order, when there are at most ``max_sentences // 2`` pairs; else of a uniform sample of that many pairs
+    (seed 0, so the same corpus gives the same model), read a column batch at a time. sentencepiece samples
+    ``input_sentence_size`` on its own, but only after Python has handed it every sentence (9M at 4.5M pairs)."""
+    pairs = max(1, max_sentences // 2)
+    if ds.num_rows > pairs:
+        ds = ds.select(np.sort(np.random.default_rng(0).choice(ds.num_rows, pairs, replace=False)))
+    for batch in ds.select_columns(["src", "tgt"]).iter(batch_size=10_000):
+        for src, tgt in zip(batch["src"], batch["tgt"]):
+            if src.strip():
+                yield src
+            if tgt.strip():
+                yield tgt
 
 
 class TranslationData(L.LightningDataModule):
@@ -63,8 +79,10 @@ class TranslationData(L.LightningDataModule):
         )
 
         def sentences():
-            pairs = raw if not self.cfg.streaming else itertools.islice(raw, settings.max_sentences)
-            for pair in pairs:
+            if not self.cfg.streaming:
+                yield from spm_sentences(raw, settings.max_sentences)
+                return
+            for pair in itertools.islice(raw, settings.max_sentences):
                 for text in (pair["src"], pair["tgt"]):
                     if text.strip():
                         yield text
@@ -111,7 +129,8 @@ class TranslationData(L.LightningDataModule):
             self.stream_batches = StreamBatches(stream, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank,
                                                 world, own_rows=world > 1)
             return self.stream_batches
-        return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world)
+        return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world,
+                            self.cleaning.lengths if self.cleaning is not None else None)
 
     def _rank_stream(self, stream, rank: int, world: int):
         """This rank's rows of the stream (datasets' split_dataset_by_node): whole shards — files — when their count

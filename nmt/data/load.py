@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -32,11 +32,16 @@ HUB_HOST = ("huggingface.co", 443)
 
 @dataclass
 class CleaningStats:
+    """What cleaning dropped from a split, and the kept pairs' subword lengths ``(src, tgt)`` (arrays (kept,), int32;
+    None when streaming): read before the kept rows are selected, because through the index mapping the selection
+    leaves, even a 4-byte column takes seconds per 500k pairs to read."""
+
     split: str
     total: int = 0
     empty: int = 0
     too_long: int = 0
     bad_ratio: int = 0
+    lengths: Optional[tuple[np.ndarray, np.ndarray]] = field(default=None, repr=False)
 
     @property
     def kept(self) -> int:
@@ -287,6 +292,35 @@ def _zip_shards(shards: list[tuple[str, str]]):
             raise DataError(f"{src_file} ends after {count} lines but {tgt_file} goes on; they must align")
 
 
+# int32 ids: half the Arrow cache and memory map of datasets' default int64, and every vocabulary fits.
+IDS = datasets.List(datasets.Value("int32"))
+PARALLEL_FROM = 100_000  # pairs: below this, starting worker processes costs more than it saves
+
+
+def _with_ids(features):
+    length = datasets.Value("int32")
+    return datasets.Features({**features, "src_ids": IDS, "tgt_ids": IDS, "src_len": length, "tgt_len": length})
+
+
+def encode_processes(cfg: DataConfig, rows: int) -> Optional[int]:
+    """``num_proc`` for encoding ``rows`` pairs: ``data.num_proc``, else one per usable CPU core (at most 8) from
+    PARALLEL_FROM pairs up; None (datasets' one process) for 1."""
+    count = cfg.num_proc
+    if count is None:
+        count = min(len(os.sched_getaffinity(0)), 8) if rows >= PARALLEL_FROM else 1
+    return count if count > 1 and rows > count else None
+
+
+def _non_empty_rows(src: list[str], tgt: list[str]) -> list[bool]:
+    return [bool(s.strip()) and bool(t.strip()) for s, t in zip(src, tgt)]
+
+
+def drop_empty(ds):
+    """The pairs of an Arrow-backed dataset whose two sides both hold a non-space character, filtered in batches (one
+    Python call per 1,000 rows, not one per row)."""
+    return ds.filter(_non_empty_rows, batched=True, input_columns=["src", "tgt"])
+
+
 def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False):
     """Training pairs: drop empty/whitespace-only pairs, encode, drop pairs over ``max_len`` subwords or over the
     length ratio. Returns (dataset with src_ids/tgt_ids, CleaningStats); counts are logged (lazily when streaming)."""
@@ -294,13 +328,11 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     max_len, max_ratio = cfg.max_len, cfg.max_ratio
 
     def encode(batch):
-        return {"src_ids": tokenizer.encode(batch["src"]), "tgt_ids": tokenizer.encode(batch["tgt"])}
+        src, tgt = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
+        return {"src_ids": src, "tgt_ids": tgt, "src_len": [len(s) for s in src], "tgt_len": [len(t) for t in tgt]}
 
     def non_empty(pair):
         return bool(pair["src"].strip()) and bool(pair["tgt"].strip())
-
-    def non_empty_rows(src, tgt):  # batched: one call per 1,000 rows instead of one per row
-        return [bool(s.strip()) and bool(t.strip()) for s, t in zip(src, tgt)]
 
     def short(pair):
         return len(pair["src_ids"]) <= max_len and len(pair["tgt_ids"]) <= max_len
@@ -312,17 +344,21 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     if streaming:
         return ds.filter(non_empty).map(encode, batched=True).filter(short).filter(balanced), stats
     stats.total = ds.num_rows
-    ds = ds.filter(non_empty_rows, batched=True, input_columns=["src", "tgt"])
+    ds = drop_empty(ds)
     stats.empty = stats.total - ds.num_rows
-    ds = ds.map(encode, batched=True)
+    # 10,000 rows a call: sentencepiece already spreads a call over the cores; bigger calls cut the per-call cost.
+    ds = ds.map(encode, batched=True, batch_size=10_000, features=_with_ids(ds.features),
+                num_proc=encode_processes(cfg, ds.num_rows))
     # The length rules on Arrow's list lengths, as arrays: the same pairs as `short` and `balanced`, without a
     # Python call per row.
     a, b = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
     fits = (a <= max_len) & (b <= max_len)
     ratio_ok = np.maximum(a, b) <= max_ratio * np.maximum(1, np.minimum(a, b))
     stats.too_long, stats.bad_ratio = int((~fits).sum()), int((fits & ~ratio_ok).sum())
+    stats.lengths = (a, b)
     if not (fits & ratio_ok).all():
-        ds = ds.select(np.flatnonzero(fits & ratio_ok))
+        keep = np.flatnonzero(fits & ratio_ok)
+        ds, stats.lengths = ds.select(keep), (a[keep], b[keep])
     log.info("%s", stats)
     return ds, stats
 
@@ -333,9 +369,12 @@ def encode_eval(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str):
 
     def encode(batch):
         src, tgt = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
+        src_ids, tgt_ids = [s[:max_len] for s in src], [t[:max_len] for t in tgt]
         return {
-            "src_ids": [s[:max_len] for s in src],
-            "tgt_ids": [t[:max_len] for t in tgt],
+            "src_ids": src_ids,
+            "tgt_ids": tgt_ids,
+            "src_len": [len(s) for s in src_ids],
+            "tgt_len": [len(t) for t in tgt_ids],
             "truncated": [max(len(s), len(t)) > max_len for s, t in zip(src, tgt)],
         }
 
