@@ -12,7 +12,8 @@ import torch
 import nmt.data.load as load
 from nmt.config.train import DataConfig
 from nmt.data.datamodule import TranslationData
-from nmt.data.load import DataError, clean_and_encode, load_split
+from nmt.data.encode import clean_and_encode
+from nmt.data.load import DataError, load_split
 from nmt.data.stream_batches import StreamBatches
 from nmt.data.synthetic import SyntheticCorpus, write_corpus
 
@@ -21,9 +22,13 @@ READER = load._zip_shards
 
 
 class CharTokenizer:
-    """One id per character, so a batch decodes back to its exact text."""
+    """One id per character, so a batch decodes back to its exact text; ``encoded`` records every text it encoded."""
+
+    def __init__(self):
+        self.encoded = []
 
     def encode(self, texts):
+        self.encoded += texts
         return [[ord(c) + OFFSET for c in text] for text in texts]
 
 
@@ -133,11 +138,11 @@ def test_a_shard_count_that_does_not_divide_warns_and_stays_disjoint(tmp_path, m
     assert len(first) + len(second) == 300 and not set(first) & set(second)
 
 
-def resumable_batches(path, read, monkeypatch):
+def resumable_batches(path, read, monkeypatch, tokenizer=None):
     counting_reader(monkeypatch, read)
     cfg = config(path)
-    stream, _ = clean_and_encode(load_split(cfg, "train", streaming=True), CharTokenizer(), cfg, "train",
-                                 streaming=True)
+    stream, _ = clean_and_encode(load_split(cfg, "train", streaming=True), tokenizer or CharTokenizer(), cfg,
+                                 "train", streaming=True)
     return StreamBatches(stream, cfg.max_tokens, cfg.stream_buffer, seed=5)
 
 
@@ -155,18 +160,19 @@ def test_a_resumed_stream_continues_in_place(tmp_path, monkeypatch, consumed):
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
 
     read.clear()
-    resumed = resumable_batches(path, read, monkeypatch)
+    tokenizer = CharTokenizer()
+    resumed = resumable_batches(path, read, monkeypatch, tokenizer)
     resumed.load_state(state)
     rest = [decoded(b) for b in itertools.islice(iter(resumed), total - consumed)]
     assert rest == uninterrupted[consumed:]  # (i) exactly the uninterrupted run's batches
-    # (ii) The consumed chunk's later batches come from the checkpoint, so no consumed pair is batched again. The
-    # stream reads on from the chunk's end (pair `end`) except for what datasets' own state replays: its batched
-    # encoding map (1,000 pairs) restarts at its batch's first pair, and its file reader restarts the shard that
-    # pair is in (here 1,000 lines) and skips the lines before it unencoded. So the reading resumes at a shard's
-    # first line, fewer than a map batch plus a shard before `end`, and goes on in order from there.
+    # (ii) The consumed chunk's later batches come from the checkpoint, so no consumed pair is batched again, nor
+    # encoded: encoding resumes at the chunk's end (pair `end`). What datasets' own state replays is the file
+    # reader's: it restarts the shard that pair is in (here 1,000 lines) and skips the lines before it, unencoded.
     end = int(state["position"][2]) * 100  # chunks of data.stream_buffer=100 pairs, none filtered here
+    assert tokenizer.encoded[:2] == list(lines[end])
+    assert tokenizer.encoded == [text for pair in lines[end: end + len(tokenizer.encoded) // 2] for text in pair]
     start = lines.index(read[0])
-    assert start % 1000 == 0 and 0 <= end - start < 1000 + 1000
+    assert start == end // 1000 * 1000  # the first line of the shard holding pair `end`
     assert read == lines[start: start + len(read)] and len(read) > end - start
 
 
@@ -181,3 +187,27 @@ def test_a_resumed_stream_can_be_checkpointed_again_before_its_saved_batches_run
     third = resumable_batches(path, [], monkeypatch)
     third.load_state(second.state_at(*position.tolist()))
     assert [decoded(b) for b in itertools.islice(iter(third), 27)] == uninterrupted[3:]
+
+
+@pytest.mark.parametrize("states, expected_start, warning", [
+    # Rank 1's batch had left the recent chunks: it replays to its own position, not rank 0's.
+    ([{"position": torch.tensor([0, 3]), "state": None}, {"position": torch.tensor([1, 5]), "state": None}],
+     (1, 6), "no stream state for rank 1"),
+    # Saved by 3 ranks, resumed on 2: every rank replays to the position the checkpoint names.
+    ([{"position": torch.tensor([0, 3]), "state": None}] * 3, (0, 8), "stream state is for 3 ranks, not 2"),
+])
+def test_a_resume_without_an_in_place_state_replays_to_each_ranks_position(tmp_path, caplog, states,
+                                                                             expected_start, warning):
+    from types import SimpleNamespace
+
+    path = corpus(tmp_path, shards=2, pairs=100)
+    cfg = config(path)
+    data = TranslationData(cfg, seed=3)
+    data.train_set, _ = clean_and_encode(load_split(cfg, "train", streaming=True), CharTokenizer(), cfg, "train",
+                                         streaming=True)
+    data._rank = lambda: (1, 2)
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(stream_states=states,
+                                                                    data_position=torch.tensor([0, 7])))
+    data.train_dataloader()
+    assert data.stream_batches.start == expected_start and data.stream_batches.resume is None
+    assert warning in caplog.text

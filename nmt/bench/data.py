@@ -31,6 +31,7 @@ from nmt.bench.common import markdown_table, write_results
 PROBE = Path(__file__).with_name("data_probe.py")
 STAGES = ["read", "clean", "sentencepiece", "encode", "validation set", "batching"]
 SAMPLE_SECONDS = 0.2
+RUN_TIMEOUT = 4 * 3600  # seconds: one run past this is stopped and reported (the slowest measured here: ~25 min)
 
 
 def _tree(pid: int) -> list[int]:
@@ -82,8 +83,9 @@ def train_overrides(corpus: Path, cache: Path, run_dir: Path, model: str) -> lis
 
 
 def run_once(source: Optional[Path], corpus: Path, cache: Path, run_dir: Path, model: str) -> dict:
-    """One ``nmt train`` process through the probe: {stage: seconds}, {stage: peak bytes}, seconds to the end of
-    the first step, peak bytes overall. Raises RuntimeError with the log's last lines if the run fails."""
+    """One ``nmt train`` process through the probe: {stage: seconds}, {stage: peak bytes}, seconds from launch to the
+    end of the first training step's forward pass and loss (the probe exits there), peak bytes overall. RuntimeError
+    with the log's last lines if the run fails, takes longer than RUN_TIMEOUT or never reaches a training step."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     stages_file = run_dir / "stages.jsonl"
@@ -96,8 +98,14 @@ def run_once(source: Optional[Path], corpus: Path, cache: Path, run_dir: Path, m
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=source or Path.cwd())
         sampler = MemorySampler(process)
         sampler.start()
-        code = process.wait()
-        sampler.join()
+        try:
+            code = process.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = f"still running after {RUN_TIMEOUT} s"
+        finally:  # never leave a run behind: a timeout, Ctrl-C or an error here ends it
+            process.kill()
+            process.wait()
+            sampler.join()
     ended = time.time()
     if code != 0:
         tail = (run_dir / "probe.log").read_text(errors="replace").splitlines()[-5:]
@@ -109,16 +117,20 @@ def run_once(source: Optional[Path], corpus: Path, cache: Path, run_dir: Path, m
             seconds[r["stage"]] = seconds.get(r["stage"], 0.0) + r["end"] - r["start"] - r["nested"]
             peaks[r["stage"]] = max(peaks.get(r["stage"], 0), sampler.peak(r["start"], r["end"]))
     first = next((r["end"] for r in records if r["stage"] == "first step"), None)
-    return {"seconds": seconds, "peak_bytes": peaks, "to_first_step": None if first is None else first - launched,
+    if first is None:
+        raise RuntimeError(f"nmt train ended without a training step ({run_dir / 'probe.log'})")
+    return {"seconds": seconds, "peak_bytes": peaks, "to_first_step": first - launched,
             "total": ended - launched, "peak_total_bytes": sampler.peak()}
 
 
 def ensure_corpus(work: Path, pairs: int) -> Path:
-    """``work/corpus_PAIRS``, written (seed 0) unless it is already there."""
+    """``work/corpus_PAIRS``, written (seed 0) unless all its files are there (each is written under a temporary
+    name and renamed, so an interrupted write leaves some missing, never one half written). OSError if it cannot be
+    written."""
     from nmt.data.synthetic import SyntheticCorpus, write_corpus
 
     corpus = work / f"corpus_{pairs}"
-    if not (corpus / "train.de").is_file():
+    if not all((corpus / f"{split}.{lang}").is_file() for split in ("train", "valid", "test") for lang in ("en", "de")):
         print(f"writing a synthetic corpus of {pairs:,} pairs to {corpus}", flush=True)
         write_corpus(corpus, SyntheticCorpus(pairs))
     return corpus
@@ -129,8 +141,7 @@ def _row(pairs: int, name: str, run: dict) -> list[str]:
     for stage in STAGES:
         seconds = run["seconds"].get(stage)
         cells.append("–" if seconds is None else f"{seconds:.1f} s / {run['peak_bytes'][stage] / 2**30:.2f} GiB")
-    first = run["to_first_step"]
-    cells += ["–" if first is None else f"{first:.1f} s", f"{run['peak_total_bytes'] / 2**30:.2f} GiB"]
+    cells += [f"{run['to_first_step']:.1f} s", f"{run['peak_total_bytes'] / 2**30:.2f} GiB"]
     return cells
 
 
@@ -144,8 +155,18 @@ def _ratio_row(pairs: int, name: str, ours: dict, base: dict) -> list[str]:
     return cells
 
 
+class UsageError(ValueError):
+    """A bad option or value: one line on stderr and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the usage first; one line is enough
+        raise UsageError(message)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt bench data", description=__doc__.split("\n\n")[0])
+    """The options; UsageError (one line) for a bad one, before any corpus is written or any run starts."""
+    parser = _Parser(prog="nmt bench data", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--pairs", type=int, nargs="+", default=[500_000, 1_500_000, 4_500_000],
                         help="corpus sizes in training pairs (default 500000 1500000 4500000)")
     parser.add_argument("--work", default="outputs/bench_data", help="corpora, data caches and run folders")
@@ -156,37 +177,54 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.baseline is not None and not (Path(args.baseline) / "nmt" / "cli.py").is_file():
         parser.error(f"--baseline {args.baseline}: not an nmt checkout (no nmt/cli.py in it)")
     if min(args.pairs) < 1:
-        parser.error(f"--pairs {min(args.pairs)}: sizes must be >= 1")
+        parser.error(f"--pairs ({min(args.pairs)}) must be >= 1")
+    for flag in ("work", "out"):
+        if Path(getattr(args, flag)).exists() and not Path(getattr(args, flag)).is_dir():
+            parser.error(f"--{flag} {getattr(args, flag)}: a file, not a folder")
+    presets = Path(__file__).resolve().parents[1] / "conf" / "model"
+    if not (presets / f"{args.model}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in presets.glob("*.yaml")))
+        parser.error(f"--model {args.model}: no such preset ({known})")
     return args
 
 
-def main(argv: list[str]) -> int:
-    args = parse(argv)
+def measure(args: argparse.Namespace) -> tuple[dict, list[list[str]]]:
+    """Every run of every size and system: (results for the JSON, rows of the table). RuntimeError when a run
+    fails, OSError when the work folder cannot be written."""
     work = Path(args.work).resolve()
     here = Path(__file__).resolve().parents[2]
     systems = ([("baseline", Path(args.baseline).resolve())] if args.baseline else []) + [("this", here)]
     results, rows = {"threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(), "runs": []}, []
     for pairs in args.pairs:
-        corpus = ensure_corpus(work, pairs)
-        measured = {}
+        corpus, measured = ensure_corpus(work, pairs), {}
         for system, source in systems:
             cache = work / f"cache_{pairs}_{system}"
             shutil.rmtree(cache, ignore_errors=True)
             for name in ("cold", "cached"):
                 print(f"{pairs:,} pairs, {system}, {name} …", flush=True)
-                try:
-                    run = run_once(source, corpus, cache, work / f"run_{pairs}_{system}_{name}", args.model)
-                except RuntimeError as error:
-                    print(f"nmt bench data: {error}", file=sys.stderr)
-                    return 1
+                run = run_once(source, corpus, cache, work / f"run_{pairs}_{system}_{name}", args.model)
                 measured[system, name] = run
                 results["runs"].append({"pairs": pairs, "system": system, "run": name, **run})
                 rows.append(_row(pairs, f"{system}, {name}" if args.baseline else name, run))
         if args.baseline:
             rows += [_ratio_row(pairs, name, measured["this", name], measured["baseline", name])
                      for name in ("cold", "cached")]
-    header = ["pairs", "run", *[f"{s} (time / peak)" for s in STAGES], "to first step", "peak memory"]
-    markdown = markdown_table(header, rows)
-    write_results(args.out, "data", results, markdown)
+    return results, rows
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse(argv)
+    except UsageError as error:
+        print(f"nmt bench data: {error}", file=sys.stderr)
+        return 2
+    try:
+        results, rows = measure(args)
+        header = ["pairs", "run", *[f"{s} (time / peak)" for s in STAGES], "to first step", "peak memory"]
+        markdown = markdown_table(header, rows)
+        write_results(args.out, "data", results, markdown)
+    except (RuntimeError, OSError) as error:
+        print(f"nmt bench data: {error}", file=sys.stderr)
+        return 1
     print(markdown)
     return 0

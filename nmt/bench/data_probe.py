@@ -2,13 +2,13 @@
 
     python data_probe.py STAGES_FILE train OVERRIDES…
 
-Runs ``nmt.cli.main(["train", OVERRIDES…])`` after wrapping the functions that make up each data stage
-(``STAGES``): every call appends one JSON line ``{"stage", "start", "end", "nested"}`` (seconds since the epoch;
-``nested``: the time spent in stages it called) to STAGES_FILE. The end of the first training step is the stage
-``first step``, after which the process exits at once. Wrapping names instead of editing the pipeline lets the same
-probe time another checkout of nmt put first on PYTHONPATH (``nmt bench data --baseline DIR``): a name that checkout
-lacks is skipped, and its time falls to the stage that calls it. This file imports nothing from nmt at module level
-for that reason.
+Runs ``nmt.cli.main(["train", OVERRIDES…])`` after wrapping the functions that make up each data stage (``STAGES``):
+every call appends one JSON line ``{"stage", "start", "end", "nested"}`` (seconds since the epoch; ``nested``: the
+time spent in stages it called) to STAGES_FILE. The end of the first ``training_step`` call (forward pass and loss) is
+the stage ``first step``, after which the process exits at once. Wrapping names instead of editing the pipeline lets
+the same probe time another checkout of nmt put first on PYTHONPATH (``nmt bench data --baseline DIR``): a name that
+checkout lacks is skipped, and its time falls to the stage that calls it. This file imports nothing from nmt at module
+level for that reason.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 STAGES = [
     ("nmt.data.datamodule", "load_split", "read"),
     ("nmt.data.datamodule", "load_or_train", "sentencepiece"),
-    ("nmt.data.load", "drop_empty", "clean"),
+    ("nmt.data.encode", "drop_empty", "clean"),
     ("nmt.data.datamodule", "clean_and_encode", "encode"),
     ("nmt.data.datamodule", "encode_eval", "validation set"),
     ("nmt.data.batching", "TrainBatches.__init__", "batching"),

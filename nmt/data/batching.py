@@ -68,10 +68,10 @@ def collate(src: list[list[int]], tgt: list[list[int]]) -> dict[str, torch.Tenso
 
 def subword_lengths(ds, column: str) -> np.ndarray:
     """Lengths (rows,) of the subword list column ``column`` (``src_ids``, ``tgt_ids``) of an Arrow-backed dataset:
-    its length column (``src_len``, ``tgt_len``), which encoding writes beside it, else Arrow's list lengths.
-    Cleaning leaves an index mapping over the table: through it, a 4-byte column is read in milliseconds, while the
-    lists had to be gathered first (seconds per 500k pairs), and turning them into Python lists took minutes and
-    gigabytes at 4.5M pairs."""
+    its length column (``src_len``, ``tgt_len``), which encoding writes beside it, else Arrow's list lengths — never
+    Python lists (turning 4.5M rows into lists only to count them took minutes and gigabytes). Through an index
+    mapping (what ``select`` and ``filter`` leave) even the length column takes seconds per 500k rows to read, so
+    batching takes the kept pairs' lengths from cleaning instead (nmt.data.encode.CleaningStats.lengths)."""
     length_column = column.removesuffix("_ids") + "_len"
     if length_column in ds.column_names:
         return ds.with_format("arrow")[length_column].to_numpy()
@@ -82,7 +82,7 @@ def subword_lengths(ds, column: str) -> np.ndarray:
 
 class TrainBatches(IterableDataset):
     """Endless training batches from an in-memory (arrow) dataset with ``src_ids``/``tgt_ids`` columns; ``lengths``
-    (src, tgt) are their subword counts if the caller has them (nmt.data.load.CleaningStats.lengths)."""
+    (src, tgt) are their subword counts if the caller has them (nmt.data.encode.CleaningStats.lengths)."""
 
     def __init__(self, ds, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1,
                  lengths: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
@@ -115,8 +115,3 @@ class TrainBatches(IterableDataset):
 
     def resume_after(self, epoch: int, index: int) -> None:
         self.start = (epoch, index + 1)
-
-
-from nmt.data.stream_batches import StreamBatches  # noqa: E402  (re-exported: it lived here)
-
-__all__ = ["EmptyEpochError", "StreamBatches", "TrainBatches", "collate", "shard", "subword_lengths", "token_batches"]

@@ -13,8 +13,10 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from nmt.config.train import DataConfig
-from nmt.data.batching import StreamBatches, TrainBatches, collate, subword_lengths, token_batches
-from nmt.data.load import DataError, clean_and_encode, encode_eval, load_split, local_files, split_files
+from nmt.data.batching import TrainBatches, collate, subword_lengths, token_batches
+from nmt.data.encode import clean_and_encode, encode_eval
+from nmt.data.load import DataError, load_split, local_files, split_files
+from nmt.data.stream_batches import StreamBatches
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,10 @@ class TranslationData(L.LightningDataModule):
                     if text.strip():
                         yield text
 
-        self.tokenizer = load_or_train(sentences, settings, self._fingerprint(raw), self.cfg.cache_dir)
+        fingerprint = self._fingerprint(raw)
+        if not self.cfg.streaming and raw.num_rows > settings.max_sentences // 2:
+            fingerprint += ":sampled-v1"  # not the model an older nmt trained on every pair of this corpus
+        self.tokenizer = load_or_train(sentences, settings, fingerprint, self.cfg.cache_dir)
         return self.tokenizer
 
     def prepare_data(self) -> None:
@@ -147,8 +152,9 @@ class TranslationData(L.LightningDataModule):
         return split_dataset_by_node(stream, rank=rank, world_size=world)
 
     def stream_state(self, position: torch.Tensor) -> Optional[dict]:
-        """What a checkpoint holds to resume this rank's stream right after batch ``position`` ([epoch, index]), or
-        None (not streaming, nothing consumed, or that batch's chunk no longer held)."""
+        """What a checkpoint holds to resume this rank's stream in place right after batch ``position`` ([epoch,
+        index]), or None (not streaming, nothing consumed, or that batch's chunk no longer held: then a resume
+        replays the stream to ``position``)."""
         batches = self.stream_batches
         if batches is None or int(position[1]) < 0:
             return None
@@ -162,15 +168,21 @@ class TranslationData(L.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         rank, world = self._rank()
         states = getattr(module, "stream_states", None) if module is not None else None
-        if isinstance(batches, StreamBatches) and states is not None and len(states) == world and states[rank]:
-            batches.load_state(states[rank])
-            log.info("data: resuming the stream in place at epoch %d batch %d", *states[rank]["position"][:2].tolist())
+        mine = states[rank] if states is not None and len(states) == world else None
+        if isinstance(batches, StreamBatches) and mine is not None and mine["state"] is not None:
+            batches.load_state(mine["state"])
+            log.info("data: resuming the stream in place at epoch %d batch %d", *mine["state"]["position"][:2].tolist())
         elif module is not None and int(module.data_position[1]) >= 0:
-            if states is not None:
+            # Each rank replays to its own last batch: with its own shards, its position is not rank 0's.
+            position = mine["position"] if mine is not None else module.data_position
+            if states is not None and mine is None:
                 log.warning("data: the checkpoint's stream state is for %d ranks, not %d: replaying the stream to "
                             "the saved position instead", len(states), world)
-            batches.resume_after(*module.data_position.tolist())
-            log.info("data: resuming after epoch %d batch %d", *module.data_position.tolist())
+            elif mine is not None:
+                log.warning("data: the checkpoint holds no stream state for rank %d (its last batch's chunk had "
+                            "been passed): replaying the stream to the saved position instead", rank)
+            batches.resume_after(*position.tolist())
+            log.info("data: resuming after epoch %d batch %d", *position.tolist())
         # Its own generator: creating the iterator must not draw from the global RNG that drives dropout.
         return DataLoader(batches, batch_size=None, num_workers=0, generator=torch.Generator())
 

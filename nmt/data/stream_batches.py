@@ -10,9 +10,9 @@ may differ by one.
 
 Resuming (``load_state``) yields the chunk's not-yet-consumed batches saved in the checkpoint, then loads the
 stream's own state (``datasets.IterableDataset.load_state_dict``) as it was after that chunk, so no consumed pair
-is batched again. What datasets re-reads is bounded: its file generator restarts the current *shard* and skips (without
-encoding) the lines before the position, and its batched encoding map re-encodes the pairs of the map batch in
-progress (< 1,000); more, smaller shards bound the first.
+is batched or encoded again (the encoding map is per pair: datasets resumes a batched map at the start of its batch).
+What datasets still re-reads is its file generator's: it restarts the current *shard* and skips (reads, without
+encoding) the lines before the position; more, smaller shards bound it.
 """
 
 from __future__ import annotations
@@ -89,9 +89,10 @@ class StreamBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         epoch, skip = self.start
-        if self.resume is not None:
-            yield from self._resumed(self.resume)
-            epoch, skip = int(self.resume["position"][0]) + 1, 0
+        resume, self.resume = self.resume, None  # once: a second iterator starts afresh
+        if resume is not None:
+            yield from self._resumed(resume)
+            epoch, skip = int(resume["position"][0]) + 1, 0
         while True:
             self._set_epoch(epoch)
             produced = 0

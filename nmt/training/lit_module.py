@@ -182,16 +182,19 @@ class TranslationModule(L.LightningModule):
         self.stream_states = checkpoint.get("nmt_stream_state")
 
     def _stream_states(self) -> Optional[list]:
-        """Every rank's stream state (``TranslationData.stream_state``: tensors, ints and strings), gathered to the
-        rank that writes the checkpoint: each rank's stream is its own. None when not streaming."""
+        """Every rank's ``{"position": its last batch's [epoch, index], "state": TranslationData.stream_state}``
+        (tensors, ints and strings), gathered to rank 0, which writes the checkpoint: each rank's stream is its own.
+        None when not streaming, and on the other ranks."""
         data = self._trainer.datamodule if self._trainer is not None else None
         if data is None or not getattr(getattr(data, "cfg", None), "streaming", False):
             return None
-        state = data.stream_state(self.data_position)
+        state = {"position": self.data_position, "state": data.stream_state(self.data_position)}
         if not (dist.is_available() and dist.is_initialized()):
             return [state]
-        states = [None] * dist.get_world_size()
-        dist.all_gather_object(states, state)  # every rank saves (Lightning calls this hook on all)
+        # Lightning calls this hook on every rank and rank 0 writes the file: gather to it alone, since each
+        # state holds up to a buffer of pending batches.
+        states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(state, states, dst=0)
         return states
 
 
