@@ -6,7 +6,8 @@ import datasets
 import numpy as np
 import pytest
 
-from nmt.data.batching import StreamBatches, TrainBatches, collate, shard, token_batches
+from nmt.data.batching import TrainBatches, collate, shard, token_batches
+from nmt.data.stream_batches import StreamBatches
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 

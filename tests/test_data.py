@@ -2,12 +2,17 @@
 
 import gzip
 import json
+import os
 import time
 
+import datasets
 import pytest
 
 from nmt.config.train import DataConfig
-from nmt.data.load import DataError, clean_and_encode, load_split
+from nmt.data.batching import subword_lengths
+from nmt.data.datamodule import TranslationData, spm_sentences
+from nmt.data.encode import clean_and_encode, encode_processes
+from nmt.data.load import DataError, load_split
 from nmt.data.tokenizer import TokenizerError, TokenizerSettings, load_or_train
 from tests.conftest import multi30k_sample
 
@@ -125,6 +130,62 @@ def test_cleaning_counts_empty_long_and_unbalanced_pairs(tmp_path, text_corpus):
     assert (stats.total, stats.empty, stats.too_long, stats.bad_ratio) == (9, 2, 2, 1)
     assert encoded.num_rows == stats.kept == 4
     assert "dropped 2 empty or whitespace-only, 2 too long, 1 over the length ratio; kept 4" in str(stats)
+    # The kept rows carry int32 ids and their lengths; the lengths cleaning hands to batching are theirs, row by row.
+    assert encoded.features["src_ids"].feature.dtype == "int32"
+    for side in ("src", "tgt"):
+        counted = [len(ids) for ids in encoded[f"{side}_ids"]]
+        assert list(encoded[f"{side}_len"]) == counted
+        assert stats.lengths[("src", "tgt").index(side)].tolist() == counted
+        assert subword_lengths(encoded, f"{side}_ids").tolist() == counted
+        assert subword_lengths(encoded.remove_columns(f"{side}_len"), f"{side}_ids").tolist() == counted
+
+
+def test_a_split_of_only_blank_pairs_is_the_no_pairs_left_error(tmp_path):
+    write_lines(tmp_path / "train.en", ["", "  ", "x"])
+    write_lines(tmp_path / "train.de", ["a", "", "\t"])
+    write_lines(tmp_path / "valid.en", EN[:2])
+    write_lines(tmp_path / "valid.de", DE[:2])
+    cfg = config(tmp_path)
+    tokenizer = load_or_train(multi30k_sample, TokenizerSettings(400), "fp", tmp_path / "cache")
+    encoded, stats = clean_and_encode(load_split(cfg, "train"), tokenizer, cfg, "train")
+    assert encoded.num_rows == 0 and (stats.empty, stats.kept) == (3, 0)
+    assert [len(side) for side in stats.lengths] == [0, 0]
+    data = TranslationData(cfg, seed=1, tokenizer=tokenizer)
+    with pytest.raises(DataError, match=r"no training pairs left \(train: 3 pairs; dropped 3 empty"):
+        data.setup()
+
+
+def test_sentencepiece_input_is_every_pair_in_order_or_a_uniform_sample(tmp_path):
+    src = [f"s{i}" if i % 7 else "  " for i in range(1000)]
+    ds = datasets.Dataset.from_dict({"src": src, "tgt": [f"t{i}" for i in range(1000)]})
+    # At most max_sentences // 2 pairs: every non-blank side, pair by pair, as sentencepiece always got them.
+    expected = [text for pair in zip(src, ds["tgt"]) for text in pair if text.strip()]
+    assert list(spm_sentences(ds, 2000)) == expected
+    # More pairs: a sample of 100 distinct pairs, in corpus order, the same every time, both sides of each.
+    sample = list(spm_sentences(ds, 200))
+    pairs = sorted({int(text[1:]) for text in sample})
+    assert len(pairs) == 100 and sample == list(spm_sentences(ds, 200))
+    assert sample == [text for i in pairs for text in (src[i], f"t{i}") if text.strip()]
+
+
+def test_encoding_processes(tmp_path):
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    assert encode_processes(config(tmp_path), 99_999) is None  # small: one process, no workers to start
+    assert encode_processes(config(tmp_path), 100_000) == (cores if cores > 1 else None)
+    assert encode_processes(config(tmp_path, num_proc=3), 50) == 3
+    assert encode_processes(config(tmp_path, num_proc=3), 2) is None  # never more processes than rows
+    assert encode_processes(config(tmp_path, num_proc=1), 10**6) is None
+    with pytest.raises(ValueError, match=r"data.num_proc \(0\) must be >= 1 or null"):
+        config(tmp_path, num_proc=0)
+
+
+def test_two_encoding_processes_give_the_one_process_rows(tmp_path, text_corpus):
+    ds = load_split(text_corpus, "train")
+    tokenizer = load_or_train(multi30k_sample, TokenizerSettings(400), "fp", tmp_path / "cache")
+    one, _ = clean_and_encode(ds, tokenizer, text_corpus, "train")
+    two, stats = clean_and_encode(ds, tokenizer, config(tmp_path, file_pattern="{split}.{lang}.gz", num_proc=2),
+                                  "train")
+    assert two.to_list() == one.to_list() and stats.kept == one.num_rows
 
 
 def test_sentencepiece_reused_when_unchanged_and_retrained_when_vocab_changes(tmp_path):
@@ -217,12 +278,12 @@ def test_more_bad_configs_name_the_key():
 def test_validation_pairs_are_all_kept_and_long_ones_truncated(tmp_path, caplog):
     import datasets
 
-    from nmt.data.load import encode_eval
+    from nmt.data.encode import encode_eval
 
     tokenizer = load_or_train(multi30k_sample, TokenizerSettings(400), "fp", tmp_path / "cache")
     ds = datasets.Dataset.from_list([{"src": "A dog.", "tgt": "Ein Hund."}, {"src": "", "tgt": "Leer."},
                                      {"src": " ".join(["word"] * 500), "tgt": "Lang."}])
-    with caplog.at_level("WARNING", logger="nmt.data.load"):
+    with caplog.at_level("WARNING", logger="nmt.data.encode"):
         encoded = encode_eval(ds, tokenizer, config(tmp_path, max_len=50), "valid")
     assert encoded.num_rows == 3 and max(len(x) for x in encoded["src_ids"]) == 50
     assert "valid: 1 pairs longer than data.max_len=50 subwords were truncated" in caplog.text

@@ -128,6 +128,49 @@ def test_sigkilled_run_resumes_to_the_same_parameters(cache_dir, tmp_path):
         assert torch.equal(tensor, final["resumed"]["state_dict"][name]), name
 
 
+def test_a_streaming_run_resumes_in_place(cache_dir, tmp_path):
+    """A streaming run stopped after 3 steps and resumed to 6 trains on the same batches as a straight 6-step run; the
+    resume starts from the checkpoint's stream state (mid-chunk: 300-pair chunks), not by replaying the stream."""
+    args = small_run(cache_dir, "data.streaming=true", "data.stream_buffer=300", "trainer.val_every_n_steps=100",
+                     "trace_batches=true")
+    straight = nmt_train([*args, "trainer.max_steps=6"], tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    stopped = tmp_path / "stopped"
+    first = nmt_train([*args, "trainer.max_steps=3"], stopped)
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    resumed = nmt_train([*args, "trainer.max_steps=6", "resume=true"], stopped)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming the stream in place" in output
+    traces = [(d / "batch_trace" / "rank0.txt").read_text().split("\n")[:-1] for d in (tmp_path / "straight", stopped)]
+    assert len(traces[0]) == 6 and traces[0] == traces[1]
+
+
+def test_a_sharded_stream_under_ddp_resumes_each_rank_in_place(cache_dir, tmp_path):
+    """2 CPU processes stream a 4-shard corpus (2 files each), stop after 3 steps and resume to 5: each rank resumes
+    from its own stream state (gathered into the checkpoint), the ranks' batches stay disjoint, none is repeated."""
+    from nmt.data.synthetic import SyntheticCorpus, write_corpus
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, SyntheticCorpus(pairs=2000, valid=20, test=20, shards=4))
+    args = [*small_run(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trace_batches=true",
+                       "data.streaming=true", "data.stream_buffer=300", "trainer.val_every_n_steps=100"),
+            "data=local", f"data.path={corpus}", "data.splits.train=train.*", "data.max_len=250"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "ddp"
+    first = nmt_train([*args, "trainer.max_steps=3"], run_dir, env=env)
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    resumed = nmt_train([*args, "trainer.max_steps=5", "resume=true"], run_dir, env=env)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming the stream in place" in output and "not a multiple" not in output
+    traces = [[line.split() for line in (run_dir / "batch_trace" / f"rank{r}.txt").read_text().split("\n")[:-1]]
+              for r in (0, 1)]
+    for trace in traces:
+        assert [(int(e), int(i)) for _, e, i, _ in trace] == [(0, i) for i in range(5)]  # on in order, none again
+    assert not {t[3] for t in traces[0]} & {t[3] for t in traces[1]}
+
+
 def test_ddp_on_cpu_two_processes(cache_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     args = small_run(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=6",

@@ -1,4 +1,5 @@
-"""``nmt bench attention|train|translate``: benchmarks that print ratios against a peer measured in the same run."""
+"""``nmt bench attention|data|train|translate``: benchmarks that print ratios against a peer measured in the same
+run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import sys
 
 COMMANDS = {
     "attention": "attention kernels by variant, backend and length: time, peak memory, growth, KV-cache bytes",
+    "data": "what a large corpus costs before the first training step: time and peak memory per stage, cold and "
+            "cached, at 0.5M-4.5M pairs",
     "train": "training steps of nmt against a torch.nn.Transformer reference with the same settings",
     "translate": "greedy and beam-5 decoding of nmt against Hugging Face MarianMTModel and CTranslate2 (Marian's and "
                  "nmt's own exports, if installed)",
@@ -21,6 +24,8 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "attention":
         from nmt.bench.attention import main as run
+    elif command == "data":
+        from nmt.bench.data import main as run
     elif command == "train":
         from nmt.bench.train import main as run
     else:

@@ -37,6 +37,9 @@ class DataConfig:
     ``hub_id`` set) follow the ``translation: {lang: text}`` convention of wmt14 / iwslt2017 / opus.
     ``bleu_tokenize`` is sacreBLEU's tokenizer for validation BLEU: null for its default (13a, detokenized text),
     ``none`` for references that are already tokenized (multi30k_tok).
+    ``spm_max_sentences`` caps sentencepiece's training sample (``input_sentence_size``): a larger corpus gives it a
+    uniform sample of ``spm_max_sentences // 2`` pairs. ``num_proc`` is the processes that encode the training split
+    (datasets' ``map(num_proc=)``); null: one per CPU core, at most 8, from 100,000 pairs up, else 1.
     """
 
     name: str = "corpus"
@@ -56,6 +59,7 @@ class DataConfig:
     spm_model_type: str = "bpe"
     character_coverage: float = 1.0
     spm_max_sentences: int = 2_000_000
+    num_proc: Optional[int] = None
     max_tokens: int = 4096
     valid_max_tokens: Optional[int] = None
     stream_buffer: int = 100_000
@@ -78,6 +82,8 @@ class DataConfig:
                 f"data.file_pattern ({self.file_pattern!r}): format {self.format} keeps both languages in one file "
                 "per split; use {split} only, e.g. '{split}." + self.format + "'"
             )
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ValueError(f"data.num_proc ({self.num_proc}) must be >= 1 or null")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ValueError(f"data.max_train_examples ({self.max_train_examples}) must be >= 1 or null")
         if self.valid_max_tokens is not None and self.valid_max_tokens < self.max_len + 2:

@@ -66,13 +66,30 @@ def collate(src: list[list[int]], tgt: list[list[int]]) -> dict[str, torch.Tenso
     return {"src": src_tokens, "src_lengths": src_lengths, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
-class TrainBatches(IterableDataset):
-    """Endless training batches from an in-memory (arrow) dataset with ``src_ids``/``tgt_ids`` columns."""
+def subword_lengths(ds, column: str) -> np.ndarray:
+    """Lengths (rows,) of the subword list column ``column`` (``src_ids``, ``tgt_ids``) of an Arrow-backed dataset:
+    its length column (``src_len``, ``tgt_len``), which encoding writes beside it, else Arrow's list lengths — never
+    Python lists (turning 4.5M rows into lists only to count them took minutes and gigabytes). Through an index
+    mapping (what ``select`` and ``filter`` leave) even the length column takes seconds per 500k rows to read, so
+    batching takes the kept pairs' lengths from cleaning instead (nmt.data.encode.CleaningStats.lengths)."""
+    length_column = column.removesuffix("_ids") + "_len"
+    if length_column in ds.column_names:
+        return ds.with_format("arrow")[length_column].to_numpy()
+    import pyarrow.compute as pc
 
-    def __init__(self, ds, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    return pc.list_value_length(ds.with_format("arrow")[column]).to_numpy()
+
+
+class TrainBatches(IterableDataset):
+    """Endless training batches from an in-memory (arrow) dataset with ``src_ids``/``tgt_ids`` columns; ``lengths``
+    (src, tgt) are their subword counts if the caller has them (nmt.data.encode.CleaningStats.lengths)."""
+
+    def __init__(self, ds, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1,
+                 lengths: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
         self.ds = ds
-        self.src_lens = np.array([len(x) for x in ds["src_ids"]])
-        self.tgt_lens = np.array([len(x) for x in ds["tgt_ids"]])
+        if lengths is None:
+            lengths = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
+        self.src_lens, self.tgt_lens = lengths
         self.max_tokens, self.seed, self.rank, self.world_size = max_tokens, seed, rank, world_size
         self.start = (0, 0)  # (epoch, index) of the first batch to yield
 
@@ -95,62 +112,6 @@ class TrainBatches(IterableDataset):
                 batch["position"] = torch.tensor([epoch, i])
                 yield batch
             epoch, index = epoch + 1, 0
-
-    def resume_after(self, epoch: int, index: int) -> None:
-        self.start = (epoch, index + 1)
-
-
-class StreamBatches(IterableDataset):
-    """Endless training batches from a streamed corpus: a buffer of pairs at a time, bucketed and shuffled.
-
-    Resuming replays the stream and skips the batches already consumed, so the order is exactly that of an
-    uninterrupted run (at the cost of re-reading the skipped part once).
-    """
-
-    def __init__(self, stream, max_tokens: int, buffer: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.stream, self.max_tokens, self.buffer, self.seed = stream, max_tokens, buffer, seed
-        self.rank, self.world_size = rank, world_size
-        self.start = (0, 0)
-
-    def _chunks(self) -> Iterator[list[tuple[list[int], list[int]]]]:
-        pairs = []
-        for pair in self.stream:
-            pairs.append((pair["src_ids"], pair["tgt_ids"]))
-            if len(pairs) == self.buffer:
-                yield pairs
-                pairs = []
-        if pairs:
-            yield pairs
-
-    def _epoch(self, epoch: int) -> Iterator[dict]:
-        # Every rank reads the whole stream and keeps its share of each chunk's batches: disjoint and in step.
-        index = 0
-        for chunk, pairs in enumerate(self._chunks()):
-            lens = np.array([[len(s), len(t)] for s, t in pairs])
-            rng = np.random.default_rng([self.seed, epoch, chunk])
-            batches = token_batches(lens[:, 0], lens[:, 1], self.max_tokens, rng)
-            for rows in shard(batches, self.rank, self.world_size):
-                batch = collate([pairs[j][0] for j in rows], [pairs[j][1] for j in rows])
-                batch["position"] = torch.tensor([epoch, index])
-                index += 1
-                yield batch
-
-    def __iter__(self) -> Iterator[dict]:
-        epoch, skip = self.start
-        while True:
-            if hasattr(self.stream, "set_epoch"):
-                self.stream.set_epoch(epoch)
-            produced = 0
-            for batch in self._epoch(epoch):
-                produced += 1
-                if int(batch["position"][1]) >= skip:
-                    yield batch
-            if not produced:  # would otherwise loop forever without yielding
-                raise EmptyEpochError(
-                    f"no training batches for rank {self.rank} of {self.world_size} in a whole pass over the stream "
-                    "(every pair filtered, or fewer batches than ranks)"
-                )
-            epoch, skip = epoch + 1, 0
 
     def resume_after(self, epoch: int, index: int) -> None:
         self.start = (epoch, index + 1)

@@ -8,6 +8,9 @@ files as ``nmt/_data/<name>/`` (pyproject's force-include). Hydra configs name a
 
 from __future__ import annotations
 
+import fnmatch
+import itertools
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,8 +41,20 @@ def corpus_dir(name: str) -> Path:
 
 
 def local_files(cfg: "DataConfig", split_name: str) -> list[Path]:
-    """The files of split ``split_name`` under ``data.path`` (one per language for format text); DataError naming the
-    folder or file when one is missing."""
+    """The files of split ``split_name`` under ``data.path``, every shard's (see `local_shards`) in shard order."""
+    return [file for shard in local_shards(cfg, split_name) for file in shard]
+
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def local_shards(cfg: "DataConfig", split_name: str) -> list[tuple[Path, ...]]:
+    """The shards of split ``split_name`` under ``data.path``: one tuple per shard, a file per language for format
+    text (src, tgt), else one file. A glob in the split name or ``data.file_pattern`` (``data.splits.train='train.*'``
+    reads train.00000.en, train.00001.en, …) names several shards, sorted by name; each source shard pairs with the
+    target shard of the same name but for the language. DataError naming the folder or file when one is missing or
+    a shard has no partner."""
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataError(
@@ -47,8 +62,47 @@ def local_files(cfg: "DataConfig", split_name: str) -> list[Path]:
             + (f"; set data.path=null to load {cfg.hub_id!r} from the Hub instead" if cfg.hub_id else "")
         )
     langs = (cfg.src_lang, cfg.tgt_lang) if cfg.format == "text" else (None,)
-    files = [root / cfg.file_pattern.format(split=split_name, lang=lang) for lang in langs]
-    for file in files:
-        if not file.is_file():
-            raise DataError(f"{file}: no such file (data.path={cfg.path!r}, data.file_pattern={cfg.file_pattern!r})")
-    return files
+    names = [cfg.file_pattern.format(split=split_name, lang=lang) for lang in langs]
+    where = f"data.path={cfg.path!r}, data.file_pattern={cfg.file_pattern!r}"
+    if not _is_glob(names[0]):
+        for file in (root / name for name in names):
+            if not file.is_file():
+                raise DataError(f"{file}: no such file ({where})")
+        return [tuple(root / name for name in names)]
+    per_lang = [_glob_keys(root, name) for name in names]  # [{wildcard parts: path}] per language
+    if not per_lang[0]:
+        raise DataError(f"{root / names[0]}: no file matches ({where}, data.splits={split_name!r})")
+    for this, other in itertools.permutations(per_lang, 2):
+        for key, file in this.items():
+            if key not in other:
+                raise DataError(f"{file}: no partner shard in the other language ({where})")
+    return [tuple(files[key] for files in per_lang) for key in sorted(per_lang[0], key=lambda k: str(per_lang[0][k]))]
+
+
+def _glob_keys(root: Path, pattern: str) -> dict[tuple[str, ...], Path]:
+    """The files matching glob ``pattern`` under ``root``, keyed by what its wildcards matched, so the shards of two
+    languages pair up by key."""
+    regex = re.compile(_wildcard_groups(pattern))
+    found = {}
+    for file in root.glob(pattern):
+        match = regex.match(file.relative_to(root).as_posix())
+        if file.is_file() and match:
+            found[match.groups()] = file
+    return found
+
+
+def _wildcard_groups(pattern: str) -> str:
+    """A regex matching what glob ``pattern`` matches, with a group per wildcard (``*``, ``?``, ``[...]``)."""
+    parts, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        end = pattern.find("]", i + 2) if char == "[" else -1
+        if char in "*?":
+            parts.append("(.*)" if char == "*" else "(.)")
+        elif end > 0:
+            parts.append("(" + fnmatch.translate(pattern[i:end + 1])[4:-3] + ")")  # (?s:[...])\Z -> [...]
+            i = end
+        else:
+            parts.append(re.escape(char))
+        i += 1
+    return "".join(parts) + r"\Z"

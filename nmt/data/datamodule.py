@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Optional
+from typing import Iterator, Optional
 
 import lightning as L
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from nmt.config.train import DataConfig
-from nmt.data.batching import StreamBatches, TrainBatches, collate, token_batches
-from nmt.data.load import DataError, clean_and_encode, encode_eval, load_split, local_files, split_files
+from nmt.data.batching import TrainBatches, collate, subword_lengths, token_batches
+from nmt.data.encode import clean_and_encode, encode_eval
+from nmt.data.load import DataError, load_split, local_files, split_files
+from nmt.data.stream_batches import StreamBatches
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 
 log = logging.getLogger(__name__)
+
+
+def spm_sentences(ds, max_sentences: int) -> Iterator[str]:
+    """sentencepiece's training input from an Arrow dataset of ``src``/``tgt`` pairs: the non-blank sides of every
+    pair, in order, when there are at most ``max_sentences // 2`` pairs; else of a uniform sample of that many pairs
+    (seed 0, so the same corpus gives the same model), read a column batch at a time. sentencepiece samples
+    ``input_sentence_size`` on its own, but only after Python has handed it every sentence (9M at 4.5M pairs)."""
+    pairs = max(1, max_sentences // 2)
+    if ds.num_rows > pairs:
+        ds = ds.select(np.sort(np.random.default_rng(0).choice(ds.num_rows, pairs, replace=False)))
+    for batch in ds.select_columns(["src", "tgt"]).iter(batch_size=10_000):
+        for src, tgt in zip(batch["src"], batch["tgt"]):
+            if src.strip():
+                yield src
+            if tgt.strip():
+                yield tgt
 
 
 class TranslationData(L.LightningDataModule):
@@ -31,6 +50,7 @@ class TranslationData(L.LightningDataModule):
         self.train_set = None
         self.valid_set = None
         self.cleaning = None
+        self.stream_batches: Optional[StreamBatches] = None  # the streamed training batches, for checkpoints
 
     # -- corpus and tokenizer -------------------------------------------------------------------------------------
     def _raw_train(self):
@@ -61,13 +81,18 @@ class TranslationData(L.LightningDataModule):
         )
 
         def sentences():
-            pairs = raw if not self.cfg.streaming else itertools.islice(raw, settings.max_sentences)
-            for pair in pairs:
+            if not self.cfg.streaming:
+                yield from spm_sentences(raw, settings.max_sentences)
+                return
+            for pair in itertools.islice(raw, settings.max_sentences):
                 for text in (pair["src"], pair["tgt"]):
                     if text.strip():
                         yield text
 
-        self.tokenizer = load_or_train(sentences, settings, self._fingerprint(raw), self.cfg.cache_dir)
+        fingerprint = self._fingerprint(raw)
+        if not self.cfg.streaming and raw.num_rows > settings.max_sentences // 2:
+            fingerprint += ":sampled-v1"  # not the model an older nmt trained on every pair of this corpus
+        self.tokenizer = load_or_train(sentences, settings, fingerprint, self.cfg.cache_dir)
         return self.tokenizer
 
     def prepare_data(self) -> None:
@@ -105,22 +130,66 @@ class TranslationData(L.LightningDataModule):
     def train_batches(self):
         rank, world = self._rank()
         if self.cfg.streaming:
-            return StreamBatches(self.train_set, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank, world)
-        return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world)
+            stream = self._rank_stream(self.train_set, rank, world)
+            self.stream_batches = StreamBatches(stream, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank,
+                                                world, own_rows=world > 1)
+            return self.stream_batches
+        return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world,
+                            self.cleaning.lengths if self.cleaning is not None else None)
+
+    def _rank_stream(self, stream, rank: int, world: int):
+        """This rank's rows of the stream (datasets' split_dataset_by_node): whole shards — files — when their count
+        divides by the world size, so no pair is read by two ranks; else every rank reads everything and keeps every
+        world-th row, which the warning says how to avoid."""
+        if world == 1:
+            return stream
+        shards = stream.n_shards
+        if shards % world:
+            log.warning("data: the training stream has %d shard%s, not a multiple of the %d ranks, so every rank "
+                        "reads all of it and keeps every %d-th pair; split the corpus into N·%d files "
+                        "(data.splits.train='train.*' reads train.00000.en, …) to give each rank its own files",
+                        shards, "s" * (shards != 1), world, world, world)
+        return split_dataset_by_node(stream, rank=rank, world_size=world)
+
+    def stream_state(self, position: torch.Tensor) -> Optional[dict]:
+        """What a checkpoint holds to resume this rank's stream in place right after batch ``position`` ([epoch,
+        index]), or None (not streaming, nothing consumed, or that batch's chunk no longer held: then a resume
+        replays the stream to ``position``)."""
+        batches = self.stream_batches
+        if batches is None or int(position[1]) < 0:
+            return None
+        try:
+            return batches.state_at(*(int(v) for v in position.tolist()))
+        except KeyError:
+            return None
 
     def train_dataloader(self) -> DataLoader:
         batches = self.train_batches()
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None and int(module.data_position[1]) >= 0:
-            batches.resume_after(*module.data_position.tolist())
-            log.info("data: resuming after epoch %d batch %d", *module.data_position.tolist())
+        rank, world = self._rank()
+        states = getattr(module, "stream_states", None) if module is not None else None
+        mine = states[rank] if states is not None and len(states) == world else None
+        if isinstance(batches, StreamBatches) and mine is not None and mine["state"] is not None:
+            batches.load_state(mine["state"])
+            log.info("data: resuming the stream in place at epoch %d batch %d", *mine["state"]["position"][:2].tolist())
+        elif module is not None and int(module.data_position[1]) >= 0:
+            # Each rank replays to its own last batch: with its own shards, its position is not rank 0's.
+            position = mine["position"] if mine is not None else module.data_position
+            if states is not None and mine is None:
+                log.warning("data: the checkpoint's stream state is for %d ranks, not %d: replaying the stream to "
+                            "the saved position instead", len(states), world)
+            elif mine is not None:
+                log.warning("data: the checkpoint holds no stream state for rank %d (its last batch's chunk had "
+                            "been passed): replaying the stream to the saved position instead", rank)
+            batches.resume_after(*position.tolist())
+            log.info("data: resuming after epoch %d batch %d", *position.tolist())
         # Its own generator: creating the iterator must not draw from the global RNG that drives dropout.
         return DataLoader(batches, batch_size=None, num_workers=0, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         ds = self.valid_set
         src, tgt = ds["src_ids"], ds["tgt_ids"]
-        lens_s, lens_t = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
+        lens_s, lens_t = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
         rank, world = self._rank()
         if len(src) < world:
             raise DataError(f"the validation set has {len(src)} pairs, fewer than the {world} ranks")

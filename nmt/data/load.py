@@ -1,50 +1,27 @@
-"""Parallel corpora through Hugging Face ``datasets``: local files or the Hub, cleaned, encoded and filtered.
+"""Parallel corpora through Hugging Face ``datasets``: local files (text, TSV, JSON lines, parquet; shards) or the Hub.
 
-Every split comes out as a dataset with ``src`` and ``tgt`` text columns; training pairs also get ``src_ids`` and
-``tgt_ids``. Bad input is a DataError with one line naming the file, line or key.
+Every split comes out as a dataset with ``src`` and ``tgt`` text columns (nmt.data.encode cleans and encodes them).
+Bad input is a DataError with one line naming the file, line or key.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import datasets
 
 from nmt.config.train import DataConfig
-from nmt.data.corpora import local_files
+from nmt.data.corpora import local_files, local_shards
 from nmt.data.textio import TextError, iter_lines
-from nmt.data.tokenizer import Tokenizer
 from nmt.errors import DataError, first_line
 
-log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
 
 HUB_HOST = ("huggingface.co", 443)
-
-
-@dataclass
-class CleaningStats:
-    split: str
-    total: int = 0
-    empty: int = 0
-    too_long: int = 0
-    bad_ratio: int = 0
-
-    @property
-    def kept(self) -> int:
-        return self.total - self.empty - self.too_long - self.bad_ratio
-
-    def __str__(self) -> str:
-        return (
-            f"{self.split}: {self.total} pairs; dropped {self.empty} empty or whitespace-only, {self.too_long} too "
-            f"long, {self.bad_ratio} over the length ratio; kept {self.kept}"
-        )
 
 
 def _text_error(path: Path) -> Optional[str]:
@@ -248,81 +225,38 @@ def split_files(cfg: DataConfig, split: str) -> str:
 def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
     if cfg.path is None:
         return _load_hub(cfg, split_name, streaming)
-    files = local_files(cfg, split_name)
+    shards = local_shards(cfg, split_name)
     if cfg.format != "text":
-        return _to_pairs(_load_files(cfg, files, streaming)[0], cfg, str(files[0]))
-    src, tgt = _load_files(cfg, files, streaming)
+        parts = [_to_pairs(_load_files(cfg, [shard[0]], streaming)[0], cfg, str(shard[0])) for shard in shards]
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if streaming:
-        return datasets.IterableDataset.from_generator(_zip_lines,
-                                                       gen_kwargs={"files": tuple(files), "pair": (src, tgt)})
-    if src.num_rows != tgt.num_rows:
-        raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
-    return datasets.concatenate_datasets([src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)
+        # A list in gen_kwargs is what datasets shards: one shard per file pair, so split_dataset_by_node can hand
+        # each rank whole files and no rank reads another's lines.
+        string = datasets.Value("string")
+        return datasets.IterableDataset.from_generator(
+            _zip_shards, features=datasets.Features(src=string, tgt=string),
+            gen_kwargs={"shards": [(str(src), str(tgt)) for src, tgt in shards]})
+    parts = []
+    for files in shards:
+        src, tgt = _load_files(cfg, list(files), streaming)
+        if src.num_rows != tgt.num_rows:
+            raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
+        parts.append(datasets.concatenate_datasets([src.rename_column("text", "src"),
+                                                    tgt.rename_column("text", "tgt")], axis=1))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _zip_lines(files, pair):
-    src, tgt = pair
-    src_it, tgt_it = iter(src), iter(tgt)
-    count = 0
-    for s in src_it:
-        t = next(tgt_it, None)
-        if t is None:
-            raise DataError(f"{files[1]} ends after {count} lines but {files[0]} goes on; they must align")
-        count += 1
-        yield {"src": s["text"], "tgt": t["text"]}
-    if next(tgt_it, None) is not None:
-        raise DataError(f"{files[0]} ends after {count} lines but {files[1]} goes on; they must align")
-
-
-def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False):
-    """Training pairs: drop empty/whitespace-only pairs, encode, drop pairs over ``max_len`` subwords or over the
-    length ratio. Returns (dataset with src_ids/tgt_ids, CleaningStats); counts are logged (lazily when streaming)."""
-    stats = CleaningStats(split)
-    max_len, max_ratio = cfg.max_len, cfg.max_ratio
-
-    def encode(batch):
-        return {"src_ids": tokenizer.encode(batch["src"]), "tgt_ids": tokenizer.encode(batch["tgt"])}
-
-    def non_empty(pair):
-        return bool(pair["src"].strip()) and bool(pair["tgt"].strip())
-
-    def short(pair):
-        return len(pair["src_ids"]) <= max_len and len(pair["tgt_ids"]) <= max_len
-
-    def balanced(pair):
-        a, b = len(pair["src_ids"]), len(pair["tgt_ids"])
-        return max(a, b) <= max_ratio * max(1, min(a, b))
-
-    if streaming:
-        return ds.filter(non_empty).map(encode, batched=True).filter(short).filter(balanced), stats
-    stats.total = ds.num_rows
-    ds = ds.filter(non_empty)
-    stats.empty = stats.total - ds.num_rows
-    ds = ds.map(encode, batched=True)
-    before = ds.num_rows
-    ds = ds.filter(short)
-    stats.too_long = before - ds.num_rows
-    before = ds.num_rows
-    ds = ds.filter(balanced)
-    stats.bad_ratio = before - ds.num_rows
-    log.info("%s", stats)
-    return ds, stats
-
-
-def encode_eval(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str):
-    """Validation/test pairs: every pair kept (BLEU needs them all), subwords truncated at ``max_len``."""
-    max_len = cfg.max_len
-
-    def encode(batch):
-        src, tgt = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
-        return {
-            "src_ids": [s[:max_len] for s in src],
-            "tgt_ids": [t[:max_len] for t in tgt],
-            "truncated": [max(len(s), len(t)) > max_len for s, t in zip(src, tgt)],
-        }
-
-    ds = ds.map(encode, batched=True)
-    truncated = sum(ds["truncated"])
-    if truncated:
-        log.warning("%s: %d pairs longer than data.max_len=%d subwords were truncated", split, truncated, max_len)
-    return ds
+def _zip_shards(shards: list[tuple[str, str]]):
+    """Rows ``{"src", "tgt"}`` of each (source file, target file) shard in turn, read by nmt.data.textio like every
+    other reader; DataError naming both files when one ends before the other, TextError for invalid UTF-8."""
+    for src_file, tgt_file in shards:
+        tgt_it = iter_lines(tgt_file)
+        count = 0
+        for s in iter_lines(src_file):
+            t = next(tgt_it, None)
+            if t is None:
+                raise DataError(f"{tgt_file} ends after {count} lines but {src_file} goes on; they must align")
+            count += 1
+            yield {"src": s, "tgt": t}
+        if next(tgt_it, None) is not None:
+            raise DataError(f"{src_file} ends after {count} lines but {tgt_file} goes on; they must align")

@@ -61,6 +61,7 @@ class TranslationModule(L.LightningModule):
         self.valid_sources: list[str] = []
         self.valid_references: list[str] = []
         self.data_position = torch.tensor([0, -1])
+        self.stream_states: Optional[list] = None  # per rank, from a checkpoint: where each rank's stream resumes
         self._tick: Optional[float] = None
         self._valid_loss = [0.0, 0]
         self._update = [0.0, 0]  # this update's summed training loss and target tokens, on this rank, so far
@@ -166,6 +167,9 @@ class TranslationModule(L.LightningModule):
         if torch.cuda.is_available():
             checkpoint["nmt_cuda_rng"] = torch.cuda.get_rng_state_all()
         checkpoint["nmt_data_position"] = self.data_position
+        states = self._stream_states()
+        if states is not None:
+            checkpoint["nmt_stream_state"] = states
         if self.tokenizer is not None:  # a checkpoint is self-contained for `nmt translate --model x.ckpt`
             checkpoint["nmt_spm"] = torch.frombuffer(bytearray(self.tokenizer.serialized), dtype=torch.uint8)
 
@@ -175,6 +179,23 @@ class TranslationModule(L.LightningModule):
         if "nmt_cuda_rng" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["nmt_cuda_rng"])
         self.data_position = checkpoint.get("nmt_data_position", self.data_position)
+        self.stream_states = checkpoint.get("nmt_stream_state")
+
+    def _stream_states(self) -> Optional[list]:
+        """Every rank's ``{"position": its last batch's [epoch, index], "state": TranslationData.stream_state}``
+        (tensors, ints and strings), gathered to rank 0, which writes the checkpoint: each rank's stream is its own.
+        None when not streaming, and on the other ranks."""
+        data = self._trainer.datamodule if self._trainer is not None else None
+        if data is None or not getattr(getattr(data, "cfg", None), "streaming", False):
+            return None
+        state = {"position": self.data_position, "state": data.stream_state(self.data_position)}
+        if not (dist.is_available() and dist.is_initialized()):
+            return [state]
+        # Lightning calls this hook on every rank and rank 0 writes the file: gather to it alone, since each
+        # state holds up to a buffer of pending batches.
+        states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(state, states, dst=0)
+        return states
 
 
 def module_from_configs(cfg: TrainConfig) -> TranslationModule:
