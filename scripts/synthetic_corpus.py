@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--tgt-lang", default="de")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gzip", action="store_true", help="write .gz files (read with "
-                        "data.file_pattern='{split}.{lang}.gz')")
+                        "\"data.file_pattern='{split}.{lang}.gz'\", quoted so)")
     parser.add_argument("--shards", type=int, default=1, help="training files per language: train.00000.en, … "
                         "(read with data.splits.train='train.*'; default 1: train.en)")
     args = parser.parse_args()

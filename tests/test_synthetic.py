@@ -10,7 +10,7 @@ import pytest
 
 from nmt.config.train import DataConfig
 from nmt.data.corpora import corpus_dir
-from nmt.data.load import load_split
+from nmt.data.load import DataError, load_split
 from nmt.data.synthetic import SyntheticCorpus, draw_lines, write_corpus
 from nmt.data.textio import read_text
 
@@ -47,6 +47,11 @@ def test_deterministic_for_a_seed_and_read_by_data_local(tmp_path):
     cfg = DataConfig(path=str(tmp_path / "a"), file_pattern="{split}.{lang}.gz", cache_dir=str(tmp_path / "cache"))
     train = load_split(cfg, "train")
     assert train.num_rows == 500 and train[0]["src"] == read_text(a["train.en"])[0]
+    # Read with the plain pattern, the .gz files are named, with the override that reads them, quoted for a shell.
+    plain = DataConfig(path=str(tmp_path / "a"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"train\.en: no such file \(.*\); train\.en\.gz is there: add "
+                                        r"\"data\.file_pattern='\{split\}\.\{lang\}\.gz'\""):
+        load_split(plain, "train")
 
 
 def test_bad_settings_are_one_line(tmp_path):

@@ -169,10 +169,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = _Parser(prog="nmt bench data", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--pairs", type=int, nargs="+", default=[500_000, 1_500_000, 4_500_000],
                         help="corpus sizes in training pairs (default 500000 1500000 4500000)")
-    parser.add_argument("--work", default="outputs/bench_data", help="corpora, data caches and run folders")
+    parser.add_argument("--work", default="outputs/bench_data",
+                        help="corpora, data caches and run folders (default outputs/bench_data)")
     parser.add_argument("--baseline", help="another nmt checkout to run the same way and compare against")
     parser.add_argument("--model", default="small", help="model preset of the measured runs (default small)")
-    parser.add_argument("--out", default="outputs/bench", help="where data.json and data.md go")
+    parser.add_argument("--out", default="outputs/bench", help="where data.json and data.md go (default outputs/bench)")
     args = parser.parse_args(argv)
     if args.baseline is not None and not (Path(args.baseline) / "nmt" / "cli.py").is_file():
         parser.error(f"--baseline {args.baseline}: not an nmt checkout (no nmt/cli.py in it)")
@@ -222,9 +223,10 @@ def main(argv: list[str]) -> int:
         results, rows = measure(args)
         header = ["pairs", "run", *[f"{s} (time / peak)" for s in STAGES], "to first step", "peak memory"]
         markdown = markdown_table(header, rows)
-        write_results(args.out, "data", results, markdown)
+        written = write_results(args.out, "data", results, markdown)
     except (RuntimeError, OSError) as error:
         print(f"nmt bench data: {error}", file=sys.stderr)
         return 1
     print(markdown)
+    print(f"wrote {written[0]} and {written[1]}; corpora, caches and run logs are under {Path(args.work).resolve()}")
     return 0

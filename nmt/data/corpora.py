@@ -67,11 +67,14 @@ def local_shards(cfg: "DataConfig", split_name: str) -> list[tuple[Path, ...]]:
     if not _is_glob(names[0]):
         for file in (root / name for name in names):
             if not file.is_file():
-                raise DataError(f"{file}: no such file ({where})")
+                compressed = file.with_name(file.name + ".gz")
+                hint = (f"; {compressed.name} is there: add \"data.file_pattern='{cfg.file_pattern}.gz'\" (quoted so, "
+                        "for the shell and Hydra)") if compressed.is_file() else ""
+                raise DataError(f"{file}: no such file ({where}){hint}")
         return [tuple(root / name for name in names)]
     per_lang = [_glob_keys(root, name) for name in names]  # [{wildcard parts: path}] per language
     if not per_lang[0]:
-        raise DataError(f"{root / names[0]}: no file matches ({where}, data.splits={split_name!r})")
+        raise DataError(f"{root / names[0]}: no file matches ({where}, split name {split_name!r})")
     for this, other in itertools.permutations(per_lang, 2):
         for key, file in this.items():
             if key not in other:

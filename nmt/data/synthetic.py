@@ -102,7 +102,7 @@ def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str
 
 def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path]:
     """Write train/valid/test ``.{lang}`` files (``.gz`` with ``compress``) into ``out_dir``, the layout
-    ``data=local`` reads (``data.file_pattern="{split}.{lang}.gz"`` when compressed). With ``shards`` > 1 the
+    ``data=local`` reads (``"data.file_pattern='{split}.{lang}.gz'"`` when compressed). With ``shards`` > 1 the
     training lines go, in order, into ``train.00000.{lang}``, ``train.00001.{lang}``, … (read with
     ``data.splits.train='train.*'``); valid and test stay one file each. The lines are the same whatever the shard
     count. Deterministic for a seed. Each file is written under a temporary name and renamed, so an interrupted run
