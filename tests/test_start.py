@@ -92,6 +92,10 @@ def test_the_config_check_imports_nothing_heavy():
         (["data.max_tokens=100"], "data.max_tokens (100) must hold one sentence of data.max_len (250) + 2"),
         (["-m", "attention=mha,gqa", "model.attention.cross.window=0"], "window (0) must be >= 1"),
         (["data=local", "data.path=/nonexistent-folder"], "data.path '/nonexistent-folder' is not a folder"),
+        # What a shell leaves of data.file_pattern="{split}.{lang}.gz": the override named, and how to quote it.
+        (["data.file_pattern={split}.{lang}.gz"], "cannot read the override 'data.file_pattern={split}.{lang}.gz': "
+         "no viable alternative at input '{split}'; quote the value for Hydra inside quotes for the shell: "
+         "\"data.file_pattern='{split}.{lang}.gz'\""),
     ],
 )
 def test_config_errors_are_one_line_with_status_2_and_no_run_folder(argv, message, tmp_path, capsys):

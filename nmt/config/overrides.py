@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from nmt.config.compose import CONF_DIR, compose_config, config_error_line, to_train_config
 from nmt.config.train import TrainConfig
 from nmt.data.corpora import local_files
+from nmt.errors import first_line
 from nmt.training.init_from import check_init_from
 
 
@@ -91,12 +92,28 @@ def _with_search_path(overrides: list[str], config_dir: Optional[str]) -> list[s
     return [*rest, f"hydra.searchpath=[{','.join([entry, *filter(None, given)])}]"]
 
 
+def parse(overrides: list[str]) -> list:
+    """Hydra's parse of ``overrides``. OverrideError naming the override its grammar refuses (Hydra's own message
+    names only the token), with how to quote a value that holds braces or quotes: the shell strips one level of
+    quotes and Hydra reads the next."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as error:
+        override = error.override
+        key, _, value = override.partition("=")
+        hint = (f"; quote the value for Hydra inside quotes for the shell: \"{key}='{value}'\""
+                if any(c in value for c in "{}'\"") and not value.startswith(("'", '"')) else "")
+        raise OverrideError(f"cannot read the override {override!r}: {first_line(error)}{hint}") from None
+
+
 def jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of each job: one job, or the cross product of a sweep's values (Hydra's basic sweeper)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parsed = parse(overrides)
     if not multirun:
         return [overrides]
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
@@ -131,9 +148,7 @@ def check_overrides(overrides: list[str], config_dir: Optional[str] = None) -> N
     """Every override names a schema key or a config group, and every group option exists (OverrideError with a
     did-you-mean, or the group's options); Hydra's grammar errors pass through. Used by ``nmt train`` and
     ``nmt attention``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parsed = parse(overrides)
     roots = _search_roots(parsed, config_dir)
     keys = schema_keys()
     groups = config_groups(roots or [CONF_DIR, *([Path(config_dir)] if config_dir else [])])
