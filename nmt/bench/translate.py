@@ -29,9 +29,11 @@ from typing import Callable, Optional
 import torch
 
 from nmt.bench.common import Batch, environment, make_batches, markdown_table, write_results
+from nmt.bench.formats import format_rows, formats_table, reduced_models
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
 from nmt.config.compose import CONF_DIR
 from nmt.data.corpora import corpus_dir
+from nmt.precision import cpu_bf16
 
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
 CPU = torch.device("cpu")
@@ -45,6 +47,13 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse would print the usage and exit; we want one line
         raise UsageError(message)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,6 +73,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--trained", action="append", default=None, metavar="MODEL",
                         help="a trained nmt model directory or checkpoint (repeatable): also decoded at natural "
                              "lengths by nmt and by its CTranslate2 exports (float32, int8)")
+    parser.add_argument("--dtypes", type=lambda text: text.split(","), default=["float32", "bfloat16", "int8"],
+                        metavar="DTYPE,…", help="nmt's number formats to time beside float32 (nmt translate "
+                        "--dtype): bfloat16, int8 (default float32,bfloat16,int8)")
+    parser.add_argument("--threads", type=_counts, default=None, metavar="N,…",
+                        help="thread counts, one full measurement each, e.g. 1,2 (default: torch's, i.e. "
+                             "OMP_NUM_THREADS)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
     args = parser.parse_args(argv)
@@ -75,6 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise UsageError(f"--{name} ({getattr(args, name)}) must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit ({args.limit}) must be >= 1")
+    if args.threads is not None and any(t < 1 for t in args.threads):
+        raise UsageError(f"--threads ({','.join(map(str, args.threads))}) must all be >= 1")
+    wrong = [d for d in args.dtypes if d not in ("float32", "bfloat16", "int8")]
+    if wrong:
+        raise UsageError(f"--dtypes {wrong[0]!r} is not a format: choose from float32, bfloat16, int8")
     if any(b < 1 for b in args.beams):
         raise UsageError(f"--beams ({' '.join(map(str, args.beams))}) must all be >= 1")
     if not Path(args.src).is_file():
@@ -216,13 +236,20 @@ def run_bench(args: argparse.Namespace) -> int:
     pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     batches = make_batches(ids, pieces.__getitem__, args.batch)
     n = len(lines)
-    results, rows = [], []
-    for variant, variant_cfg in configs.items():
-        measured = measure_random(args, variant_cfg, tokenizer, pieces, ids, batches)
-        label = variant or "/".join(dict.fromkeys(variant_cfg.model.variants().values()))
-        records, variant_rows = tabulate(measured, n, label if len(configs) > 1 else None)
-        results += records
-        rows += variant_rows
+    results, rows, format_records, format_rows_ = [], [], [], []
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)  # CTranslate2's worker processes take this count when they start
+        for variant, variant_cfg in configs.items():
+            measured = measure_random(args, variant_cfg, tokenizer, pieces, ids, batches)
+            label = variant or "/".join(dict.fromkeys(variant_cfg.model.variants().values()))
+            label = label if len(configs) > 1 else None
+            records, variant_rows = tabulate(measured, n, label, threads if args.threads else None)
+            results += records
+            rows += variant_rows
+            for record in records:
+                formats_record, formats_row = format_rows(record["systems"], threads, record["beam"], label)
+                format_records.append(formats_record)
+                format_rows_.append(formats_row)
     env = environment()
     m = cfg.model
     setup = {
@@ -230,7 +257,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "n_heads": m.n_heads, "d_ff": m.d_ff, "encoder_layers": m.encoder_layers, "decoder_layers": m.decoder_layers,
         "vocab": m.vocab_size, "source": str(args.src), "sentences": n, "batch": args.batch, "batches": len(batches),
         "source_tokens": sum(len(s) + 1 for s in ids), "new_tokens_per_sentence": args.length,
-        "repeats": args.repeats, "ctranslate2": measured["ct2_missing"] or "installed",
+        "repeats": args.repeats, "ctranslate2": measured["ct2_missing"] or "installed", "dtypes": args.dtypes,
+        "threads": args.threads or [env["threads"]], "cpu_flags": cpu_bf16()[1],
     }
     markdown = (
         f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
@@ -242,7 +270,8 @@ def run_bench(args: argparse.Namespace) -> int:
         f"CTranslate2's from its cache layout; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
         f"\n\n{markdown_table(HEADER, rows)}"
     )
-    payload = {"environment": env, "setup": setup, "results": results}
+    markdown += "\n\n" + formats_table(format_rows_)
+    payload = {"environment": env, "setup": setup, "results": results, "formats": format_records}
     if args.trained:
         from nmt.bench.natural import bench_trained
 
@@ -271,6 +300,9 @@ def measure_random(args, cfg, tokenizer, pieces: list[str], ids: list[list[int]]
                "Marian": [marian_system(marian, [b], args.length) for b in batches]}
     warmup = {"nmt": nmt_system(model, batches[:1], args.length),
               "Marian": marian_system(marian, batches[:1], args.length)}
+    for name, reduced in reduced_models(model, args.dtypes).items():
+        systems[name] = [nmt_system(reduced, [b], args.length) for b in batches]
+        warmup[name] = nmt_system(reduced, batches[:1], args.length)
     plain = [[row[: int(n) - 1].tolist() for row, n in zip(b.src, b.lengths)] for b in batches]  # without eos
     with tempfile.TemporaryDirectory(prefix="nmt-bench-ct2-") as workdir:
         worker, ct2_missing = ctranslate2_translator(marian, pieces, Path(workdir) / "marian")
@@ -296,9 +328,11 @@ HEADER = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "nmt/Marian b
           "nmt→CT2 float32 sent/s", "nmt→CT2 int8 sent/s", "KV-cache bytes nmt / CTranslate2", "new tokens"]
 
 
-def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[dict], list[list[str]]]:
+def tabulate(random: dict, n: int, label: Optional[str] = None,
+             threads: Optional[int] = None) -> tuple[list[dict], list[list[str]]]:
     """Per beam size: the JSON record and a Markdown row (sentences/s, ratios against the targets, token counts,
-    KV-cache bytes) of one random model; ``label`` (the attention variant) prefixes the row when several are run."""
+    KV-cache bytes) of one random model; ``label`` (the attention variant) and ``threads`` (with --threads) prefix
+    the row."""
     rows, results = [], []
     for beam, by_system in random["measured"].items():
         per = {name: {**r, "sentences_per_s": n / r["seconds"]} for name, r in by_system.items()}
@@ -309,16 +343,17 @@ def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[di
         cpu_ratio = per["Marian"]["cpu_seconds"] / per["nmt"]["cpu_seconds"]
         target = TARGETS.get(beam)
         ours, theirs = random["kv"][beam]
-        results.append({"attention": label, "beam": beam, "systems": per, "nmt_over_marian": ratio,
+        results.append({"attention": label, "threads": threads, "beam": beam, "systems": per, "nmt_over_marian": ratio,
                         "nmt_over_marian_cpu": cpu_ratio, "target": target,
                         "target_met": None if target is None else ratio >= target, "equal_tokens": equal,
                         "kv_cache_bytes": {"nmt": ours, "CTranslate2 (nmt export)": theirs},
                         "exported": random["exported_missing"] or "exported"})
         verdict = "" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"
         speed = lambda name, missing: _fmt(per[name]["sentences_per_s"]) if name in per else missing  # noqa: E731
+        decoding = "greedy" if beam == 1 else f"beam {beam}"
+        prefix = "".join(f"{part}, " for part in (label, threads and f"{threads} thread{'s' * (threads != 1)}") if part)
         rows.append([
-            ("greedy" if beam == 1 else f"beam {beam}") if label is None
-            else f"{label}, {'greedy' if beam == 1 else f'beam {beam}'}",
+            prefix + decoding,
             _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
             f"{ratio:.2f}×{verdict}", f"{cpu_ratio:.2f}×", speed("CTranslate2", random["ct2_missing"]),
             speed("nmt→CT2 float32", random["exported_missing"]), speed("nmt→CT2 int8", random["exported_missing"]),

@@ -46,11 +46,14 @@ class Translator:
         self.device = torch.device(device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str = "float32") -> "Translator":
+        """The model at ``path`` on ``device`` in ``dtype`` (float32, bfloat16, int8 or auto: nmt.decoding.dtypes);
+        ModelLoadError / DtypeError in one line."""
+        from nmt.decoding.dtypes import inference_model
         from nmt.decoding.loading import load_model
 
         model, tokenizer = load_model(path, device)
-        return cls(model, tokenizer, device)
+        return cls(inference_model(model, dtype, str(device))[0], tokenizer, device)
 
     def translate(
         self,
@@ -183,10 +186,13 @@ def load_translator(args: argparse.Namespace) -> Translator:
     if args.engine == "ct2":
         from nmt.ct2.translator import CT2Translator
 
+        if args.dtype != "float32":
+            raise ValueError(f"--dtype {args.dtype}: nmt's decoder only; with --engine ct2 give --compute-type "
+                             "(int8, bfloat16, float32, …)")
         return CT2Translator.load(args.model, args.device, args.compute_type, threads=torch.get_num_threads())
     if args.compute_type != "default":
         raise ValueError(f"--compute-type {args.compute_type}: only with --engine ct2")
-    return Translator.load(args.model, args.device)
+    return Translator.load(args.model, args.device, args.dtype)
 
 
 class _progress:

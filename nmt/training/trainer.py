@@ -27,6 +27,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
 from nmt.files import publish_modes
+from nmt.precision import resolve_precision
 from nmt.training.init_from import check_init_from
 from nmt.training.lit_module import TranslationModule, module_from_configs
 
@@ -163,6 +164,10 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
     run_dir = Path(run_dir or cfg.run_dir or "outputs/run")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
+    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if precision != cfg.trainer.precision:  # auto: run, and record in config.yaml, what it picked
+        log.info("trainer.precision=auto: %s (%s)", precision, why)
+        cfg.trainer.precision = precision
     module = module_from_configs(cfg)
     check_runtime(cfg, module)
     last = run_dir / "checkpoints" / "last.ckpt"
