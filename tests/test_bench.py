@@ -98,6 +98,7 @@ def test_bench_train_compares_with_torch_nn_transformer(tmp_path, capsys):
     results = json.loads((out / "train.json").read_text())["tokens_per_s"]["tiny"]
     assert results["nmt"] > 0 and results["torch.nn.Transformer"] > 0
     assert results["ratio"] == pytest.approx(results["nmt"] / results["torch.nn.Transformer"])
+    assert results["bf16_over_fp32"] == pytest.approx(results["nmt bf16-mixed"] / results["nmt"])
     # Same dimensions: the parameters differ only by nmt's embedding rows padded to a multiple of 64 (1000 → 1024).
     assert results["parameters"]["nmt"] - results["parameters"]["torch.nn.Transformer"] == 24 * 128
     assert "| tiny |" in capsys.readouterr().out
