@@ -149,3 +149,14 @@ def test_packed_linear_probe_runs(capsys):
     rows = [line.split(" | ") for line in lines if line.startswith("| ") and "µs" not in line and "---" not in line]
     assert [row[0] for row in rows] == ["| 1", "| 3"]
     assert all(float(row[4].rstrip(" |")) <= 1e-5 for row in rows)
+
+
+def test_int8_linear_probe_runs(capsys):
+    """scripts/int8_linear.py (behind nmt.decoding.dtypes' choice of int8 path) on tiny sizes, so it cannot rot; the
+    int8 product stays within 5% of float32's largest output."""
+    import runpy
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "int8_linear.py"))
+    module["main"](["--rows", "2", "--shapes", "16x8", "--repeats", "1", "--calls", "1"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "torch.ao int8" in line]
+    assert len(rows) == 1 and float(rows[0][5].rstrip(" |")) < 0.05

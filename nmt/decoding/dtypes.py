@@ -3,11 +3,11 @@
 int8 is dynamic quantization (Jacob et al. 2018; torch's ``torch.ao.quantization.quantize_dynamic``): every linear
 layer's weight stored as int8 with one scale per output row (as CTranslate2's int8), the activations quantized per
 call, the product computed by fbgemm's int8 kernels (x86; qnnpack on Arm); embeddings, layer norms and attention
-stay float32. It is the path with real CPU kernels in eager mode in torch 2.13: torchao's
-``Int8DynamicActivationInt8WeightConfig`` ran a 64 × 256 × 1024 product ~30× slower than float32 without
-``torch.compile`` on this project's CPU, where torch's ran it 1.5× faster. torch has marked its quantized tensors
-deprecated (pytorch/pytorch#184982) without removing them; a torch without them gets a one-line error naming the
-flag.
+stay float32. It is the path with real CPU kernels in eager mode in torch 2.13: torchao 0.18's
+``Int8DynamicActivationInt8WeightConfig`` ran decoding-step products 25-40x slower than float32 without
+``torch.compile`` on this project's CPU, where torch's ran them 1.7-3x faster (``python scripts/int8_linear.py``
+with torchao installed). torch has marked its quantized tensors deprecated (pytorch/pytorch#184982) without removing
+them; a torch without them gets a one-line error naming the flag.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def for_inference(model: Seq2Seq, dtype: str, device: str) -> Seq2Seq:
     raise DtypeError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or int8")
 
 
-def quantize_int8(model: Seq2Seq, device: str = "cpu") -> Seq2Seq:
+def quantize_int8(model: nn.Module, device: str = "cpu") -> nn.Module:
     """A copy of ``model`` whose linear layers (attention projections, feed-forward, output projection) hold
     int8 weights: ``torch.ao.quantization.quantize_dynamic`` with a scale per output row
     (per_channel_dynamic_qconfig). The output projection shares its weight with the target embedding when tied;
@@ -83,10 +83,10 @@ def quantize_int8(model: Seq2Seq, device: str = "cpu") -> Seq2Seq:
                                 dtype=torch.qint8, mapping={nn.Linear: DynamicLinear}).eval()
 
 
-def _plain_output(model: Seq2Seq) -> Seq2Seq:
+def _plain_output(model: nn.Module) -> nn.Module:
     """``model`` with its output projection a plain nn.Linear over the same weight: PackedLinear computes the same,
     but quantize_dynamic converts only modules whose class is nn.Linear itself."""
-    packed = model.output
+    packed = getattr(model, "output", None)  # any module holding linear layers can be quantized
     if isinstance(packed, PackedLinear):
         plain = nn.Linear(packed.in_features, packed.out_features, bias=packed.bias is not None)
         plain.weight = packed.weight
