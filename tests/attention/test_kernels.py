@@ -107,3 +107,22 @@ def test_sdpa_empty_row_guard_keeps_results_and_gradients_finite(monkeypatch):
     assert got[2].abs().max() == 0  # the empty sequence
     got.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (case.q, case.k, case.v))
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_matmul_one_query_matches_math(n_kv_heads):
+    """A decoding step: one query over strided K/V views (a cache's first positions) under no mask (self-attention)
+    and under a padding mask reused across calls (cross-attention: its additive bias is built once), with an empty
+    source row, which comes out as exact zeros."""
+    B, S, head_dim = 3, 9, 64
+    q = torch.randn(B, 4, 1, head_dim)
+    k, v = (torch.randn(B, n_kv_heads, S + 5, head_dim)[:, :, :S] for _ in range(2))
+    assert not k.is_contiguous()
+    step = MaskSpec(q_len=1, k_len=S, q_start=S - 1, causal=True)
+    padded = MaskSpec(q_len=1, k_len=S, k_lengths=torch.tensor([S, 4, 0]))
+    for mask in (step, padded, padded):
+        expected, _ = math_attention(q, k, v, mask)
+        got, _ = attend("matmul", q, k, v, mask)
+        assert (got - expected).abs().max() <= 1e-5
+    assert got[2].abs().max() == 0
+    assert len(padded._memo) == 2  # the dense mask and the bias made from it, each built once
