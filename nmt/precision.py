@@ -9,16 +9,13 @@ has it (Ampere on) and fp16 mixed precision elsewhere. Imports no torch at modul
 
 from __future__ import annotations
 
-import logging
 import platform
 import subprocess
 from pathlib import Path
 from typing import Optional
 
-log = logging.getLogger(__name__)
-
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX, x86 AVX512-BF16, Arm FEAT_BF16 (cpuinfo "Features")
-# Lightning's precision values (lightning.fabric.utilities.types._PRECISION_INPUT_STR) and ours.
+# Lightning's precision values (lightning.fabric.connector._PRECISION_INPUT_STR) and ours.
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true",
               "64", "transformer-engine", "transformer-engine-float16")
 DTYPES = ("auto", "float32", "bfloat16", "int8")
@@ -59,20 +56,27 @@ def cpu_bf16(flags: Optional[set[str]] = None) -> tuple[bool, str]:
                   f"{', '.join(vector) or 'none'})"
 
 
+def cuda_bf16(device: str = "cuda") -> bool:
+    """Whether the CUDA GPU ``device`` (cuda or cuda:N) computes bf16 in hardware: compute capability 8.0 (Ampere)
+    or newer. ``torch.cuda.is_bf16_supported()`` also says True where bf16 is only emulated (V100, T4)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+
+
 def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
     """``trainer.precision`` as Lightning takes it, and why: ``auto`` becomes bf16-mixed on a CPU with bf16 matrix
-    instructions, else 32-true; on CUDA bf16-mixed where the GPU has bf16, else 16-mixed; anything else is returned
-    as given. ``accelerator`` is trainer.accelerator (cpu, gpu, cuda, mps or auto)."""
+    instructions, else 32-true; on CUDA bf16-mixed where the GPU has bf16 units (Ampere on), else 16-mixed; on MPS
+    (asked for, or what ``auto`` finds on a Mac) 32-true; anything else is returned as given. ``accelerator`` is
+    trainer.accelerator (cpu, gpu, cuda, mps or auto)."""
     if precision != "auto":
         return precision, "as configured"
     import torch
 
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if cuda:
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16-mixed", "the GPU has bf16"
-        return "16-mixed", "the GPU has no bf16"
-    if accelerator == "mps":
+        return ("bf16-mixed", "the GPU has bf16 units") if cuda_bf16() else ("16-mixed", "the GPU has no bf16 units")
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
         return "32-true", "MPS: fp32"
     has, why = cpu_bf16()
     return ("bf16-mixed" if has else "32-true"), why
@@ -80,23 +84,13 @@ def resolve_precision(precision: str, accelerator: str) -> tuple[str, str]:
 
 def resolve_dtype(dtype: str, device: str) -> tuple[str, str]:
     """``nmt translate --dtype`` on ``device``: one of float32, bfloat16, int8, and why. ``auto`` is bfloat16 on a
-    CPU with bf16 matrix instructions or a CUDA GPU with bf16, else float32 (never int8: it changes outputs, so it is
-    asked for by name)."""
+    CPU with bf16 matrix instructions or a CUDA GPU with bf16 units, else float32 — the format the hardware computes
+    fastest without quantizing; int8, a lossier format (see docs/performance.md), is asked for by name."""
     if dtype != "auto":
         return dtype, "as asked"
-    import torch
-
     if device.startswith("cuda"):
-        if torch.cuda.is_bf16_supported():
-            return "bfloat16", "the GPU has bf16"
-        return "float32", "the GPU has no bf16"
+        return ("bfloat16", "the GPU has bf16 units") if cuda_bf16(device) else ("float32", "the GPU has no bf16 units")
     if device.startswith("mps"):
         return "float32", "MPS: fp32"
     has, why = cpu_bf16()
     return ("bfloat16" if has else "float32"), why
-
-
-def log_choice(what: str, value: str, picked: str, why: str) -> None:
-    """One log line saying what ``auto`` picked and why (nothing when the value was given)."""
-    if value == "auto":
-        log.info("%s=auto: %s (%s)", what, picked, why)

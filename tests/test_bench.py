@@ -93,7 +93,7 @@ def test_bench_train_compares_with_torch_nn_transformer(tmp_path, capsys):
     out = tmp_path / "bench"
     overrides = [f"data.path={MULTI30K}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_train_examples=2000",
                  "data.vocab_size=1000"]
-    assert main(["train", "--models", "tiny", "--steps", "2", "--repeats", "1", "--max-tokens", "512",
+    assert main(["train", "--models", "tiny", "--steps", "2", "--repeats", "1", "--max-tokens", "512", "--bf16",
                  "--out", str(out), *overrides]) == 0
     results = json.loads((out / "train.json").read_text())["tokens_per_s"]["tiny"]
     assert results["nmt"] > 0 and results["torch.nn.Transformer"] > 0

@@ -17,8 +17,9 @@ from nmt.config import ModelConfig
 from nmt.config.train import TrainerConfig
 from nmt.data.batching import collate
 from nmt.data.tokenizer import TokenizerSettings, load_or_train
-from nmt.decoding.dtypes import DtypeError, for_inference, inference_model, weight_bytes
+from nmt.decoding.dtypes import for_inference, inference_model, weight_bytes
 from nmt.decoding.export import export_model
+from nmt.decoding.flags import FlagError, check_dtype
 from nmt.decoding.translate import Translator
 from nmt.precision import cpu_bf16, cpu_flags, resolve_dtype, resolve_precision
 from tests.conftest import multi30k_sample
@@ -39,13 +40,9 @@ def test_cpu_bf16_reads_the_flags(tmp_path, cpuinfo, has, named):
     assert found is has and named in why
 
 
-def test_auto_follows_this_cpu(monkeypatch):
-    """On the machine running the tests: auto is bf16 exactly where /proc/cpuinfo lists a bf16 flag."""
-    flags = cpu_flags()
-    expected = flags is not None and bool({"amx_bf16", "avx512_bf16", "bf16"} & flags)
-    assert resolve_precision("auto", "cpu")[0] == ("bf16-mixed" if expected else "32-true")
-    assert resolve_dtype("auto", "cpu")[0] == ("bfloat16" if expected else "float32")
+def test_auto_follows_the_cpu_flags(monkeypatch):
     assert resolve_precision("16-mixed", "cpu") == ("16-mixed", "as configured")
+    assert resolve_dtype("int8", "cpu") == ("int8", "as asked")
     for has, precision, dtype in ((True, "bf16-mixed", "bfloat16"), (False, "32-true", "float32")):
         monkeypatch.setattr("nmt.precision.cpu_bf16", lambda has=has: (has, "test"))
         assert resolve_precision("auto", "cpu") == (precision, "test")
@@ -76,10 +73,10 @@ def _translate(model, tokenizer, lines: list[str], beam: int) -> list[str]:
 @pytest.mark.parametrize("dtype, agree", [("int8", 0.95), ("bfloat16", 0.97)])
 def test_int8_and_bf16_decode_like_float32(dtype, agree, model, tokenizer, one_thread):
     """200 Multi30k test sentences: the reduced model's next-token pick equals float32's at ``agree`` of the
-    reference positions (teacher-forced); greedy and beam 5 give identical outputs for most sentences and BLEU
-    (sacreBLEU) within 0.5 of float32's; the weights take less memory. (A model trained for seconds has flat
-    distributions, where small differences flip picks more often than in a trained one: docs/performance.md
-    measures the full-recipe model.)"""
+    reference positions (teacher-forced); greedy and beam 5 give identical outputs for at least 45% of the sentences
+    and BLEU (sacreBLEU) within 0.5 and within 10% of float32's; the weights take less memory. (A model trained for
+    seconds has flat distributions, where small differences flip picks more often than in a trained one:
+    docs/performance.md measures the full-recipe model.)"""
     sources, references = multi30k_lines("test_2016_flickr.en.gz", 200), multi30k_lines("test_2016_flickr.de.gz", 200)
     reduced = for_inference(copy.deepcopy(model), dtype, "cpu")  # bfloat16 casts in place
     batch = collate(tokenizer.encode(sources), tokenizer.encode(references))
@@ -93,13 +90,16 @@ def test_int8_and_bf16_decode_like_float32(dtype, agree, model, tokenizer, one_t
         assert same >= 0.45 * len(sources), f"{dtype}, beam {beam}: {same}/{len(sources)} identical"
         assert len(set(base)) > 25  # real decisions, not one repeated output
         delta = sacrebleu.corpus_bleu(ours, [references]).score - sacrebleu.corpus_bleu(base, [references]).score
-        assert abs(delta) <= 0.5, f"{dtype}, beam {beam}: BLEU {delta:+.2f} against float32"
+        bound = min(0.5, 0.1 * sacrebleu.corpus_bleu(base, [references]).score)  # this model's BLEU is ~3
+        assert abs(delta) <= bound, f"{dtype}, beam {beam}: BLEU {delta:+.2f} against float32"
     assert weight_bytes(reduced) < 0.6 * weight_bytes(model)
 
 
 def test_int8_off_the_cpu_is_one_line(model):
-    with pytest.raises(DtypeError, match="--dtype int8 runs on the CPU"):
+    with pytest.raises(FlagError, match="--dtype int8 runs on the CPU"):
         for_inference(model, "int8", "cuda:0")
+    with pytest.raises(FlagError, match="not --device mps"):
+        check_dtype("int8", "mps")
 
 
 def test_dtype_auto_says_what_it_picked(model, caplog):
@@ -112,7 +112,7 @@ def test_dtype_auto_says_what_it_picked(model, caplog):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nmt.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, stdin=subprocess.DEVNULL)
 
 
 def test_translate_and_evaluate_take_dtype(model, tokenizer, tmp_path):

@@ -89,8 +89,8 @@ def matmul_attention(
 
     For few queries (decoding steps), where SDPA's fused CPU kernel pads the queries to its block and runs up to 2x
     slower (4 queries over 34 keys, B 64: 572 vs 276 µs in scripts/matmul_crossover.py). K/V may be strided views
-    (a preallocated cache's first positions): matmul reads them in place. The mask is added as a bias memoized on the
-    MaskSpec, so a cross-attention mask reused step after step (MaskSpec.reusable_for) costs one add per call.
+    (a cache's positions): matmul reads them in place. The mask's blocked positions are memoized on the MaskSpec, so a
+    cross-attention mask reused step after step (MaskSpec.reusable_for) costs one fill per call.
     """
     B, n_heads, T, head_dim = q.shape
     n_kv_heads, S = k.size(1), k.size(2)
@@ -98,9 +98,11 @@ def matmul_attention(
     # A group's heads read the same K/V head, so they become extra query rows of it (no repeat_interleave).
     qg = q.reshape(B, n_kv_heads, group * T, head_dim)  # (B, n_kv_heads, group · T, head_dim)
     scores = (qg @ k.transpose(-2, -1)).mul_(head_dim**-0.5)  # (B, n_kv_heads, group · T, S)
-    bias, empty = _mask_bias(mask, q.device, scores.dtype)
-    if bias is not None:
-        scores.view(B, n_kv_heads, group, T, S).add_(bias[:, :, None])  # bias (B or 1, 1, 1, T, S) over the groups
+    blocked, empty = _blocked(mask, q.device)
+    if blocked is not None:
+        # A finite fill keeps rows with nothing to attend free of NaN, forward and backward, in every dtype (adding a
+        # bias of the minimum overflowed to -inf in fp16); those rows are zeroed below.
+        scores.view(B, n_kv_heads, group, T, S).masked_fill_(blocked[:, :, None], torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
@@ -110,21 +112,19 @@ def matmul_attention(
     return out, None
 
 
-def _mask_bias(mask: MaskSpec, device: torch.device, dtype: torch.dtype) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """The mask as an additive bias (B or 1, 1, T, S): 0 where allowed, dtype's finite minimum elsewhere (finite, so
-    rows with nothing to attend stay free of NaN forward and backward; adding it to a score gives that minimum, as
-    masked_fill did), and the rows with nothing to attend (B or 1, 1, T, 1), to zero afterwards; (None, None) for a
-    full mask. Memoized on the mask; on CPU, ``empty`` is None when no row is empty (checking costs no device sync)."""
+def _blocked(mask: MaskSpec, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The positions the mask blocks (B or 1, 1, T, S) and the rows with nothing to attend (B or 1, 1, T, 1), to zero
+    afterwards; (None, None) for a full mask. Memoized on the mask; on CPU, ``empty`` is None when no row is empty
+    (checking costs no device sync)."""
     allowed = mask.dense(device)
     if allowed is None:
         return None, None
 
     def build() -> tuple[Tensor, Optional[Tensor]]:
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
         empty = ~allowed.any(-1, keepdim=True)
-        return bias, (None if device.type == "cpu" and not empty.any() else empty)
+        return ~allowed, (None if device.type == "cpu" and not empty.any() else empty)
 
-    return mask.memoized(("matmul bias", torch.device(device), dtype), build)
+    return mask.memoized(("matmul blocked", torch.device(device)), build)
 
 
 _compiled_flex: Optional[Callable] = None

@@ -14,7 +14,8 @@ from typing import Optional
 
 from nmt.bench.common import markdown_table
 
-REDUCED = ("bfloat16", "int8")  # nmt's formats besides float32, as `--dtypes` names them
+DTYPES = ("float32", "bfloat16", "int8")  # what `--dtypes` takes: nmt translate --dtype's formats but auto
+REDUCED = DTYPES[1:]
 TARGETS = {"float32": 1.0, "reduced": 0.9}
 
 
@@ -46,13 +47,19 @@ def format_rows(per: dict[str, dict], threads: int, beam: int, label: Optional[s
         mark = f" ({'meets' if value >= target else 'misses'} ≥{target})" if applies else ""
         return f"{value:.2f}×{mark}"
 
-    decoding = "greedy" if beam == 1 else f"beam {beam}"
     cells = [speed.get(name) for name in ("nmt", "nmt bfloat16", "nmt int8", "nmt→CT2 float32", "nmt→CT2 int8")]
-    row = [f"{label + ', ' if label else ''}{threads} thread{'s' * (threads != 1)}, {decoding}",
+    row = [row_label(label, threads, beam),
            *("—" if c is None else f"{c:.1f}" for c in cells),
            verdict(fp32, TARGETS["float32"]),
            verdict(low, TARGETS["reduced"], applies=beam == 5) + (f" ({best.split()[1]})" if best else "")]
     return record, row
+
+
+def row_label(label: Optional[str], threads: Optional[int], beam: int) -> str:
+    """A row's name: the attention variant (when several are run), the thread count (when given) and the search, e.g.
+    'mqa, 2 threads, beam 5'."""
+    parts = [label, threads and f"{threads} thread{'s' * (threads != 1)}", "greedy" if beam == 1 else f"beam {beam}"]
+    return ", ".join(str(part) for part in parts if part)
 
 
 HEADER = ["threads, decoding", "nmt float32", "nmt bfloat16", "nmt int8", "CT2 float32", "CT2 int8",

@@ -142,10 +142,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget (padded tokens)")
     parser.add_argument("--out", default="outputs/bench")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
-                        help="leave out nmt under bf16 autocast (trainer.precision=bf16-mixed), timed beside fp32")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="time nmt under bf16 autocast (trainer.precision=bf16-mixed) beside fp32 (default: where "
+                             "the CPU has bf16 matrix instructions; elsewhere bf16 is emulated, several times slower)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.cache_dir=DIR attention=gqa")
     args = parser.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = cpu_bf16()[0]
     for name in ("steps", "repeats", "max_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be >= 1")

@@ -19,16 +19,14 @@ import warnings
 import torch
 from torch import nn
 
+from nmt.decoding.flags import FlagError, check_dtype
 from nmt.model import Seq2Seq
 from nmt.model.packed_linear import PackedLinear
-from nmt.precision import resolve_dtype
+from nmt.precision import cuda_bf16, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class DtypeError(ValueError):
+class DtypeError(FlagError):
     """A --dtype this device or torch cannot decode in; the message names the flag."""
 
 
@@ -48,9 +46,9 @@ def for_inference(model: Seq2Seq, dtype: str, device: str) -> Seq2Seq:
     if dtype == "float32":
         return model
     if dtype == "bfloat16":
-        if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-            raise DtypeError(f"--dtype bfloat16: this GPU ({torch.cuda.get_device_name()}) has no bf16; "
-                             "use --dtype float32")
+        if device.startswith("cuda") and not cuda_bf16(device):
+            raise DtypeError(f"--dtype bfloat16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 units "
+                             "(before Ampere); use --dtype float32")
         return model.to(torch.bfloat16)
     if dtype == "int8":
         return quantize_int8(model, device)
@@ -62,9 +60,7 @@ def quantize_int8(model: nn.Module, device: str = "cpu") -> nn.Module:
     int8 weights: ``torch.ao.quantization.quantize_dynamic`` with a scale per output row
     (per_channel_dynamic_qconfig). The output projection shares its weight with the target embedding when tied;
     the copy quantizes the projection and keeps the embedding float32."""
-    if not device.startswith("cpu"):
-        raise DtypeError(f"--dtype int8 runs on the CPU (torch's dynamic quantization has CPU kernels only), not "
-                         f"--device {device}: use --dtype bfloat16 or float32 there")
+    check_dtype("int8", device)
     try:
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -80,7 +76,7 @@ def quantize_int8(model: nn.Module, device: str = "cpu") -> nn.Module:
         warnings.filterwarnings("ignore", message=".*quantiz", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         return quantize_dynamic(_plain_output(copy.deepcopy(model).cpu()), {nn.Linear: per_channel_dynamic_qconfig},
-                                dtype=torch.qint8, mapping={nn.Linear: DynamicLinear}).eval()
+                                dtype=torch.qint8, mapping={nn.Linear: DynamicLinear}, inplace=True).eval()
 
 
 def _plain_output(model: nn.Module) -> nn.Module:

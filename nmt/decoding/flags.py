@@ -116,3 +116,12 @@ def check_device(name: str) -> str:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise FlagError(f"--device {name}: nmt runs on cpu, cuda or mps")
     return name
+
+
+def check_dtype(dtype: str, device: str) -> str:
+    """``dtype`` when it can run on ``device``; FlagError for int8 off the CPU (torch's dynamic quantization has CPU
+    kernels only)."""
+    if dtype == "int8" and not device.startswith("cpu"):
+        raise FlagError(f"--dtype int8 runs on the CPU (torch's dynamic quantization has CPU kernels only), not "
+                        f"--device {device}: use --dtype bfloat16 or float32 there")
+    return dtype

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from nmt.data.textio import read_aligned
-from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
+from nmt.decoding.flags import FlagError, add_decode_flags, check_device, check_dtype, decode_config
 from nmt.errors import first_line
 from nmt.evaluation.scoring import corpus_scores
 
@@ -50,12 +50,13 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     cfg = decode_config(args)
     check_device(args.device)
+    check_dtype(args.dtype, args.device)
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():  # before the decoding, not after
         raise ValueError(f"--report {args.report} is a file, not a folder")
     sources, references, hypotheses = _read_test_set(args)
     model, tokenizer, info = load_model_info(args.model, args.device)
     parameters = model.parameter_count()[0]  # before int8 turns the linear layers' weights into packed buffers
-    model, dtype = inference_model(model, args.dtype, args.device)
+    model, dtype = inference_model(model, args.dtype if hypotheses is None else "float32", args.device)
     tokenized = args.tokenized or info.get("bleu_tokenize") == "none"  # an exported directory or a checkpoint
     start = time.perf_counter()
     seconds, translations = None, None
