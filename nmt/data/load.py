@@ -16,7 +16,7 @@ import datasets
 
 from nmt.config.train import DataConfig
 from nmt.data.corpora import local_files, local_shards
-from nmt.data.textio import TextError, iter_lines
+from nmt.data.textio import TextError, iter_lines, iter_lines_at
 from nmt.errors import DataError, first_line
 
 datasets.disable_progress_bars()
@@ -230,12 +230,7 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
         parts = [_to_pairs(_load_files(cfg, [shard[0]], streaming)[0], cfg, str(shard[0])) for shard in shards]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if streaming:
-        # A list in gen_kwargs is what datasets shards: one shard per file pair, so split_dataset_by_node can hand
-        # each rank whole files and no rank reads another's lines.
-        string = datasets.Value("string")
-        return datasets.IterableDataset.from_generator(
-            _zip_shards, features=datasets.Features(src=string, tgt=string),
-            gen_kwargs={"shards": [(str(src), str(tgt)) for src, tgt in shards]})
+        return _shard_stream([(k, str(src), str(tgt), 0, 0, 0) for k, (src, tgt) in enumerate(shards)])
     parts = []
     for files in shards:
         src, tgt = _load_files(cfg, list(files), streaming)
@@ -246,17 +241,66 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _zip_shards(shards: list[tuple[str, str]]):
-    """Rows ``{"src", "tgt"}`` of each (source file, target file) shard in turn, read by nmt.data.textio like every
-    other reader; DataError naming both files when one ends before the other, TextError for invalid UTF-8."""
-    for src_file, tgt_file in shards:
-        tgt_it = iter_lines(tgt_file)
-        count = 0
-        for s in iter_lines(src_file):
-            t = next(tgt_it, None)
+# The column of a streamed local text pair that says where it ends: [shard index, 1-based line, byte offset just
+# after it in the source file, in the target file]; what a resume seeks to (StreamBatches, `stream_from`). One list
+# column: datasets encodes each column of each row in Python, and four int columns cost twice what this does.
+AT = "at"
+
+
+def _shard_stream(shards: list[tuple[int, str, str, int, int, int]]):
+    """An iterable dataset of the ``_zip_shards`` rows of ``shards``. A list in gen_kwargs is what datasets shards:
+    one shard per file pair, so split_dataset_by_node can hand each rank whole files and no rank reads another's
+    lines."""
+    string = datasets.Value("string")
+    features = datasets.Features({"src": string, "tgt": string, AT: datasets.List(datasets.Value("int64"))})
+    return datasets.IterableDataset.from_generator(_zip_shards, features=features, gen_kwargs={"shards": shards})
+
+
+def _zip_shards(shards: list[tuple[int, str, str, int, int, int]]):
+    """Rows ``{"src", "tgt"}`` of each (index, source file, target file, source offset, target offset, line) shard in
+    turn, from those byte offsets on (line: the lines before them; 0, 0, 0 from the start), read by nmt.data.textio
+    like every other reader. Each row also holds its position ``at``: the shard's index, the pair's 1-based line
+    number and the byte offsets just after it in each file. DataError naming both files when one ends before the other,
+    TextError (file and line) for invalid UTF-8."""
+    for index, src_file, tgt_file, src_start, tgt_start, line in shards:
+        tgt_it = iter_lines_at(tgt_file, tgt_start, line)
+        count = line
+        for s, src_end in iter_lines_at(src_file, src_start, line):
+            t, tgt_end = next(tgt_it, (None, 0))
             if t is None:
                 raise DataError(f"{tgt_file} ends after {count} lines but {src_file} goes on; they must align")
             count += 1
-            yield {"src": s, "tgt": t}
+            yield {"src": s, "tgt": t, AT: [index, count, src_end, tgt_end]}
         if next(tgt_it, None) is not None:
             raise DataError(f"{src_file} ends after {count} lines but {tgt_file} goes on; they must align")
+
+
+def seek_refusal(cfg: DataConfig, world: int) -> Optional[str]:
+    """Why a streamed training pass cannot be resumed by seeking its shard files (`stream_from`), or None when it
+    can: only uncompressed local text shards that split_dataset_by_node hands out whole, with no
+    data.max_train_examples (a `take` that counts from the start of the stream)."""
+    if cfg.path is None or cfg.format != "text":
+        return "only local text files can seek" if cfg.path is None else f"data.format={cfg.format} cannot seek"
+    if cfg.max_train_examples is not None:
+        return "data.max_train_examples counts pairs from the start of the stream"
+    shards = local_shards(cfg, cfg.splits.train)
+    if any(file.suffix == ".gz" for shard in shards for file in shard):
+        return ".gz shards cannot seek without decompressing what comes before"
+    if len(shards) % world:
+        return f"{len(shards)} shards do not divide among {world} ranks"
+    return None
+
+
+def stream_from(cfg: DataConfig, at: list[int], rank: int = 0, world: int = 1):
+    """The rest of a pass over this rank's training shards, right after the pair at ``at`` (its ``at`` column: shard
+    index, line, source and target byte offsets): that shard from those offsets on, then this rank's later shards — the
+    rows the rank's stream would still have given, without reading a line before them. This rank's shards are
+    those split_dataset_by_node gives it (every ``world``-th from ``rank``, in order; `seek_refusal` must be None).
+    None when the shard is not this rank's."""
+    shard, line, src_end, tgt_end = at
+    mine = list(enumerate(local_shards(cfg, cfg.splits.train)))[rank::world]
+    if shard not in [k for k, _ in mine]:
+        return None
+    rest = [(k, str(src), str(tgt), *((src_end, tgt_end, line) if k == shard else (0, 0, 0)))
+            for k, (src, tgt) in mine if k >= shard]
+    return _shard_stream(rest)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -76,6 +77,18 @@ def _split_lines(sources: list[str], targets: list[str], n: int, rng: np.random.
             yield " ".join(sources[i] for i in chosen), " ".join(targets[i] for i in chosen)
 
 
+def _hashed(lines: Iterator[tuple[str, str]], hashes: array) -> Iterator[tuple[str, str]]:
+    for pair in lines:
+        hashes.append(hash(pair))
+        yield pair
+
+
+def distinct_share(hashes: array) -> float:
+    """The share (0–1) of distinct lines among the training lines whose hashes `write_corpus` collected: 8 bytes a
+    line, one sort (under a second at 4.5M lines)."""
+    return len(np.unique(np.frombuffer(hashes, dtype=np.int64))) / max(1, len(hashes))
+
+
 def _open(path: Path, compress: bool):
     return gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if compress else open(path, "w", encoding="utf-8")
 
@@ -100,13 +113,15 @@ def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str
     return written
 
 
-def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path]:
+def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus, hashes: Optional[array] = None) -> dict[str, Path]:
     """Write train/valid/test ``.{lang}`` files (``.gz`` with ``compress``) into ``out_dir``, the layout
     ``data=local`` reads (``"data.file_pattern='{split}.{lang}.gz'"`` when compressed). With ``shards`` > 1 the
     training lines go, in order, into ``train.00000.{lang}``, ``train.00001.{lang}``, … (read with
     ``data.splits.train='train.*'``); valid and test stay one file each. The lines are the same whatever the shard
     count. Deterministic for a seed. Each file is written under a temporary name and renamed, so an interrupted run
     leaves no half corpus that looks whole. Returns {"train.en": path, …} ("train.00000.en", … when sharded).
+    ``hashes`` (an ``array("q")``), when given, gets the hash of each training (source, target) line pair, for
+    `distinct_share`.
     Raises ValueError (from SyntheticCorpus) for bad settings, OSError when ``out_dir`` cannot be written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,5 +136,8 @@ def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path
         shards = corpus.shards if split == "train" else 1
         names = [f"{split}.{{lang}}{suffix}"] if shards == 1 else \
             [f"{split}.{k:05d}.{{lang}}{suffix}" for k in range(shards)]
-        written.update(_write_split(out_dir, names, _split_lines(sources, targets, n, rng), n, corpus))
+        lines = _split_lines(sources, targets, n, rng)
+        if split == "train" and hashes is not None:
+            lines = _hashed(lines, hashes)
+        written.update(_write_split(out_dir, names, lines, n, corpus))
     return written
