@@ -14,13 +14,15 @@ combinations), so a 4.5M-line corpus is mostly distinct lines rather than copies
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import itertools
 import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import IO, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -89,8 +91,29 @@ def distinct_share(hashes: array) -> float:
     return len(np.unique(np.frombuffer(hashes, dtype=np.int64))) / max(1, len(hashes))
 
 
-def _open(path: Path, compress: bool):
-    return gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if compress else open(path, "w", encoding="utf-8")
+def open_output(path: Path, compress: bool) -> IO[str]:
+    """A text file for writing, gzipped with ``compress``; the gzip header carries no timestamp (mtime 0), so the same
+    lines written twice give the same bytes."""
+    if not compress:
+        return open(path, "w", encoding="utf-8")
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", compresslevel=1, mtime=0), encoding="utf-8")
+
+
+def write_aligned(paths: dict[str, Path], rows: Iterable[Sequence[str]], compress: bool) -> int:
+    """Write aligned lines, one file per language: ``rows`` yields one line per language of ``paths`` (in its
+    order), without newlines. Each file is written under ``<name>.partial`` and renamed once all are complete, so an
+    interrupted run leaves no file that looks whole. Returns the number of rows written."""
+    temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
+    count = 0
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open_output(path, compress)) for path in temporary.values()]
+        for row in rows:
+            for file, line in zip(files, row):
+                file.write(line + "\n")
+            count += 1
+    for lang, path in paths.items():
+        os.replace(temporary[lang], path)
+    return count
 
 
 def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str]], n: int,
@@ -101,14 +124,8 @@ def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str
     bounds = [n * k // len(names) for k in range(len(names) + 1)]  # shard k holds lines bounds[k] .. bounds[k+1]-1
     for name, size in zip(names, np.diff(bounds).tolist()):
         paths = {lang: out_dir / name.format(lang=lang) for lang in (corpus.src_lang, corpus.tgt_lang)}
-        temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
-        with _open(temporary[corpus.src_lang], corpus.compress) as src_file, \
-                _open(temporary[corpus.tgt_lang], corpus.compress) as tgt_file:
-            for src_line, tgt_line in itertools.islice(lines, size):
-                src_file.write(src_line + "\n")
-                tgt_file.write(tgt_line + "\n")
-        for lang, path in paths.items():
-            os.replace(temporary[lang], path)
+        write_aligned(paths, itertools.islice(lines, size), corpus.compress)
+        for path in paths.values():
             written[path.name.removesuffix(".gz") if corpus.compress else path.name] = path
     return written
 
