@@ -2,10 +2,12 @@
 split joined into one line per language, one folder per k, read by `data=multi30k_docs` (issue 31).
 
     python scripts/pseudo_documents.py [--k 8 16 32 64] [--out data/multi30k_docs] [--source DIR]
-        [--langs en de] [--splits train val test_2016_flickr test_2017_flickr] [--vocab-size 8000 | 0]
+        [--langs en de] [--splits train val test_2016_flickr test_2017_flickr] [--vocab-size 8000 | 0] [--if-missing]
 
 Prints documents per split and their length in words and in subwords (the sentencepiece model `data=multi30k` trains
-on the source sentences, vocabulary --vocab-size, cached under --cache-dir; 0 skips it).
+on the source sentences, vocabulary --vocab-size, cached under --cache-dir; 0 skips it). With --if-missing, only the
+k folders not already complete from the same --source and settings are written (scripts/long_bleu.sh uses it, so
+copies started together do not rewrite each other's input).
 """
 
 import argparse
@@ -13,7 +15,7 @@ import sys
 import time
 
 from nmt.data.corpora import corpus_dir
-from nmt.data.documents import KS, SPLITS, DocumentSpec, format_stats, write_documents
+from nmt.data.documents import KS, SPLITS, DocumentSpec, ensure_documents, format_stats, write_documents
 from nmt.errors import first_line
 
 
@@ -45,6 +47,8 @@ def main() -> int:
     parser.add_argument("--pattern", default="{split}.{lang}.gz", help="file names in --source, kept in --out")
     parser.add_argument("--vocab-size", type=int, default=8000, help="subword statistics' vocabulary (0: words only)")
     parser.add_argument("--cache-dir", default="data", help="where the sentencepiece model is cached (data.cache_dir)")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="write only the k folders not already complete (same --source, splits, langs, pattern)")
     args = parser.parse_args()
     if args.vocab_size < 0:
         parser.error(f"--vocab-size ({args.vocab_size}) must be >= 0")
@@ -53,11 +57,15 @@ def main() -> int:
     try:
         spec = DocumentSpec(tuple(args.k), tuple(args.splits), tuple(args.langs), args.pattern)
         counter = subword_counter(args) if args.vocab_size else None
-        manifests = write_documents(args.source, args.out, spec, counter)
+        if args.if_missing:
+            manifests = ensure_documents(args.source, args.out, spec.ks, spec, counter)
+        else:
+            manifests = write_documents(args.source, args.out, spec, counter)
     except (ValueError, OSError) as error:
         print(f"pseudo_documents.py: {first_line(error)}", file=sys.stderr)
         return 2
-    print(format_stats(manifests))
+    if manifests:
+        print(format_stats(manifests))
     print(f"wrote {len(manifests)} folders under {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
 

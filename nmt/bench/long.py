@@ -5,11 +5,13 @@ KV-cache bytes, every figure with its ratio to MHA measured in the same run.
 For each k: the first ``--steps`` training batches of ``data=multi30k_docs`` at k (``--max-tokens`` padded tokens),
 on which every variant trains from one seed, the variants alternating step by step (`nmt bench train`'s method):
 target tokens/s, median over ``--repeats``; then greedy (``--beam``) decoding of the first ``--decode-docs`` validation
-documents by random-weight models, each document forced to the k's mean reference length (random models never end
-sensibly), the variants alternating batch by batch: documents/s; the decoder's KV-cache bytes for one document from
-the allocated caches; and, after every timing, the peak memory of one training step on the k's largest batch. Each
-row also names the kernel ``auto`` ran at each attention site (band, sdpa, matmul, with the share of calls when
-mixed), since band's O(n·w) only pays from ~512 positions (`nmt.attention.dispatch.band_wins`).
+documents by random-weight models, each document forced to the mean reference length of those documents (random
+models never end sensibly), the variants alternating batch by batch: documents/s; the decoder's KV-cache bytes for one
+document (the median-length one of them) from the allocated caches; and, after every timing, the peak memory one
+training step adds on the largest of the sampled batches, on top of the weights, gradients and optimizer state (so
+GQA's smaller weights do not show). Each row also names the kernel ``auto`` ran at each attention site (band, sdpa,
+matmul, with the share of calls when mixed), since band's O(n·w) only pays from ~512 positions
+(`nmt.attention.dispatch.band_wins`). Everything runs on the CPU, recorded as the device whatever else the machine has.
 
 The documents are written on first use under ``--docs-dir`` (scripts/pseudo_documents.py makes the same).
 """
@@ -23,7 +25,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from nmt.bench.common import environment, markdown_table, write_results
+import torch
+
+from nmt.bench.common import UsageError, UsageParser, environment, markdown_table, write_results
 
 PROG = "nmt bench long"
 VARIANTS = ("mha", "gqa-2", "window-16", "window-64", "sparse-16+8")
@@ -31,15 +35,6 @@ SELF_SITES = ("encoder_self", "decoder_self")
 SITES = (*SELF_SITES, "cross")
 TARGET_SPEEDUP = 1.2  # issue 31: windowed and sparse train at >= 1.2x MHA's target tokens/s at the largest k
 TARGET_KV = 0.25  # ... with a decoder self-attention cache <= 1/4 of MHA's
-
-
-class UsageError(ValueError):
-    """A bad option or value: one line on stderr and exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the usage and exit; we want one line
-        raise UsageError(message)
 
 
 def variant_overrides(name: str) -> list[str]:
@@ -60,7 +55,9 @@ def variant_overrides(name: str) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
+    """The options, checked (UsageError, one line, for a bad one) before any document is written or model built;
+    ``k`` comes back sorted."""
+    parser = UsageParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16, 32, 64], help="sentence pairs per document")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="mha (required: every ratio is to it), "
                         "gqa-N, mqa, window-W, sparse-W+G")
@@ -217,10 +214,13 @@ def _backends(shares: dict[str, dict[str, float]]) -> str:
 
 
 def _ratio(x: Optional[float], digits: int = 2) -> str:
+    """A ratio to MHA as '1.23×' (``digits`` decimals), '—' where there is none (peak memory not measured)."""
     return "—" if x is None else f"{x:.{digits}f}×"
 
 
 def render(results: dict[int, dict], summary: dict[str, dict], args: argparse.Namespace, env: dict) -> str:
+    """The Markdown the command prints and writes: a sentence on the settings, one table row per k × variant (figures
+    and their ratios to MHA, the kernels auto ran) and one line per variant from `crossovers`."""
     header = ["k", "source / target subwords", "variant", "train tgt tok/s", "÷ MHA", "train peak MiB", "÷ MHA",
               "decode docs/s", "÷ MHA", "KV self bytes", "÷ MHA", "KV cross bytes", "÷ MHA", "backends (train)",
               "backends (decode)"]
@@ -250,9 +250,10 @@ def render(results: dict[int, dict], summary: dict[str, dict], args: argparse.Na
     return "\n".join([
         f"nmt bench long: Multi30k pseudo-documents (k sentence pairs each), model {args.model}; training: "
         f"{args.steps} steps (after {args.warmup} untimed) of ≤ {args.max_tokens}-token batches, variants alternating "
-        f"step by step, median of {args.repeats}; peak memory: one step on the k's largest batch; decoding: "
+        f"step by step, median of {args.repeats}; peak memory: what one step adds on the largest sampled batch, above "
+        f"weights, gradients and optimizer state; decoding: "
         f"{first['decoded_documents']} validation documents in batches of {args.decode_batch}, "
-        f"{'greedy' if args.beam == 1 else f'beam {args.beam}'}, random weights, each forced to the k's mean "
+        f"{'greedy' if args.beam == 1 else f'beam {args.beam}'}, random weights, each forced to their mean "
         f"reference length; KV cache: one median-length document at that length (MHA at the first k: "
         f"{m['kv_cache_bytes']['total']:,} bytes); fp32, {env['device']}, {env['threads']} threads, "
         f"torch {env['torch']}.", "", markdown_table(header, rows), "", *lines,
@@ -260,6 +261,8 @@ def render(results: dict[int, dict], summary: dict[str, dict], args: argparse.Na
 
 
 def main(argv: list[str]) -> int:
+    """``nmt bench long ARGV``: measure, print the Markdown, write long.json and long.md under ``--out``. Returns 0, or
+    2 after a one-line message for a bad option or unusable data."""
     try:
         args = parse_args(argv)
         results = measure(args)
@@ -267,7 +270,7 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     summary = crossovers(results)
-    env = environment()
+    env = environment(torch.device("cpu"))  # every model here is built and run on the CPU
     markdown = render(results, summary, args, env)
     settings = {key: value for key, value in vars(args).items() if key != "out"}
     payload = {"environment": env, "settings": settings, "results": {str(k): v for k, v in results.items()},

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from nmt.bench.common import Batch, peak_bytes
+from nmt.bench.common import Batch, make_batches, peak_bytes
 from nmt.bench.train import Trainee, tokens_per_second
 from nmt.config import ModelConfig
 from nmt.model import build_model, kv_cache_bytes
@@ -70,7 +70,6 @@ class KData:
 def load_k(k: int, cfg, steps: int, decode_docs: int, decode_batch: int) -> KData:
     """The first ``steps`` training batches of the k-document corpus ``cfg.data`` (the order `nmt train` reads them
     in), and its first ``decode_docs`` validation documents sorted by length in batches of ``decode_batch``."""
-    from nmt.data.batching import collate
     from nmt.data.datamodule import TranslationData
 
     data = TranslationData(cfg.data, cfg.seed)
@@ -78,18 +77,14 @@ def load_k(k: int, cfg, steps: int, decode_docs: int, decode_batch: int) -> KDat
     train = list(itertools.islice(iter(data.train_batches()), steps))
     valid = data.valid_set.select(range(min(decode_docs, data.valid_set.num_rows)))
     sources, targets = list(valid["src_ids"]), list(valid["tgt_ids"])
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    decode = []
-    for start in range(0, len(order), decode_batch):
-        rows = [sources[i] for i in order[start : start + decode_batch]]
-        t = collate(rows, [[] for _ in rows])
-        decode.append(Batch(t["src"], t["src_lengths"], []))
+    decode = make_batches(sources, None, decode_batch)
+    median = sorted(sources, key=len)[len(sources) // 2]  # the same (stable) order as the batches
     train_src = [int(n) for b in train for n in b["src_lengths"]]
     train_tgt = [int((row != 0).sum()) for b in train for row in b["tgt_out"]]
     lengths = {"train_source_mean": statistics.fmean(train_src), "train_target_mean": statistics.fmean(train_tgt),
                "train_source_max": max(train_src), "decode_source_mean": statistics.fmean(len(s) + 1 for s in sources),
                "decode_target_mean": statistics.fmean(len(t) + 1 for t in targets)}
-    return KData(k, train, decode, round(lengths["decode_target_mean"]), sources[order[len(order) // 2]], lengths,
+    return KData(k, train, decode, round(lengths["decode_target_mean"]), median, lengths,
                  str(data.cleaning))
 
 
@@ -145,9 +140,11 @@ def kv_bytes(configs: dict[str, ModelConfig], data: KData, beam: int) -> dict[st
 
 
 def train_peak_bytes(configs: dict[str, ModelConfig], data: KData) -> dict[str, int]:
-    """Per variant, the peak memory one training step adds on the k's largest batch (most padded tokens), after one
-    untimed step there so that AdamW's state already exists (`nmt.bench.common.peak_bytes`: the resident set on CPU,
-    the allocator's peak on CUDA). Run after every timing: it makes large allocations fresh mmaps, which slows them."""
+    """Per variant, the peak memory one CPU training step adds on top of what is already resident — the weights,
+    gradients and AdamW state, which exist after one untimed step first — on the largest of the k's sampled training
+    batches (most padded tokens): activations and temporaries, so a variant with fewer weights (GQA) shows no saving
+    from them here. `nmt.bench.common.peak_bytes` reads the resident set. Run after every timing: it makes large
+    allocations fresh mmaps, which slows them."""
     largest = max(data.train, key=lambda b: b["src"].numel() + b["tgt_in"].numel())
     result = {}
     for name, cfg in configs.items():

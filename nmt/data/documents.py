@@ -20,14 +20,13 @@ under long inputs, not document translation.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from nmt.data.synthetic import write_aligned
 from nmt.data.textio import read_text
+from nmt.files import write_aligned, write_json
 
 KS = (8, 16, 32, 64)
 SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr")
@@ -58,6 +57,7 @@ class DocumentSpec:
             raise ValueError(f"--pattern ({self.pattern!r}) needs both {{split}} and {{lang}}")
 
     def path(self, root: Path, k: int, split: str, lang: str) -> Path:
+        """The file of ``split`` × ``lang`` in k's folder under ``root``: ``root/k<k>/<pattern>``."""
         return Path(root) / f"k{k}" / self.pattern.format(split=split, lang=lang)
 
 
@@ -100,8 +100,9 @@ def write_documents(source_dir: str | Path, out_dir: str | Path, spec: DocumentS
                     count_subwords: Optional[Callable[[list[str]], list[int]]] = None) -> dict:
     """Write the pseudo-documents of every k into ``out_dir/k<k>/`` and each folder's ``documents.json`` (settings,
     counts and length statistics), which is written last: `documents_ready` trusts only a folder that has it. Every
-    text file is written under a temporary name and renamed (`write_aligned`); the output is a function of the
-    source files and ``spec`` only (gzip without timestamps: the same bytes on every run).
+    file is written to a unique temporary file beside it and renamed (`nmt.files.write_aligned`), so two runs writing
+    the same folder at once both finish with whole files; the output is a function of the source files and ``spec``
+    only (gzip without timestamps, the final file name in its header: the same bytes on every run).
 
     ``count_subwords`` (texts → subword counts), when given, adds subword statistics beside the word statistics.
     Returns {k: manifest}, the manifest being {"spec", "source", "splits": {split: {"pairs", "documents",
@@ -124,34 +125,40 @@ def write_documents(source_dir: str | Path, out_dir: str | Path, spec: DocumentS
             if count_subwords is not None:
                 entry["subwords"] = {lang: length_stats(count_subwords(texts)) for lang, texts in docs.items()}
             manifest["splits"][split] = entry
-        _write_json(folder / MANIFEST, manifest)
+        write_json(folder / MANIFEST, manifest)
         manifests[k] = manifest
     return manifests
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
-def documents_ready(out_dir: str | Path, k: int, spec: DocumentSpec = DocumentSpec()) -> bool:
-    """Whether ``out_dir/k<k>`` was completed by `write_documents` with the same splits, languages and pattern."""
+def documents_ready(out_dir: str | Path, k: int, spec: DocumentSpec = DocumentSpec(),
+                    source_dir: Optional[str | Path] = None) -> bool:
+    """Whether ``out_dir/k<k>`` was completed by `write_documents` with the same splits, languages and pattern, and
+    (``source_dir`` given) from the same source folder: a folder made from another ``--source`` is not ready."""
     manifest = Path(out_dir) / f"k{k}" / MANIFEST
     if not manifest.is_file():
         return False
-    written = json.loads(manifest.read_text(encoding="utf-8"))["spec"]
+    try:
+        written = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable or not JSON: write the folder again
+        return False
     wanted = {"k": k, "splits": list(spec.splits), "langs": list(spec.langs), "pattern": spec.pattern}
-    return all(written.get(key) == value for key, value in wanted.items())
+    if not isinstance(written, dict) or not isinstance(written.get("spec"), dict):
+        return False
+    if source_dir is not None and written.get("source") != str(Path(source_dir).resolve()):
+        return False
+    return all(written["spec"].get(key) == value for key, value in wanted.items())
 
 
 def ensure_documents(source_dir: str | Path, out_dir: str | Path, ks: Sequence[int],
-                     spec: DocumentSpec = DocumentSpec()) -> list[int]:
-    """Write the folders of ``ks`` that are not complete yet (a few seconds each); returns the ks written."""
-    missing = [k for k in ks if not documents_ready(out_dir, k, spec)]
-    if missing:
-        write_documents(source_dir, out_dir, DocumentSpec(tuple(missing), spec.splits, spec.langs, spec.pattern))
-    return missing
+                     spec: DocumentSpec = DocumentSpec(),
+                     count_subwords: Optional[Callable[[list[str]], list[int]]] = None) -> dict:
+    """Write the folders of ``ks`` that are not complete from ``source_dir`` yet (`documents_ready`; a few seconds
+    each) and leave the others alone. Returns {k: manifest} of the folders written (empty when all were complete)."""
+    missing = tuple(k for k in ks if not documents_ready(out_dir, k, spec, source_dir))
+    if not missing:
+        return {}
+    return write_documents(source_dir, out_dir, DocumentSpec(missing, spec.splits, spec.langs, spec.pattern),
+                           count_subwords)
 
 
 def format_stats(manifests: dict) -> str:

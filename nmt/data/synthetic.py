@@ -14,20 +14,17 @@ combinations), so a 4.5M-line corpus is mostly distinct lines rather than copies
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import io
 import itertools
-import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 
 from nmt.data.corpora import corpus_dir
 from nmt.data.textio import read_text
+from nmt.files import write_aligned
 
 SENTENCES_PER_LINE = {1: 0.25, 2: 0.5, 3: 0.25}
 CHUNK = 100_000  # lines drawn and written at a time: the index arrays stay a few MB whatever the corpus size
@@ -89,31 +86,6 @@ def distinct_share(hashes: array) -> float:
     """The share (0–1) of distinct lines among the training lines whose hashes `write_corpus` collected: 8 bytes a
     line, one sort (under a second at 4.5M lines)."""
     return len(np.unique(np.frombuffer(hashes, dtype=np.int64))) / max(1, len(hashes))
-
-
-def open_output(path: Path, compress: bool) -> IO[str]:
-    """A text file for writing, gzipped with ``compress``; the gzip header carries no timestamp (mtime 0), so the same
-    lines written twice give the same bytes."""
-    if not compress:
-        return open(path, "w", encoding="utf-8")
-    return io.TextIOWrapper(gzip.GzipFile(path, "wb", compresslevel=1, mtime=0), encoding="utf-8")
-
-
-def write_aligned(paths: dict[str, Path], rows: Iterable[Sequence[str]], compress: bool) -> int:
-    """Write aligned lines, one file per language: ``rows`` yields one line per language of ``paths`` (in its
-    order), without newlines. Each file is written under ``<name>.partial`` and renamed once all are complete, so an
-    interrupted run leaves no file that looks whole. Returns the number of rows written."""
-    temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
-    count = 0
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open_output(path, compress)) for path in temporary.values()]
-        for row in rows:
-            for file, line in zip(files, row):
-                file.write(line + "\n")
-            count += 1
-    for lang, path in paths.items():
-        os.replace(temporary[lang], path)
-    return count
 
 
 def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str]], n: int,
