@@ -46,6 +46,7 @@ class CleaningStats:
         )
 
     def reset(self) -> None:
+        """Zero the drop counts (not ``lengths``): a streaming pass starts counting afresh."""
         self.total = self.empty = self.too_long = self.bad_ratio = 0
 
 
