@@ -157,7 +157,7 @@ class TranslationData(L.LightningDataModule):
         shards = stream.n_shards
         if shards % world:
             log.warning("data: the training stream has %d shard%s, not a multiple of the %d ranks, so every rank "
-                        "reads all of it and keeps every %d-th pair; split the corpus into N·%d files "
+                        "reads all of it and keeps one pair in %d; split the corpus into N·%d files "
                         "(data.splits.train='train.*' reads train.00000.en, …) to give each rank its own files",
                         shards, "s" * (shards != 1), world, world, world)
         return split_dataset_by_node(stream, rank=rank, world_size=world)
