@@ -6,18 +6,16 @@ import itertools
 import logging
 import os
 import socket
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import nmt.data.load as load
-import nmt.data.textio as textio
 from nmt.config.train import DataConfig
 from nmt.data.datamodule import TranslationData
 from nmt.data.encode import clean_and_encode
-from nmt.data.load import DataError, load_split, stream_from
+from nmt.data.load import DataError, load_split
 from nmt.data.stream_batches import StreamBatches
 from nmt.data.synthetic import SyntheticCorpus, write_corpus
 
@@ -59,8 +57,8 @@ def decoded(batch):
 
 def counting_reader(monkeypatch, read):
     """Record in ``read`` every pair the file reader yields (what the stream reads from disk)."""
-    def reader(shards):
-        for pair in READER(shards):
+    def reader(shards, resume=None):
+        for pair in READER(shards, resume):
             read.append((pair["src"], pair["tgt"]))
             yield pair
 
@@ -216,15 +214,14 @@ def test_a_resume_without_an_in_place_state_replays_to_each_ranks_position(tmp_p
     assert warning in caplog.text
 
 
-# -- resuming by seeking the shard files ---------------------------------------------------------------------------
+# -- through the datamodule (tests/test_streaming_seek.py resumes by seeking with these) ---------------------------
 
 def streaming_data(path, rank=0, world=1, states=None, **overrides):
     """Rank ``rank`` of ``world``'s StreamBatches from the datamodule (CharTokenizer), resumed from ``states`` (a
     checkpoint's per-rank stream states) when given."""
     cfg = config(path, **overrides)
     data = TranslationData(cfg, seed=3, tokenizer=CharTokenizer())
-    data.train_set, data.cleaning = clean_and_encode(load_split(cfg, "train", streaming=True), data.tokenizer, cfg,
-                                                     "train", streaming=True)
+    data.train_set, data.cleaning = clean_and_encode(data._raw_train(), data.tokenizer, cfg, "train", streaming=True)
     data._rank = lambda: (rank, world)
     position = states[rank]["position"] if states is not None else torch.tensor([0, -1])
     data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(stream_states=states, data_position=position))
@@ -238,111 +235,6 @@ def saved(batches, last):
     buffer = io.BytesIO()
     torch.save({"position": last["position"], "state": batches.state_at(*last["position"].tolist())}, buffer)
     return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-
-
-def recording_reader(monkeypatch, opened):
-    """Record in ``opened`` the (file name, byte offset, line) at which the stream opens each file."""
-    def reader(path, offset=0, line=0):
-        opened.append((Path(path).name, offset, line))
-        yield from textio.iter_lines_at(path, offset, line)
-
-    monkeypatch.setattr(load, "iter_lines_at", reader)
-
-
-def stream_lines(path, **overrides):
-    return [(p["src"], p["tgt"]) for p in load_split(config(path, **overrides), "train", streaming=True)]
-
-
-@pytest.mark.parametrize("consumed", [1, 23, 60, "shard end"])
-def test_a_seeking_resume_reads_no_consumed_line(tmp_path, monkeypatch, caplog, consumed):
-    path = corpus(tmp_path, shards=4, pairs=4000)
-    lines, total = stream_lines(path), 150
-    uninterrupted = [decoded(b) for b in itertools.islice(iter(streaming_data(path)), total)]
-    interrupted = streaming_data(path)
-    batches = iter(interrupted)
-    if consumed == "shard end":  # a batch of the 10th 100-pair chunk: it ends at the last line of shard 0
-        last = next(batch for batch in batches if interrupted._recent[-1][2] == 10)
-        consumed = int(last["position"][1]) + 1
-        state = saved(interrupted, last)
-        assert state["state"]["at"].tolist()[:2] == [0, 1000]
-    else:
-        state = saved(interrupted, list(itertools.islice(batches, consumed))[-1])
-
-    read, opened = [], []
-    counting_reader(monkeypatch, read)
-    recording_reader(monkeypatch, opened)
-    caplog.set_level(logging.INFO, logger="nmt")
-    resumed = streaming_data(path, states=[state])
-    rest = [decoded(b) for b in itertools.islice(iter(resumed), total - consumed)]
-    assert rest == uninterrupted[consumed:]  # the batches the uninterrupted run made after that point
-    shard, line, src_end, tgt_end = state["state"]["at"].tolist()
-    end = int(state["state"]["position"][2]) * 100  # the first pair after the saved chunk (no pair is dropped)
-    assert shard * 1000 + line == end
-    # The stream opened the saved shard's files at the saved offsets, no earlier shard at all, and read from the
-    # first pair after the chunk on: not one consumed line.
-    assert opened[:2] == [(f"train.{shard:05d}.en", src_end, line), (f"train.{shard:05d}.de", tgt_end, line)]
-    assert read and read == lines[end: end + len(read)]
-    if end == 1000:  # shard 0 was read to its end: opened there (its alignment is checked), then shard 1 from 0
-        assert (line, src_end) == (1000, os.path.getsize(path / "train.00000.en"))
-        assert opened[2:4] == [("train.00001.en", 0, 0), ("train.00001.de", 0, 0)]
-    assert "by seeking: shard %d after line %d" % (shard, line) in caplog.text
-
-
-def test_each_rank_seeks_its_own_shard(tmp_path, monkeypatch):
-    """2 ranks of 4 shards (rank 0: shards 0 and 2, rank 1: 1 and 3, as split_dataset_by_node deals them): each
-    resumes at its own saved position, reading only its own files, with the batches it would have made."""
-    path = corpus(tmp_path, shards=4, pairs=2400)
-    states, expected = [], []
-    for rank in (0, 1):
-        straight = [decoded(b) for b in itertools.islice(iter(streaming_data(path, rank, 2)), 100)]
-        interrupted = streaming_data(path, rank, 2)
-        batches = iter(interrupted)
-        if rank == 0:  # in its second shard (shard 2): its first chunk there
-            last = next(batch for batch in batches if interrupted._recent[-1][4][0] == 2)
-        else:  # inside its first shard (shard 1)
-            last = list(itertools.islice(batches, 12))[-1]
-        states.append(saved(interrupted, last))
-        expected.append(straight[int(last["position"][1]) + 1:])
-    assert [int(s["state"]["at"][0]) for s in states] == [2, 1]
-    for rank in (0, 1):
-        opened = []
-        recording_reader(monkeypatch, opened)
-        resumed = streaming_data(path, rank, 2, states=states)
-        assert [decoded(b) for b in itertools.islice(iter(resumed), len(expected[rank]))] == expected[rank]
-        shard, line, src_end, _ = states[rank]["state"]["at"].tolist()
-        assert opened[0] == (f"train.{shard:05d}.en", src_end, line)
-        assert {int(name.split(".")[1]) for name, _, _ in opened} <= {rank, rank + 2}  # its own shards only
-
-
-def test_an_invalid_line_after_a_seek_names_its_file_and_line(tmp_path):
-    good = ["A dog runs.", "Two men talk.", "A red car.", "Kids play."]
-    (tmp_path / "train.en").write_bytes("\n".join(good).encode() + b"\nBad \xff line.\nEnd.\n")
-    (tmp_path / "train.de").write_text("\n".join(["Ein Satz."] * 6) + "\n")
-    cfg = config(tmp_path, splits={"train": "train", "valid": "valid"})
-    pairs = stream_from(cfg, [0, 0, 0, 0])
-    third = list(itertools.islice(pairs, 3))[-1]["at"]  # the position after line 3, as a chunk would record it
-    assert third == [0, 3, len("\n".join(good[:3])) + 1, len("Ein Satz.\n") * 3]
-    rest = stream_from(cfg, third)
-    with pytest.raises(textio.TextError, match=r"train\.en:5: invalid UTF-8"):
-        list(rest)
-
-
-@pytest.mark.parametrize("case", ["gz", "old checkpoint"])
-def test_a_resume_that_cannot_seek_uses_datasets_state(tmp_path, caplog, case):
-    """.gz shards cannot seek, and a checkpoint saved before positions were recorded has none: both resume from
-    datasets' own state as before, to the same batches."""
-    write_corpus(tmp_path, SyntheticCorpus(pairs=2000, valid=10, test=10, seed=1, shards=2, compress=case == "gz"))
-    overrides = {"file_pattern": "{split}.{lang}.gz"} if case == "gz" else {}
-    straight = [decoded(b) for b in itertools.islice(iter(streaming_data(tmp_path, **overrides)), 60)]
-    interrupted = streaming_data(tmp_path, **overrides)
-    state = saved(interrupted, list(itertools.islice(iter(interrupted), 25))[-1])
-    if case == "old checkpoint":
-        del state["state"]["at"]
-    caplog.set_level(logging.INFO, logger="nmt")
-    resumed = streaming_data(tmp_path, states=[state], **overrides)
-    assert [decoded(b) for b in itertools.islice(iter(resumed), 35)] == straight[25:]
-    reason = ".gz shards cannot seek" if case == "gz" else "holds no file position"
-    assert "from datasets' state" in caplog.text and reason in caplog.text
 
 
 def test_a_streaming_pass_logs_what_cleaning_dropped(tmp_path, caplog):

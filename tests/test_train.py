@@ -167,9 +167,11 @@ def test_a_sharded_stream_under_ddp_resumes_each_rank_in_place(cache_dir, tmp_pa
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert "not a multiple" not in output
-    # Each rank resumes at its own position (rank 0 reads shards 0 and 2, rank 1 shards 1 and 3).
-    assert re.search(r"resuming the stream in place .* by seeking: shard [02] after line", output), output
-    assert re.search(r"resuming the stream in place .* by seeking: shard [13] after line", output), output
+    # Each rank resumes at its own position, in its own shards (in pass 0, rank 0 reads shards 0 and 2, rank 1
+    # shards 1 and 3).
+    for rank, shards in ((0, "02"), (1, "13")):
+        assert re.search(rf"resuming the stream in place for rank {rank} of 2 at epoch 0 batch \d+ by seeking: shard "
+                         rf"[{shards}] after line", output), output
     traces = [[line.split() for line in (run_dir / "batch_trace" / f"rank{r}.txt").read_text().split("\n")[:-1]]
               for r in (0, 1)]
     for trace in traces:

@@ -46,6 +46,7 @@ class CleaningStats:
         )
 
     def reset(self) -> None:
+        """Zero the drop counts (not ``lengths``): a streaming pass starts counting afresh."""
         self.total = self.empty = self.too_long = self.bad_ratio = 0
 
 
@@ -94,20 +95,34 @@ def _clean_stream(ds, tokenizer: Tokenizer, cfg: DataConfig, stats: CleaningStat
         src, tgt = tokenizer.encode([pair["src"], pair["tgt"]])
         return {"src_ids": src, "tgt_ids": tgt}
 
+    def rules(pair) -> tuple[bool, bool]:
+        fits, ratio_ok = length_rules(len(pair["src_ids"]), len(pair["tgt_ids"]), max_len, max_ratio)
+        return bool(fits), bool(ratio_ok)
+
     def short(pair):
-        keep = len(pair["src_ids"]) <= max_len and len(pair["tgt_ids"]) <= max_len
+        keep = rules(pair)[0]
         stats.too_long += not keep
         return keep
 
-    def balanced(pair):
-        a, b = len(pair["src_ids"]), len(pair["tgt_ids"])
-        keep = max(a, b) <= max_ratio * max(1, min(a, b))
+    def balanced(pair):  # sees only pairs `short` kept, as the prepared path counts a ratio only where a pair fits
+        keep = rules(pair)[1]
         stats.bad_ratio += not keep
         return keep
 
     # One pair per call: datasets resumes a batched map by re-reading and re-encoding its whole batch, an unbatched
-    # one at the next pair (and one call per pair costs nothing beside a training step).
+    # one at the next pair (and one call per pair costs nothing beside a training step). Two length filters, not one:
+    # a checkpoint's datasets state follows the chain's shape, and checkpoints from earlier versions hold two.
     return ds.filter(non_empty).map(encode_pair).filter(short).filter(balanced)
+
+
+def length_rules(src_len, tgt_len, max_len: int, max_ratio: float):
+    """(fits, ratio_ok) of pairs with ``src_len`` and ``tgt_len`` subwords — two int arrays (the prepared path, one
+    value per pair) or two ints (one streamed pair): both sides at most ``max_len``; the longer side at most
+    ``max_ratio`` times the shorter (at least 1). A pair is kept when both hold; a pair over ``max_len`` counts as too
+    long whatever its ratio. The one statement of the rules, so the two paths drop the same pairs."""
+    fits = (src_len <= max_len) & (tgt_len <= max_len)
+    ratio_ok = np.maximum(src_len, tgt_len) <= max_ratio * np.maximum(1, np.minimum(src_len, tgt_len))
+    return fits, ratio_ok
 
 
 def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False,
@@ -135,11 +150,9 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     # 10,000 rows a call: sentencepiece already spreads a call over the cores; bigger calls cut the per-call cost.
     ds = ds.map(encode, batched=True, batch_size=10_000, features=_with_ids(ds.features),
                 num_proc=encode_processes(cfg, ds.num_rows))
-    # The length rules on the length columns, as arrays: the same pairs as `short` and `balanced`, without a Python
-    # call per row.
+    # The length rules on the length columns, as arrays: no Python call per row.
     a, b = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
-    fits = (a <= max_len) & (b <= max_len)
-    ratio_ok = np.maximum(a, b) <= max_ratio * np.maximum(1, np.minimum(a, b))
+    fits, ratio_ok = length_rules(a, b, max_len, max_ratio)
     stats.too_long, stats.bad_ratio = int((~fits).sum()), int((fits & ~ratio_ok).sum())
     stats.lengths = (a, b)
     if not (fits & ratio_ok).all():

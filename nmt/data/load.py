@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import datasets
 
@@ -230,7 +231,7 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
         parts = [_to_pairs(_load_files(cfg, [shard[0]], streaming)[0], cfg, str(shard[0])) for shard in shards]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if streaming:
-        return _shard_stream([(k, str(src), str(tgt), 0, 0, 0) for k, (src, tgt) in enumerate(shards)])
+        return _shard_stream([(k, str(src), str(tgt)) for k, (src, tgt) in enumerate(shards)])
     parts = []
     for files in shards:
         src, tgt = _load_files(cfg, list(files), streaming)
@@ -246,23 +247,34 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
 # column: datasets encodes each column of each row in Python, and four int columns cost twice what this does.
 AT = "at"
 
+# Where a resumed pass goes on (`stream_from`): (shard index, line, source offset, target offset, the indices of the
+# shards that pass read before that one). A tuple, not a list: datasets shards every list in gen_kwargs.
+Resume = tuple[int, int, int, int, tuple[int, ...]]
 
-def _shard_stream(shards: list[tuple[int, str, str, int, int, int]]):
-    """An iterable dataset of the ``_zip_shards`` rows of ``shards``. A list in gen_kwargs is what datasets shards:
-    one shard per file pair, so split_dataset_by_node can hand each rank whole files and no rank reads another's
-    lines."""
+
+def _shard_stream(shards: list[tuple[int, str, str]], resume: Optional[Resume] = None):
+    """An iterable dataset of the ``_zip_shards`` rows of ``shards`` (index, source file, target file). A list in
+    gen_kwargs is what datasets shards: one shard per file pair, which it reorders every pass after the first
+    (set_epoch) and split_dataset_by_node deals out whole, so no rank reads another's lines. ``resume`` (not a list,
+    so every shard's call gets it whole) makes the stream the rest of a pass (`_zip_shards`)."""
     string = datasets.Value("string")
     features = datasets.Features({"src": string, "tgt": string, AT: datasets.List(datasets.Value("int64"))})
-    return datasets.IterableDataset.from_generator(_zip_shards, features=features, gen_kwargs={"shards": shards})
+    return datasets.IterableDataset.from_generator(_zip_shards, features=features,
+                                                   gen_kwargs={"shards": shards, "resume": resume})
 
 
-def _zip_shards(shards: list[tuple[int, str, str, int, int, int]]):
-    """Rows ``{"src", "tgt"}`` of each (index, source file, target file, source offset, target offset, line) shard in
-    turn, from those byte offsets on (line: the lines before them; 0, 0, 0 from the start), read by nmt.data.textio
-    like every other reader. Each row also holds its position ``at``: the shard's index, the pair's 1-based line
-    number and the byte offsets just after it in each file. DataError naming both files when one ends before the other,
-    TextError (file and line) for invalid UTF-8."""
-    for index, src_file, tgt_file, src_start, tgt_start, line in shards:
+def _zip_shards(shards: list[tuple[int, str, str]], resume: Optional[Resume] = None):
+    """Rows ``{"src", "tgt"}`` of each (index, source file, target file) shard in turn, read by nmt.data.textio like
+    every other reader. Each row also holds its position ``at``: the shard's index, the pair's 1-based line number
+    and the byte offsets just after it in each file. With ``resume`` (shard, line, source and target offsets, shards
+    done), the shards done are skipped unopened and that shard is read from those offsets on (``line`` lines before
+    them). DataError naming both files when one ends before the other, TextError (file and line) for invalid UTF-8."""
+    for index, src_file, tgt_file in shards:
+        line = src_start = tgt_start = 0
+        if resume is not None and index in resume[4]:
+            continue  # read earlier in the resumed pass
+        if resume is not None and index == resume[0]:
+            line, src_start, tgt_start = resume[1:4]
         tgt_it = iter_lines_at(tgt_file, tgt_start, line)
         count = line
         for s, src_end in iter_lines_at(src_file, src_start, line):
@@ -291,16 +303,52 @@ def seek_refusal(cfg: DataConfig, world: int) -> Optional[str]:
     return None
 
 
-def stream_from(cfg: DataConfig, at: list[int], rank: int = 0, world: int = 1):
-    """The rest of a pass over this rank's training shards, right after the pair at ``at`` (its ``at`` column: shard
-    index, line, source and target byte offsets): that shard from those offsets on, then this rank's later shards — the
-    rows the rank's stream would still have given, without reading a line before them. This rank's shards are
-    those split_dataset_by_node gives it (every ``world``-th from ``rank``, in order; `seek_refusal` must be None).
-    None when the shard is not this rank's."""
-    shard, line, src_end, tgt_end = at
-    mine = list(enumerate(local_shards(cfg, cfg.splits.train)))[rank::world]
-    if shard not in [k for k, _ in mine]:
-        return None
-    rest = [(k, str(src), str(tgt), *((src_end, tgt_end, line) if k == shard else (0, 0, 0)))
-            for k, (src, tgt) in mine if k >= shard]
-    return _shard_stream(rest)
+def _names(shards) -> int:
+    """A checksum of the shard files' names, in order (what their indices mean)."""
+    return zlib.crc32("\n".join(f"{src.name}\t{tgt.name}" for src, tgt in shards).encode())
+
+
+def shard_stamp(cfg: DataConfig, shard: int) -> list[int]:
+    """What a seeking resume checks the training shards against (`seek_check`): their count, a checksum of their
+    names, and the size and mtime (ns) of shard ``shard``'s source and target files."""
+    shards = local_shards(cfg, cfg.splits.train)
+    src, tgt = (file.stat() for file in shards[shard])
+    return [len(shards), _names(shards), src.st_size, src.st_mtime_ns, tgt.st_size, tgt.st_mtime_ns]
+
+
+def seek_check(cfg: DataConfig, at: list[int], stamp: list[int]) -> Optional[str]:
+    """Why the saved position ``at`` (shard, line, source and target offsets) cannot be trusted in the training
+    shards as they are now, or None: the shards were renamed, added or removed, the saved shard's files changed
+    (size or mtime unlike `shard_stamp`'s ``stamp``), or an offset is past its file's end or not just after a
+    "\\n" (not the start of a line)."""
+    shards = local_shards(cfg, cfg.splits.train)
+    if len(shards) != stamp[0]:
+        return f"the training split has {len(shards)} shards, {stamp[0]} when the checkpoint was saved"
+    if _names(shards) != stamp[1]:
+        return "the training shard files were renamed since the checkpoint"
+    shard, line, *ends = at
+    for file, end, (size, mtime) in zip(shards[shard], ends, (stamp[2:4], stamp[4:6])):
+        now = file.stat()
+        if now.st_size != size:
+            return f"{file} changed since the checkpoint ({size} bytes then, {now.st_size} now)"
+        if now.st_mtime_ns != mtime:
+            return f"{file} was modified since the checkpoint (its mtime differs)"
+        if (end == 0) != (line == 0) or end > size:
+            return f"{file}: the saved offset {end} (after line {line}) is not in the file ({size} bytes)"
+        if 0 < end < size:
+            with open(file, "rb") as f:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    return f"{file}: the saved offset {end} (after line {line}) is not the start of a line"
+    return None
+
+
+def stream_from(cfg: DataConfig, at: list[int], done: Iterable[int] = ()):
+    """The training stream as `load_split` gives it (every shard, to be cleaned, split among ranks and set to its
+    pass like the one it replaces) that reads only the rest of a pass: it skips the shards ``done`` (read earlier in
+    that pass) without opening them and reads shard ``at[0]`` from the offsets after the pair at ``at`` (its ``at``
+    column: shard, line, source and target offsets); the other shards whole, in the pass's order. Check ``at``
+    with `seek_check` first."""
+    shard, line, src_end, tgt_end = (int(v) for v in at)
+    shards = [(k, str(src), str(tgt)) for k, (src, tgt) in enumerate(local_shards(cfg, cfg.splits.train))]
+    return _shard_stream(shards, (shard, line, src_end, tgt_end, tuple(int(k) for k in done)))

@@ -77,6 +77,7 @@ def _split_lines(sources: list[str], targets: list[str], n: int, rng: np.random.
 
 
 def _hashed(lines: Iterator[tuple[str, str]], hashes: array) -> Iterator[tuple[str, str]]:
+    """``lines`` unchanged, each pair's ``hash`` appended to ``hashes`` as it goes by (for `distinct_share`)."""
     for pair in lines:
         hashes.append(hash(pair))
         yield pair
