@@ -14,9 +14,7 @@ combinations), so a 4.5M-line corpus is mostly distinct lines rather than copies
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 
 from nmt.data.corpora import corpus_dir
 from nmt.data.textio import read_text
+from nmt.files import write_aligned
 
 SENTENCES_PER_LINE = {1: 0.25, 2: 0.5, 3: 0.25}
 CHUNK = 100_000  # lines drawn and written at a time: the index arrays stay a few MB whatever the corpus size
@@ -90,10 +89,6 @@ def distinct_share(hashes: array) -> float:
     return len(np.unique(np.frombuffer(hashes, dtype=np.int64))) / max(1, len(hashes))
 
 
-def _open(path: Path, compress: bool):
-    return gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if compress else open(path, "w", encoding="utf-8")
-
-
 def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str]], n: int,
                  corpus: SyntheticCorpus) -> dict[str, Path]:
     """Write ``n`` lines into ``len(names)`` consecutive shards (``names``: file names with a ``{lang}`` field), each
@@ -102,14 +97,8 @@ def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str
     bounds = [n * k // len(names) for k in range(len(names) + 1)]  # shard k holds lines bounds[k] .. bounds[k+1]-1
     for name, size in zip(names, np.diff(bounds).tolist()):
         paths = {lang: out_dir / name.format(lang=lang) for lang in (corpus.src_lang, corpus.tgt_lang)}
-        temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
-        with _open(temporary[corpus.src_lang], corpus.compress) as src_file, \
-                _open(temporary[corpus.tgt_lang], corpus.compress) as tgt_file:
-            for src_line, tgt_line in itertools.islice(lines, size):
-                src_file.write(src_line + "\n")
-                tgt_file.write(tgt_line + "\n")
-        for lang, path in paths.items():
-            os.replace(temporary[lang], path)
+        write_aligned(paths, itertools.islice(lines, size), corpus.compress)
+        for path in paths.values():
             written[path.name.removesuffix(".gz") if corpus.compress else path.name] = path
     return written
 
