@@ -1,4 +1,4 @@
-"""File modes for nmt's atomic writes.
+"""nmt's atomic writes: file modes, and text, gzip and JSON files written beside their target and renamed.
 
 Checkpoints, tokenizer models and model directories are written to a temporary file or folder beside their target and
 renamed into place. ``tempfile`` creates those private (0600 files, 0700 folders), and a rename keeps the mode, so
@@ -8,8 +8,14 @@ without this a model saved on a shared machine could be read by its owner only, 
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 
 
 def default_mode(is_dir: bool) -> int:
@@ -26,3 +32,60 @@ def publish_modes(path: str | Path) -> None:
         for inner in path.rglob("*"):
             os.chmod(inner, default_mode(inner.is_dir()))
     os.chmod(path, default_mode(path.is_dir()))
+
+
+@contextlib.contextmanager
+def open_output(path: str | Path, compress: bool, name: Optional[str | Path] = None) -> Iterator[IO[str]]:
+    """A UTF-8 text file open for writing (a context manager), gzipped with ``compress``. The gzip header carries no
+    timestamp (mtime 0) and records the file name ``name`` (default ``path``): a temporary file renamed to ``name``
+    later stores the final name, so the same lines give the same bytes whatever temporary name they went through."""
+    if not compress:
+        with open(path, "w", encoding="utf-8") as text:
+            yield text
+        return
+    with open(path, "wb") as raw, \
+            gzip.GzipFile(filename=Path(name or path).name, mode="wb", compresslevel=1, fileobj=raw, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as text:
+        yield text
+
+
+def write_aligned(paths: dict[str, Path], rows: Iterable[Sequence[str]], compress: bool) -> int:
+    """Write aligned lines, one file per language: ``rows`` yields one line per language of ``paths`` (in its
+    order), without newlines. Each file is written to a temporary file of its own (``tempfile``, unique, in the target's
+    folder, so two writers of the same files never share one) and renamed once all are complete, so an interrupted run
+    leaves no file that looks whole and concurrent runs each rename a complete file. Returns the rows written."""
+    temporary: dict[str, Path] = {}
+    count = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            files = []
+            for lang, path in paths.items():
+                handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+                os.close(handle)
+                temporary[lang] = Path(name)
+                files.append(stack.enter_context(open_output(name, compress, path)))
+            for row in rows:
+                for file, line in zip(files, row):
+                    file.write(line + "\n")
+                count += 1
+        for lang, path in paths.items():
+            publish_modes(temporary[lang])
+            os.replace(temporary[lang], path)
+    finally:
+        for name in temporary.values():
+            name.unlink(missing_ok=True)  # left only when writing failed
+    return count
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """``payload`` as indented JSON in ``path``, written to a unique temporary file beside it and renamed, so a reader
+    (or a concurrent writer) never sees half a file."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as tmp:
+        tmp.write(json.dumps(payload, indent=2) + "\n")
+    try:
+        publish_modes(tmp.name)
+        os.replace(tmp.name, path)
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)

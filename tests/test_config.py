@@ -100,4 +100,4 @@ def test_bench_without_a_known_benchmark_lists_them(capsys):
     assert main(["bench"]) == 2
     assert main(["bench", "kernels"]) == 2
     err = capsys.readouterr().err
-    assert "usage: nmt bench <attention|data|train|translate>" in err and "Traceback" not in err
+    assert "usage: nmt bench <attention|data|long|train|translate>" in err and "Traceback" not in err

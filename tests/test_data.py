@@ -100,8 +100,10 @@ def test_lines_break_at_newline_only(tmp_path, streaming):
     (tmp_path / "train.en").write_bytes("a b\rc d\r\ne\x0bf\u2028g\r\nlast".encode())
     write_lines(tmp_path / "train.de", ["eins\x0czwei", "drei", "vier"])
     pairs = list(load_split(config(tmp_path), "train", streaming=streaming))
-    assert pairs == [{"src": "a b\rc d", "tgt": "eins\x0czwei"}, {"src": "e\x0bf\u2028g", "tgt": "drei"},
-                     {"src": "last", "tgt": "vier"}]
+    assert [(p["src"], p["tgt"]) for p in pairs] == [("a b\rc d", "eins\x0czwei"), ("e\x0bf\u2028g", "drei"),
+                                                     ("last", "vier")]
+    if streaming:  # where each pair ends, in bytes: what a resume seeks to (CRLF and U+2028's 3 bytes counted)
+        assert [p["at"] for p in pairs] == [[0, 1, 9, 10], [0, 2, 18, 15], [0, 3, 22, 20]]
     write_lines(tmp_path / "train.en", ["x", "y", "z"])
     assert [p["src"] for p in load_split(config(tmp_path), "train", streaming=streaming)] == ["x", "y", "z"]
 
@@ -239,7 +241,9 @@ def test_streamed_pairs_and_their_misalignment(tmp_path):
     write_lines(tmp_path / "train.en", EN)
     write_lines(tmp_path / "train.de", DE)
     pairs = list(load_split(config(tmp_path), "train", streaming=True))
-    assert pairs[0] == {"src": "A dog runs.", "tgt": "Ein Hund rennt."} and len(pairs) == len(EN)
+    assert pairs[0] == {"src": "A dog runs.", "tgt": "Ein Hund rennt.",
+                        "at": [0, 1, len("A dog runs.\n"), len("Ein Hund rennt.\n")]}
+    assert len(pairs) == len(EN)
     write_lines(tmp_path / "train.de", DE[:4])
     with pytest.raises(DataError, match=r"train.de ends after 4 lines but .*train.en goes on"):
         list(load_split(config(tmp_path), "train", streaming=True))

@@ -85,7 +85,8 @@ def test_the_config_check_imports_nothing_heavy():
         (["++model.atention.cross.window=4"], "unknown key model.atention.cross.window; did you mean "
                                              "model.attention.cross.window?"),
         (["atention=gqa"], "unknown key atention; did you mean attention?"),
-        (["attention=nope"], "attention=nope: no such option; options: flash, gqa, mha, mqa, sliding_window, sparse"),
+        (["attention=nope"], "attention=nope: no such option; options: flash, gqa, mha, mqa, sliding_window, "
+                             "sliding_window_16, sliding_window_64, sparse, sparse_long"),
         (["experiment=cpu_smok"], "experiment=cpu_smok: no such option; options: cpu_smoke, quickstart"),
         (["-m", "attention=mha,gqq"], "attention=gqq: no such option"),
         (["trainer.max_steps=abc"], "trainer.max_steps=abc: Value 'abc' of type 'str' could not be converted"),
@@ -130,7 +131,8 @@ def test_help_lists_the_groups_and_loads_no_training_library():
     process = run(["-c", "import sys; from nmt.training.train import main; main(['--help'])"])
     assert process.returncode == 0, process.stderr
     assert "nmt train: train an encoder-decoder Transformer" in process.stdout
-    assert "attention: flash, gqa, mha, mqa, sliding_window, sparse" in process.stdout
+    assert ("attention: flash, gqa, mha, mqa, sliding_window, sliding_window_16, sliding_window_64, sparse, "
+            "sparse_long") in process.stdout
 
 
 # -- failed starts, the progress bar and the log --------------------------------------------------------------------

@@ -3,8 +3,10 @@ streaming run that resumes in place from the state in its checkpoint."""
 
 import io
 import itertools
+import logging
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -55,8 +57,8 @@ def decoded(batch):
 
 def counting_reader(monkeypatch, read):
     """Record in ``read`` every pair the file reader yields (what the stream reads from disk)."""
-    def reader(shards):
-        for pair in READER(shards):
+    def reader(shards, resume=None):
+        for pair in READER(shards, resume):
             read.append((pair["src"], pair["tgt"]))
             yield pair
 
@@ -147,7 +149,8 @@ def resumable_batches(path, read, monkeypatch, tokenizer=None):
 
 
 @pytest.mark.parametrize("consumed", [1, 23, 60])
-def test_a_resumed_stream_continues_in_place(tmp_path, monkeypatch, consumed):
+def test_a_stream_resumed_from_datasets_state_continues_in_place(tmp_path, monkeypatch, consumed):
+    """The path of streams that cannot seek (StreamBatches given no rebuilt stream): datasets' own state."""
     path = corpus(tmp_path, shards=4, pairs=4000)
     lines = [(p["src"], p["tgt"]) for p in load_split(config(path), "train", streaming=True)]
     read, total = [], 120
@@ -198,8 +201,6 @@ def test_a_resumed_stream_can_be_checkpointed_again_before_its_saved_batches_run
 ])
 def test_a_resume_without_an_in_place_state_replays_to_each_ranks_position(tmp_path, caplog, states,
                                                                              expected_start, warning):
-    from types import SimpleNamespace
-
     path = corpus(tmp_path, shards=2, pairs=100)
     cfg = config(path)
     data = TranslationData(cfg, seed=3)
@@ -211,3 +212,39 @@ def test_a_resume_without_an_in_place_state_replays_to_each_ranks_position(tmp_p
     data.train_dataloader()
     assert data.stream_batches.start == expected_start and data.stream_batches.resume is None
     assert warning in caplog.text
+
+
+# -- through the datamodule (tests/test_streaming_seek.py resumes by seeking with these) ---------------------------
+
+def streaming_data(path, rank=0, world=1, states=None, **overrides):
+    """Rank ``rank`` of ``world``'s StreamBatches from the datamodule (CharTokenizer), resumed from ``states`` (a
+    checkpoint's per-rank stream states) when given."""
+    cfg = config(path, **overrides)
+    data = TranslationData(cfg, seed=3, tokenizer=CharTokenizer())
+    data.train_set, data.cleaning = clean_and_encode(data._raw_train(), data.tokenizer, cfg, "train", streaming=True)
+    data._rank = lambda: (rank, world)
+    position = states[rank]["position"] if states is not None else torch.tensor([0, -1])
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(stream_states=states, data_position=position))
+    data.train_dataloader()
+    return data.stream_batches
+
+
+def saved(batches, last):
+    """The checkpoint's stream state of a rank whose last batch was ``last``, through torch.save and a weights-only
+    load, as a checkpoint holds it."""
+    buffer = io.BytesIO()
+    torch.save({"position": last["position"], "state": batches.state_at(*last["position"].tolist())}, buffer)
+    return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+def test_a_streaming_pass_logs_what_cleaning_dropped(tmp_path, caplog):
+    lines = {"en": ["A dog.", "  ", "x" * 50, "Hi.", "A cat."], "de": ["Ein Hund.", "Leer.", "y", "Hallo.", "Katze."]}
+    for lang, text in lines.items():
+        (tmp_path / f"train.{lang}").write_text("\n".join(text) + "\n")
+    caplog.set_level(logging.INFO, logger="nmt")
+    batches = iter(streaming_data(tmp_path, splits={"train": "train", "valid": "valid"}, max_len=40, max_ratio=3.0))
+    while int(next(batches)["position"][0]) < 2:
+        pass
+    passes = [r.getMessage() for r in caplog.records if "streaming pass" in r.getMessage()]
+    assert passes == [f"data: streaming pass {n}: train: 5 pairs; dropped 1 empty or whitespace-only, 1 too long, "
+                      "0 over the length ratio; kept 3" for n in (0, 1)]

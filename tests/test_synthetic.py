@@ -3,6 +3,7 @@ distinct, valid/test drawn from Multi30k's own held-out pairs, and read by data=
 
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from nmt.config.train import DataConfig
 from nmt.data.corpora import corpus_dir
 from nmt.data.load import DataError, load_split
-from nmt.data.synthetic import SyntheticCorpus, draw_lines, write_corpus
+from nmt.data.synthetic import SyntheticCorpus, distinct_share, draw_lines, write_corpus
 from nmt.data.textio import read_text
 
 
@@ -20,7 +21,8 @@ def pool(split, lang):
 
 
 def test_lines_join_aligned_multi30k_pairs_and_splits_keep_to_their_pools(tmp_path):
-    written = write_corpus(tmp_path, SyntheticCorpus(pairs=3000, valid=50, test=40, seed=3))
+    hashes = array("q")
+    written = write_corpus(tmp_path, SyntheticCorpus(pairs=3000, valid=50, test=40, seed=3), hashes)
     assert sorted(written) == ["test.de", "test.en", "train.de", "train.en", "valid.de", "valid.en"]
     rng = np.random.default_rng(3)  # the same draws, replayed: each line is exactly its pairs, in order
     for split, source, n in (("train", "train", 3000), ("valid", "val", 50), ("test", "test_2016_flickr", 40)):
@@ -35,6 +37,7 @@ def test_lines_join_aligned_multi30k_pairs_and_splits_keep_to_their_pools(tmp_pa
             assert e == " ".join(src_pool[i] for i in chosen) and d == " ".join(tgt_pool[i] for i in chosen)
     train = read_text(tmp_path / "train.en")
     assert len(set(train)) / len(train) > 0.7  # single-pair lines repeat; joined ones almost never
+    assert distinct_share(hashes) == len(set(zip(train, read_text(tmp_path / "train.de")))) / 3000
     words = sorted(len(line.split()) for line in train)
     assert 18 <= np.mean(words) <= 30 and words[len(words) // 10] <= 12 and words[-1] >= 45  # WMT-like spread
 
@@ -63,3 +66,6 @@ def test_bad_settings_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(script), "--pairs", "-5", "--out",
                              str(tmp_path / "x")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr == "synthetic_corpus.py: pairs (-5) must be >= 1\n"
+    result = subprocess.run([sys.executable, str(script), "--pairs", "300", "--valid", "5", "--test", "5", "--out",
+                             str(tmp_path / "y")], capture_output=True, text=True)
+    assert result.returncode == 0 and "% of the 300 training lines are distinct\n" in result.stdout, result.stderr

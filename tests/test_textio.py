@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from nmt.data.textio import TextError, decode_lines, iter_lines, read_lines, write_text
+from nmt.data.textio import TextError, decode_lines, iter_lines, iter_lines_at, read_lines, write_text
 
 # A byte-order mark, CRLF endings, a lone CR / U+2028 / U+0085 / form feed inside lines, a blank line, a
 # whitespace-only line, and no final newline.
@@ -20,6 +20,23 @@ def test_lines_end_at_newline_only_and_bom_and_cr_are_dropped(tmp_path, suffix):
     path.write_bytes(gzip.compress(HOSTILE) if suffix else HOSTILE)
     assert list(iter_lines(path)) == LINES
     assert read_lines(path) == (LINES, [])
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_offsets_read_on_from_any_line(tmp_path, suffix):
+    """Each line comes with the byte offset after it; reading from one of those offsets (with its line count) gives the
+    lines after it, the same as from the start, and an invalid line after it keeps its number in the whole file."""
+    path = tmp_path / f"x.txt{suffix}"
+    path.write_bytes(gzip.compress(HOSTILE) if suffix else HOSTILE)
+    read = list(iter_lines_at(path))
+    assert [text for text, _ in read] == LINES and read[-1][1] == len(HOSTILE)
+    assert read[0][1] == len("\ufeffA dog.\r\n".encode())  # the byte-order mark and the CR are bytes of line 1
+    for line, (_, offset) in enumerate(read):
+        assert list(iter_lines_at(path, offset, line + 1)) == read[line + 1:]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(HOSTILE[:read[2][1]] + b"bad \xff\n")
+    with pytest.raises(TextError, match=r"bad\.txt:4: invalid UTF-8"):
+        list(iter_lines_at(bad, read[1][1], 2))
 
 
 @pytest.mark.parametrize("data, lines", [

@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,14 +149,16 @@ def test_a_streaming_run_resumes_in_place(cache_dir, tmp_path):
 
 def test_a_sharded_stream_under_ddp_resumes_each_rank_in_place(cache_dir, tmp_path):
     """2 CPU processes stream a 4-shard corpus (2 files each), stop after 3 steps and resume to 5: each rank resumes
-    from its own stream state (gathered into the checkpoint), the ranks' batches stay disjoint, none is repeated."""
+    from its own stream state (gathered into the checkpoint) by seeking its own shard files, the ranks' batches stay
+    disjoint, none is repeated."""
     from nmt.data.synthetic import SyntheticCorpus, write_corpus
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus, SyntheticCorpus(pairs=2000, valid=20, test=20, shards=4))
     args = [*small_run(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trace_batches=true",
                        "data.streaming=true", "data.stream_buffer=300", "trainer.val_every_n_steps=100"),
-            "data=local", f"data.path={corpus}", "data.splits.train=train.*", "data.max_len=250"]
+            "data=local", f"data.path={corpus}", "data.splits.train=train.*", "data.max_len=250",
+            "data.max_train_examples=null"]  # a `take` would resume from datasets' state instead
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "ddp"
     first = nmt_train([*args, "trainer.max_steps=3"], run_dir, env=env)
@@ -163,7 +166,12 @@ def test_a_sharded_stream_under_ddp_resumes_each_rank_in_place(cache_dir, tmp_pa
     resumed = nmt_train([*args, "trainer.max_steps=5", "resume=true"], run_dir, env=env)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
-    assert "resuming the stream in place" in output and "not a multiple" not in output
+    assert "not a multiple" not in output
+    # Each rank resumes at its own position, in its own shards (in pass 0, rank 0 reads shards 0 and 2, rank 1
+    # shards 1 and 3).
+    for rank, shards in ((0, "02"), (1, "13")):
+        assert re.search(rf"resuming the stream in place for rank {rank} of 2 at epoch 0 batch \d+ by seeking: shard "
+                         rf"[{shards}] after line", output), output
     traces = [[line.split() for line in (run_dir / "batch_trace" / f"rank{r}.txt").read_text().split("\n")[:-1]]
               for r in (0, 1)]
     for trace in traces:

@@ -1,4 +1,4 @@
-"""``nmt bench attention|data|train|translate``: benchmarks that print ratios against a peer measured in the same
+"""``nmt bench attention|data|long|train|translate``: benchmarks that print ratios against a peer measured in the same
 run."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ COMMANDS = {
     "attention": "attention kernels by variant, backend and length: time, peak memory, growth, KV-cache bytes",
     "data": "what a large corpus costs before the first training step: time and peak memory per stage, cold and "
             "cached, at 0.5M-4.5M pairs",
+    "long": "attention variants on Multi30k pseudo-documents of k sentences: training tokens/s and memory, decoding "
+            "speed and KV-cache bytes against MHA, and where windows start to pay",
     "train": "training steps of nmt against a torch.nn.Transformer reference with the same settings",
     "translate": "greedy and beam-5 decoding of nmt against Hugging Face MarianMTModel and CTranslate2 (Marian's and "
                  "nmt's own exports, if installed)",
@@ -26,6 +28,8 @@ def main(argv: list[str]) -> int:
         from nmt.bench.attention import main as run
     elif command == "data":
         from nmt.bench.data import main as run
+    elif command == "long":
+        from nmt.bench.long import main as run
     elif command == "train":
         from nmt.bench.train import main as run
     else:

@@ -3,6 +3,7 @@ source batches every system of `nmt bench translate` decodes (its peers import t
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
@@ -10,15 +11,32 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 
-def environment() -> dict[str, Any]:
-    """What a number depends on: torch version, device, threads (written beside every result)."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return {"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()}
+class UsageError(ValueError):
+    """A bad option or value of a bench command: one line on stderr and exit status 2."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UsageError (one line) instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def environment(device: Optional[torch.device] = None) -> dict[str, Any]:
+    """What a number depends on: torch version, device, threads (written beside every result). ``device``: where the
+    bench ran; a CPU is recorded as ``cpu (<processor>)`` even on a machine that has CUDA. Without it, the CUDA device
+    when there is one, else the processor's name."""
+    processor = platform.processor() or platform.machine()
+    if device is not None:
+        name = f"cpu ({processor})" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    else:
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else processor
+    return {"torch": torch.__version__, "device": name, "threads": torch.get_num_threads()}
 
 
 def _sync(device: torch.device) -> None:
@@ -108,8 +126,9 @@ class Batch:
     pieces: list[list[str]]  # the same tokens as sentencepiece pieces (CTranslate2 input)
 
 
-def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: int) -> list[Batch]:
-    """Sentences sorted by source length (stable), cut into batches of ``size``: the same batches for every system."""
+def make_batches(ids: list[list[int]], pieces_of: Optional[Callable[[int], str]], size: int) -> list[Batch]:
+    """Sentences sorted by source length (stable), cut into batches of ``size``: the same batches for every system.
+    ``pieces_of`` (id → sentencepiece piece) fills each batch's ``pieces``; None leaves them empty (nmt only)."""
     from nmt.data.batching import collate
 
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -117,7 +136,8 @@ def make_batches(ids: list[list[int]], pieces_of: Callable[[int], str], size: in
     for start in range(0, len(order), size):
         rows = [ids[i] for i in order[start : start + size]]
         t = collate(rows, [[] for _ in rows])
-        pieces = [[pieces_of(j) for j in row[: int(n)].tolist()] for row, n in zip(t["src"], t["src_lengths"])]
+        pieces = [] if pieces_of is None else \
+            [[pieces_of(j) for j in row[: int(n)].tolist()] for row, n in zip(t["src"], t["src_lengths"])]
         batches.append(Batch(t["src"], t["src_lengths"], pieces))
     return batches
 

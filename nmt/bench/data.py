@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nmt.bench.common import markdown_table, write_results
+from nmt.bench.common import UsageError, UsageParser, markdown_table, write_results
 
 PROBE = Path(__file__).with_name("data_probe.py")
 STAGES = ["read", "clean", "sentencepiece", "encode", "validation set", "batching"]
@@ -155,18 +155,9 @@ def _ratio_row(pairs: int, name: str, ours: dict, base: dict) -> list[str]:
     return cells
 
 
-class UsageError(ValueError):
-    """A bad option or value: one line on stderr and exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the usage first; one line is enough
-        raise UsageError(message)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     """The options; UsageError (one line) for a bad one, before any corpus is written or any run starts."""
-    parser = _Parser(prog="nmt bench data", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = UsageParser(prog="nmt bench data", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--pairs", type=int, nargs="+", default=[500_000, 1_500_000, 4_500_000],
                         help="corpus sizes in training pairs (default 500000 1500000 4500000)")
     parser.add_argument("--work", default="outputs/bench_data",

@@ -13,9 +13,9 @@ from nmt.bench.common import markdown_table
 
 
 def _measure(path: str, args: argparse.Namespace, lines: list[str]) -> dict:
-    from nmt.bench.common import make_batches
+    from nmt.bench.common import UsageError, make_batches
     from nmt.bench.exported import FORMATS, kv_bytes, natural_system, nmt_natural_system, start_exported
-    from nmt.bench.translate import UsageError, time_systems
+    from nmt.bench.translate import time_systems
     from nmt.decoding.loading import ModelLoadError, load_model
 
     try:

@@ -11,11 +11,13 @@ machine is noisy); reported are the medians over repeats of target tokens/s and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import statistics
 import sys
 import time
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -118,19 +120,27 @@ class Trainee:
         self.tokens += n_tokens
 
 
-def tokens_per_second(models: dict[str, nn.Module], work: list[dict], warmup: int) -> dict[str, float]:
+def tokens_per_second(models: dict[str, nn.Module], work: list[dict], warmup: int,
+                      around: Callable[[str], ContextManager] = lambda name: contextlib.nullcontext()
+                      ) -> dict[str, float]:
     """Target tokens/s of each model's training steps over ``work``, the models alternating step by step.
 
-    Alternating per step (and swapping who goes first on every batch) spreads the machine's slow drifts — other load,
-    clock changes — over all systems alike; timing one system's whole run after the other's does not.
+    Alternating per step (and rotating who goes first on every batch, so that with n systems each goes first, second,
+    … in turn, as `nmt.bench.translate.time_systems` does) spreads the machine's slow drifts — other load, clock
+    changes, a cache warmed by the previous system — over all systems alike; timing one system's whole run after the
+    other's does not.
+    ``around(name)`` is entered around each step of system ``name`` (nmt bench long records the attention backends
+    each system's steps ran on).
     """
     trainees = {name: Trainee(model, bf16=name == BF16) for name, model in models.items()}
-    order = list(trainees.values())
+    order = list(trainees.items())
     for index, batch in enumerate(work):
-        for trainee in order if index % 2 == 0 else order[::-1]:
-            trainee.step(batch)
+        first = index % len(order)
+        for name, trainee in order[first:] + order[:first]:
+            with around(name):
+                trainee.step(batch)
         if index + 1 == warmup:  # allocator and kernel warm-up is not throughput
-            for trainee in order:
+            for trainee in trainees.values():
                 trainee.seconds, trainee.tokens = 0.0, 0
     return {name: trainee.tokens / trainee.seconds for name, trainee in trainees.items()}
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from nmt.bench.common import Batch, environment, make_batches, markdown_table, write_results
+from nmt.bench.common import Batch, UsageError, UsageParser, environment, make_batches, markdown_table, write_results
 from nmt.bench.formats import DTYPES, format_rows, formats_table, reduced_models, row_label
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
 from nmt.config.compose import CONF_DIR
@@ -40,15 +40,6 @@ CPU = torch.device("cpu")
 PROG = "nmt bench translate"
 
 
-class UsageError(ValueError):
-    """A bad option or value: one line on stderr and exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the usage and exit; we want one line
-        raise UsageError(message)
-
-
 def _counts(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
@@ -57,7 +48,7 @@ def _counts(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = UsageParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--model", default="tiny", help="nmt/conf/model preset: tiny, small or base")
     parser.add_argument("--src", default=str(corpus_dir("multi30k") / "test_2016_flickr.en.gz"),
                         help="raw source text (.gz fine); default Multi30k test_2016_flickr")

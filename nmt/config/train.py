@@ -73,7 +73,7 @@ class DataConfig:
         if self.src_lang == self.tgt_lang:
             raise ValueError(f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
         if self.path is None and self.hub_id is None:
-            raise ValueError("data: set data.path (local files) or data.hub_id (a Hugging Face Hub dataset)")
+            raise ValueError("set data.path (local files) or data.hub_id (a Hugging Face Hub dataset)")
         _check_choice("data.format", self.format, FORMATS)
         _check_choice("data.spm_model_type", self.spm_model_type, SPM_TYPES)
         if self.format == "text" and "{lang}" not in self.file_pattern:

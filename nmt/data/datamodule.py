@@ -15,7 +15,16 @@ from torch.utils.data import DataLoader
 from nmt.config.train import DataConfig
 from nmt.data.batching import TrainBatches, collate, subword_lengths, token_batches
 from nmt.data.encode import clean_and_encode, encode_eval
-from nmt.data.load import DataError, load_split, local_files, split_files
+from nmt.data.load import (
+    DataError,
+    load_split,
+    local_files,
+    seek_check,
+    seek_refusal,
+    shard_stamp,
+    split_files,
+    stream_from,
+)
 from nmt.data.stream_batches import StreamBatches
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 
@@ -132,7 +141,9 @@ class TranslationData(L.LightningDataModule):
         if self.cfg.streaming:
             stream = self._rank_stream(self.train_set, rank, world)
             self.stream_batches = StreamBatches(stream, self.cfg.max_tokens, self.cfg.stream_buffer, self.seed, rank,
-                                                world, own_rows=world > 1)
+                                                world, own_rows=world > 1, cleaning=self.cleaning,
+                                                counts_all=world > 1 and self.train_set.n_shards % world != 0,
+                                                stamp=lambda shard: shard_stamp(self.cfg, shard))
             return self.stream_batches
         return TrainBatches(self.train_set, self.cfg.max_tokens, self.seed, rank, world,
                             self.cleaning.lengths if self.cleaning is not None else None)
@@ -146,7 +157,7 @@ class TranslationData(L.LightningDataModule):
         shards = stream.n_shards
         if shards % world:
             log.warning("data: the training stream has %d shard%s, not a multiple of the %d ranks, so every rank "
-                        "reads all of it and keeps every %d-th pair; split the corpus into N·%d files "
+                        "reads all of it and keeps one pair in %d; split the corpus into N·%d files "
                         "(data.splits.train='train.*' reads train.00000.en, …) to give each rank its own files",
                         shards, "s" * (shards != 1), world, world, world)
         return split_dataset_by_node(stream, rank=rank, world_size=world)
@@ -163,21 +174,53 @@ class TranslationData(L.LightningDataModule):
         except KeyError:
             return None
 
+    def _resume_in_place(self, batches: StreamBatches, state: dict, rank: int, world: int) -> Optional[str]:
+        """Load this rank's checkpointed stream ``state`` into ``batches``: seeking the shard files to its saved
+        ``at`` when the stream can (nmt.data.load.seek_refusal), else through datasets' state. Logs which; returns
+        why neither can (a pass read from a rebuilt stream saves no datasets state), None when one did."""
+        epoch, index = state["position"][:2].tolist()
+        who = f" for rank {rank} of {world}" if world > 1 else ""
+        at = state["at"].tolist() if all(key in state for key in ("at", "done", "files")) else None
+        refusal = seek_refusal(self.cfg, world) or (
+            None if at is not None else "the checkpoint holds no file position (saved by an older nmt)")
+        changed = seek_check(self.cfg, at, state["files"].tolist()) if refusal is None else None
+        if changed is not None:
+            log.warning("data: rank %d cannot resume by seeking the shard files: %s", rank, changed)
+            refusal = changed
+        if refusal is None:
+            rest = stream_from(self.cfg, at, state["done"].tolist())  # every shard, as the saved stream had them
+            rest, _ = clean_and_encode(rest, self.tokenizer, self.cfg, "train", streaming=True, stats=self.cleaning)
+            batches.load_state(state, self._rank_stream(rest, rank, world))
+            shard, line, src_end, tgt_end = at
+            log.info("data: resuming the stream in place%s at epoch %d batch %d by seeking: shard %d after line %d "
+                     "(byte %d of the source file, %d of the target; %d earlier shards of this pass skipped "
+                     "unopened); no consumed line is read again", who, epoch, index, shard, line, src_end, tgt_end,
+                     len(state["done"]))
+            return None
+        if state["stream"] is None:
+            return refusal
+        batches.load_state(state)
+        log.info("data: resuming the stream in place%s at epoch %d batch %d from datasets' state, which re-reads the "
+                 "consumed lines of the current shard (no seeking: %s)", who, epoch, index, refusal)
+        return None
+
     def train_dataloader(self) -> DataLoader:
         batches = self.train_batches()
         module = self.trainer.lightning_module if self.trainer is not None else None
         rank, world = self._rank()
         states = getattr(module, "stream_states", None) if module is not None else None
         mine = states[rank] if states is not None and len(states) == world else None
-        if isinstance(batches, StreamBatches) and mine is not None and mine["state"] is not None:
-            batches.load_state(mine["state"])
-            log.info("data: resuming the stream in place at epoch %d batch %d", *mine["state"]["position"][:2].tolist())
-        elif module is not None and int(module.data_position[1]) >= 0:
+        state = mine["state"] if mine is not None and isinstance(batches, StreamBatches) else None
+        refusal = self._resume_in_place(batches, state, rank, world) if state is not None else "none saved"
+        if refusal is not None and module is not None and int(module.data_position[1]) >= 0:
             # Each rank replays to its own last batch: with its own shards, its position is not rank 0's.
             position = mine["position"] if mine is not None else module.data_position
             if states is not None and mine is None:
                 log.warning("data: the checkpoint's stream state is for %d ranks, not %d: replaying the stream to "
                             "the saved position instead", len(states), world)
+            elif state is not None:
+                log.warning("data: rank %d's stream state cannot resume in place (%s): replaying the stream to the "
+                            "saved position instead", rank, refusal)
             elif mine is not None:
                 log.warning("data: the checkpoint holds no stream state for rank %d (its last batch's chunk had "
                             "been passed): replaying the stream to the saved position instead", rank)

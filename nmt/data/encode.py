@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 class CleaningStats:
     """What cleaning dropped from a split, and the kept pairs' subword lengths ``(src, tgt)`` (arrays (kept,), int32;
     None when streaming): read before the kept rows are selected, because through the index mapping the selection
-    leaves, even a 4-byte column takes seconds per 500k pairs to read."""
+    leaves, even a 4-byte column takes seconds per 500k pairs to read. When streaming, the counts grow as pairs go
+    by; StreamBatches logs them and starts them again (`reset`) at the end of each pass."""
 
     split: str
     total: int = 0
@@ -43,6 +44,10 @@ class CleaningStats:
             f"{self.split}: {self.total} pairs; dropped {self.empty} empty or whitespace-only, {self.too_long} too "
             f"long, {self.bad_ratio} over the length ratio; kept {self.kept}"
         )
+
+    def reset(self) -> None:
+        """Zero the drop counts (not ``lengths``): a streaming pass starts counting afresh."""
+        self.total = self.empty = self.too_long = self.bad_ratio = 0
 
 
 # int32 ids: half the Arrow cache and memory map of datasets' default int64, and every vocabulary fits.
@@ -75,34 +80,66 @@ def drop_empty(ds):
     return ds.filter(_non_empty_rows, batched=True, input_columns=["src", "tgt"])
 
 
-def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False):
+def _clean_stream(ds, tokenizer: Tokenizer, cfg: DataConfig, stats: CleaningStats):
+    """A streamed dataset's pairs cleaned and encoded as they are read, each rule counting into ``stats`` what it
+    drops (the prepared path counts with array operations instead)."""
+    max_len, max_ratio = cfg.max_len, cfg.max_ratio
+
+    def non_empty(pair):
+        stats.total += 1
+        keep = bool(pair["src"].strip()) and bool(pair["tgt"].strip())
+        stats.empty += not keep
+        return keep
+
+    def encode_pair(pair):
+        src, tgt = tokenizer.encode([pair["src"], pair["tgt"]])
+        return {"src_ids": src, "tgt_ids": tgt}
+
+    def rules(pair) -> tuple[bool, bool]:
+        fits, ratio_ok = length_rules(len(pair["src_ids"]), len(pair["tgt_ids"]), max_len, max_ratio)
+        return bool(fits), bool(ratio_ok)
+
+    def short(pair):
+        keep = rules(pair)[0]
+        stats.too_long += not keep
+        return keep
+
+    def balanced(pair):  # sees only pairs `short` kept, as the prepared path counts a ratio only where a pair fits
+        keep = rules(pair)[1]
+        stats.bad_ratio += not keep
+        return keep
+
+    # One pair per call: datasets resumes a batched map by re-reading and re-encoding its whole batch, an unbatched
+    # one at the next pair (and one call per pair costs nothing beside a training step). Two length filters, not one:
+    # a checkpoint's datasets state follows the chain's shape, and checkpoints from earlier versions hold two.
+    return ds.filter(non_empty).map(encode_pair).filter(short).filter(balanced)
+
+
+def length_rules(src_len, tgt_len, max_len: int, max_ratio: float):
+    """(fits, ratio_ok) of pairs with ``src_len`` and ``tgt_len`` subwords — two int arrays (the prepared path, one
+    value per pair) or two ints (one streamed pair): both sides at most ``max_len``; the longer side at most
+    ``max_ratio`` times the shorter (at least 1). A pair is kept when both hold; a pair over ``max_len`` counts as too
+    long whatever its ratio. The one statement of the rules, so the two paths drop the same pairs."""
+    fits = (src_len <= max_len) & (tgt_len <= max_len)
+    ratio_ok = np.maximum(src_len, tgt_len) <= max_ratio * np.maximum(1, np.minimum(src_len, tgt_len))
+    return fits, ratio_ok
+
+
+def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False,
+                     stats: Optional[CleaningStats] = None):
     """Training pairs: drop empty/whitespace-only pairs, encode, drop pairs over ``max_len`` subwords or over the
-    length ratio. Returns (dataset with src_ids/tgt_ids, CleaningStats); counts are logged (lazily when streaming)."""
-    stats = CleaningStats(split)
+    length ratio. Returns (dataset with src_ids/tgt_ids, CleaningStats); the counts are logged here, or when
+    streaming counted into ``stats`` (a new one when None) as the pairs are read, for StreamBatches to log per pass.
+    A streamed dataset keeps its other columns (a local text stream's ``at``)."""
+    stats = stats if stats is not None else CleaningStats(split)
+    if streaming:
+        return _clean_stream(ds, tokenizer, cfg, stats), stats
     max_len, max_ratio = cfg.max_len, cfg.max_ratio
 
     def encode(batch):
         src, tgt = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
         return {"src_ids": src, "tgt_ids": tgt, "src_len": [len(s) for s in src], "tgt_len": [len(t) for t in tgt]}
 
-    def encode_pair(pair):
-        src, tgt = tokenizer.encode([pair["src"], pair["tgt"]])
-        return {"src_ids": src, "tgt_ids": tgt}
-
-    def non_empty(pair):
-        return bool(pair["src"].strip()) and bool(pair["tgt"].strip())
-
-    def short(pair):
-        return len(pair["src_ids"]) <= max_len and len(pair["tgt_ids"]) <= max_len
-
-    def balanced(pair):
-        a, b = len(pair["src_ids"]), len(pair["tgt_ids"])
-        return max(a, b) <= max_ratio * max(1, min(a, b))
-
-    if streaming:
-        # One pair per call: datasets resumes a batched map by re-reading and re-encoding its whole batch, an
-        # unbatched one at the next pair (and one call per pair costs nothing beside a training step).
-        return ds.filter(non_empty).map(encode_pair).filter(short).filter(balanced), stats
     stats.total = ds.num_rows
     ds = drop_empty(ds)
     stats.empty = stats.total - ds.num_rows
@@ -113,11 +150,9 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     # 10,000 rows a call: sentencepiece already spreads a call over the cores; bigger calls cut the per-call cost.
     ds = ds.map(encode, batched=True, batch_size=10_000, features=_with_ids(ds.features),
                 num_proc=encode_processes(cfg, ds.num_rows))
-    # The length rules on the length columns, as arrays: the same pairs as `short` and `balanced`, without a Python
-    # call per row.
+    # The length rules on the length columns, as arrays: no Python call per row.
     a, b = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
-    fits = (a <= max_len) & (b <= max_len)
-    ratio_ok = np.maximum(a, b) <= max_ratio * np.maximum(1, np.minimum(a, b))
+    fits, ratio_ok = length_rules(a, b, max_len, max_ratio)
     stats.too_long, stats.bad_ratio = int((~fits).sum()), int((fits & ~ratio_ok).sum())
     stats.lengths = (a, b)
     if not (fits & ratio_ok).all():

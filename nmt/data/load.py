@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import datasets
 
 from nmt.config.train import DataConfig
 from nmt.data.corpora import local_files, local_shards
-from nmt.data.textio import TextError, iter_lines
+from nmt.data.textio import TextError, iter_lines, iter_lines_at
 from nmt.errors import DataError, first_line
 
 datasets.disable_progress_bars()
@@ -230,12 +231,7 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
         parts = [_to_pairs(_load_files(cfg, [shard[0]], streaming)[0], cfg, str(shard[0])) for shard in shards]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if streaming:
-        # A list in gen_kwargs is what datasets shards: one shard per file pair, so split_dataset_by_node can hand
-        # each rank whole files and no rank reads another's lines.
-        string = datasets.Value("string")
-        return datasets.IterableDataset.from_generator(
-            _zip_shards, features=datasets.Features(src=string, tgt=string),
-            gen_kwargs={"shards": [(str(src), str(tgt)) for src, tgt in shards]})
+        return _shard_stream([(k, str(src), str(tgt)) for k, (src, tgt) in enumerate(shards)])
     parts = []
     for files in shards:
         src, tgt = _load_files(cfg, list(files), streaming)
@@ -246,17 +242,113 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _zip_shards(shards: list[tuple[str, str]]):
-    """Rows ``{"src", "tgt"}`` of each (source file, target file) shard in turn, read by nmt.data.textio like every
-    other reader; DataError naming both files when one ends before the other, TextError for invalid UTF-8."""
-    for src_file, tgt_file in shards:
-        tgt_it = iter_lines(tgt_file)
-        count = 0
-        for s in iter_lines(src_file):
-            t = next(tgt_it, None)
+# The column of a streamed local text pair that says where it ends: [shard index, 1-based line, byte offset just
+# after it in the source file, in the target file]; what a resume seeks to (StreamBatches, `stream_from`). One list
+# column: datasets encodes each column of each row in Python, and four int columns cost twice what this does.
+AT = "at"
+
+# Where a resumed pass goes on (`stream_from`): (shard index, line, source offset, target offset, the indices of the
+# shards that pass read before that one). A tuple, not a list: datasets shards every list in gen_kwargs.
+Resume = tuple[int, int, int, int, tuple[int, ...]]
+
+
+def _shard_stream(shards: list[tuple[int, str, str]], resume: Optional[Resume] = None):
+    """An iterable dataset of the ``_zip_shards`` rows of ``shards`` (index, source file, target file). A list in
+    gen_kwargs is what datasets shards: one shard per file pair, which it reorders every pass after the first
+    (set_epoch) and split_dataset_by_node deals out whole, so no rank reads another's lines. ``resume`` (not a list,
+    so every shard's call gets it whole) makes the stream the rest of a pass (`_zip_shards`)."""
+    string = datasets.Value("string")
+    features = datasets.Features({"src": string, "tgt": string, AT: datasets.List(datasets.Value("int64"))})
+    return datasets.IterableDataset.from_generator(_zip_shards, features=features,
+                                                   gen_kwargs={"shards": shards, "resume": resume})
+
+
+def _zip_shards(shards: list[tuple[int, str, str]], resume: Optional[Resume] = None):
+    """Rows ``{"src", "tgt"}`` of each (index, source file, target file) shard in turn, read by nmt.data.textio like
+    every other reader. Each row also holds its position ``at``: the shard's index, the pair's 1-based line number
+    and the byte offsets just after it in each file. With ``resume`` (shard, line, source and target offsets, shards
+    done), the shards done are skipped unopened and that shard is read from those offsets on (``line`` lines before
+    them). DataError naming both files when one ends before the other, TextError (file and line) for invalid UTF-8."""
+    for index, src_file, tgt_file in shards:
+        line = src_start = tgt_start = 0
+        if resume is not None and index in resume[4]:
+            continue  # read earlier in the resumed pass
+        if resume is not None and index == resume[0]:
+            line, src_start, tgt_start = resume[1:4]
+        tgt_it = iter_lines_at(tgt_file, tgt_start, line)
+        count = line
+        for s, src_end in iter_lines_at(src_file, src_start, line):
+            t, tgt_end = next(tgt_it, (None, 0))
             if t is None:
                 raise DataError(f"{tgt_file} ends after {count} lines but {src_file} goes on; they must align")
             count += 1
-            yield {"src": s, "tgt": t}
+            yield {"src": s, "tgt": t, AT: [index, count, src_end, tgt_end]}
         if next(tgt_it, None) is not None:
             raise DataError(f"{src_file} ends after {count} lines but {tgt_file} goes on; they must align")
+
+
+def seek_refusal(cfg: DataConfig, world: int) -> Optional[str]:
+    """Why a streamed training pass cannot be resumed by seeking its shard files (`stream_from`), or None when it
+    can: only uncompressed local text shards that split_dataset_by_node hands out whole, with no
+    data.max_train_examples (a `take` that counts from the start of the stream)."""
+    if cfg.path is None or cfg.format != "text":
+        return "only local text files can seek" if cfg.path is None else f"data.format={cfg.format} cannot seek"
+    if cfg.max_train_examples is not None:
+        return "data.max_train_examples counts pairs from the start of the stream"
+    shards = local_shards(cfg, cfg.splits.train)
+    if any(file.suffix == ".gz" for shard in shards for file in shard):
+        return ".gz shards cannot seek without decompressing what comes before"
+    if len(shards) % world:
+        return f"{len(shards)} shards do not divide among {world} ranks"
+    return None
+
+
+def _names(shards) -> int:
+    """A checksum of the shard files' names, in order (what their indices mean)."""
+    return zlib.crc32("\n".join(f"{src.name}\t{tgt.name}" for src, tgt in shards).encode())
+
+
+def shard_stamp(cfg: DataConfig, shard: int) -> list[int]:
+    """What a seeking resume checks the training shards against (`seek_check`): their count, a checksum of their
+    names, and the size and mtime (ns) of shard ``shard``'s source and target files."""
+    shards = local_shards(cfg, cfg.splits.train)
+    src, tgt = (file.stat() for file in shards[shard])
+    return [len(shards), _names(shards), src.st_size, src.st_mtime_ns, tgt.st_size, tgt.st_mtime_ns]
+
+
+def seek_check(cfg: DataConfig, at: list[int], stamp: list[int]) -> Optional[str]:
+    """Why the saved position ``at`` (shard, line, source and target offsets) cannot be trusted in the training
+    shards as they are now, or None: the shards were renamed, added or removed, the saved shard's files changed
+    (size or mtime unlike `shard_stamp`'s ``stamp``), or an offset is past its file's end or not just after a
+    "\\n" (not the start of a line)."""
+    shards = local_shards(cfg, cfg.splits.train)
+    if len(shards) != stamp[0]:
+        return f"the training split has {len(shards)} shards, {stamp[0]} when the checkpoint was saved"
+    if _names(shards) != stamp[1]:
+        return "the training shard files were renamed since the checkpoint"
+    shard, line, *ends = at
+    for file, end, (size, mtime) in zip(shards[shard], ends, (stamp[2:4], stamp[4:6])):
+        now = file.stat()
+        if now.st_size != size:
+            return f"{file} changed since the checkpoint ({size} bytes then, {now.st_size} now)"
+        if now.st_mtime_ns != mtime:
+            return f"{file} was modified since the checkpoint (its mtime differs)"
+        if (end == 0) != (line == 0) or end > size:
+            return f"{file}: the saved offset {end} (after line {line}) is not in the file ({size} bytes)"
+        if 0 < end < size:
+            with open(file, "rb") as f:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    return f"{file}: the saved offset {end} (after line {line}) is not the start of a line"
+    return None
+
+
+def stream_from(cfg: DataConfig, at: list[int], done: Iterable[int] = ()):
+    """The training stream as `load_split` gives it (every shard, to be cleaned, split among ranks and set to its
+    pass like the one it replaces) that reads only the rest of a pass: it skips the shards ``done`` (read earlier in
+    that pass) without opening them and reads shard ``at[0]`` from the offsets after the pair at ``at`` (its ``at``
+    column: shard, line, source and target offsets); the other shards whole, in the pass's order. Check ``at``
+    with `seek_check` first."""
+    shard, line, src_end, tgt_end = (int(v) for v in at)
+    shards = [(k, str(src), str(tgt)) for k, (src, tgt) in enumerate(local_shards(cfg, cfg.splits.train))]
+    return _shard_stream(shards, (shard, line, src_end, tgt_end, tuple(int(k) for k in done)))

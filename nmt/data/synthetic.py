@@ -14,17 +14,17 @@ combinations), so a 4.5M-line corpus is mostly distinct lines rather than copies
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
 from nmt.data.corpora import corpus_dir
 from nmt.data.textio import read_text
+from nmt.files import write_aligned
 
 SENTENCES_PER_LINE = {1: 0.25, 2: 0.5, 3: 0.25}
 CHUNK = 100_000  # lines drawn and written at a time: the index arrays stay a few MB whatever the corpus size
@@ -76,8 +76,17 @@ def _split_lines(sources: list[str], targets: list[str], n: int, rng: np.random.
             yield " ".join(sources[i] for i in chosen), " ".join(targets[i] for i in chosen)
 
 
-def _open(path: Path, compress: bool):
-    return gzip.open(path, "wt", encoding="utf-8", compresslevel=1) if compress else open(path, "w", encoding="utf-8")
+def _hashed(lines: Iterator[tuple[str, str]], hashes: array) -> Iterator[tuple[str, str]]:
+    """``lines`` unchanged, each pair's ``hash`` appended to ``hashes`` as it goes by (for `distinct_share`)."""
+    for pair in lines:
+        hashes.append(hash(pair))
+        yield pair
+
+
+def distinct_share(hashes: array) -> float:
+    """The share (0–1) of distinct lines among the training lines whose hashes `write_corpus` collected: 8 bytes a
+    line, one sort (under a second at 4.5M lines)."""
+    return len(np.unique(np.frombuffer(hashes, dtype=np.int64))) / max(1, len(hashes))
 
 
 def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str]], n: int,
@@ -88,25 +97,21 @@ def _write_split(out_dir: Path, names: list[str], lines: Iterator[tuple[str, str
     bounds = [n * k // len(names) for k in range(len(names) + 1)]  # shard k holds lines bounds[k] .. bounds[k+1]-1
     for name, size in zip(names, np.diff(bounds).tolist()):
         paths = {lang: out_dir / name.format(lang=lang) for lang in (corpus.src_lang, corpus.tgt_lang)}
-        temporary = {lang: path.with_name(path.name + ".partial") for lang, path in paths.items()}
-        with _open(temporary[corpus.src_lang], corpus.compress) as src_file, \
-                _open(temporary[corpus.tgt_lang], corpus.compress) as tgt_file:
-            for src_line, tgt_line in itertools.islice(lines, size):
-                src_file.write(src_line + "\n")
-                tgt_file.write(tgt_line + "\n")
-        for lang, path in paths.items():
-            os.replace(temporary[lang], path)
+        write_aligned(paths, itertools.islice(lines, size), corpus.compress)
+        for path in paths.values():
             written[path.name.removesuffix(".gz") if corpus.compress else path.name] = path
     return written
 
 
-def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path]:
+def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus, hashes: Optional[array] = None) -> dict[str, Path]:
     """Write train/valid/test ``.{lang}`` files (``.gz`` with ``compress``) into ``out_dir``, the layout
     ``data=local`` reads (``"data.file_pattern='{split}.{lang}.gz'"`` when compressed). With ``shards`` > 1 the
     training lines go, in order, into ``train.00000.{lang}``, ``train.00001.{lang}``, … (read with
     ``data.splits.train='train.*'``); valid and test stay one file each. The lines are the same whatever the shard
     count. Deterministic for a seed. Each file is written under a temporary name and renamed, so an interrupted run
     leaves no half corpus that looks whole. Returns {"train.en": path, …} ("train.00000.en", … when sharded).
+    ``hashes`` (an ``array("q")``), when given, gets the hash of each training (source, target) line pair, for
+    `distinct_share`.
     Raises ValueError (from SyntheticCorpus) for bad settings, OSError when ``out_dir`` cannot be written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,5 +126,8 @@ def write_corpus(out_dir: str | Path, corpus: SyntheticCorpus) -> dict[str, Path
         shards = corpus.shards if split == "train" else 1
         names = [f"{split}.{{lang}}{suffix}"] if shards == 1 else \
             [f"{split}.{k:05d}.{{lang}}{suffix}" for k in range(shards)]
-        written.update(_write_split(out_dir, names, _split_lines(sources, targets, n, rng), n, corpus))
+        lines = _split_lines(sources, targets, n, rng)
+        if split == "train" and hashes is not None:
+            lines = _hashed(lines, hashes)
+        written.update(_write_split(out_dir, names, lines, n, corpus))
     return written

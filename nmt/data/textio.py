@@ -37,8 +37,9 @@ def open_binary(path: str | Path) -> BinaryIO:
 
 
 def decode_lines(raw_lines: Iterable[bytes], source: str, errors: str = "strict",
-                 invalid: Optional[list[int]] = None) -> Iterator[str]:
-    """Decoded lines of an iterable of byte chunks that each end at b"\\n" (a binary file, ``io.BytesIO``).
+                 invalid: Optional[list[int]] = None, first: int = 1) -> Iterator[str]:
+    """Decoded lines of an iterable of byte chunks that each end at b"\\n" (a binary file, ``io.BytesIO``);
+    ``first`` is the 1-based number of its first line (past 1 when reading on from the middle of a file).
 
     ``errors='strict'``: a line that is not UTF-8 raises TextError naming ``source`` and the 1-based line.
     ``errors='replace'``: invalid bytes become U+FFFD and the line's number is appended to ``invalid``.
@@ -46,9 +47,9 @@ def decode_lines(raw_lines: Iterable[bytes], source: str, errors: str = "strict"
     """
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors must be 'strict' or 'replace', not {errors!r}")
-    number = 0
+    number = first - 1
     try:
-        for number, raw in enumerate(raw_lines, start=1):
+        for number, raw in enumerate(raw_lines, start=first):
             if number == 1 and raw == BOM.encode():  # a file holding only a byte-order mark holds no line
                 return
             line = raw[:-1] if raw.endswith(b"\n") else raw
@@ -72,6 +73,24 @@ def iter_lines(path: str | Path, errors: str = "strict", invalid: Optional[list[
     """The lines of a text file (plain or ``.gz``), one at a time; see ``decode_lines`` for ``errors``."""
     with open_binary(path) as f:
         yield from decode_lines(f, str(path), errors, invalid)
+
+
+def iter_lines_at(path: str | Path, offset: int = 0, line: int = 0) -> Iterator[tuple[str, int]]:
+    """The lines of a text file from byte ``offset`` on (the start of line ``line`` + 1, ``line`` lines before it),
+    each with the byte offset just after it (its "\\n" included): where a later read seeks to go on after that line.
+    Decoded as ``iter_lines`` does (errors='strict'); TextError names the file and the line's number in the whole
+    file. A ``.gz`` file's offsets count decompressed bytes, and seeking one decompresses everything before."""
+    with open_binary(path) as f:
+        f.seek(offset)
+        end = [offset]  # decode_lines takes one chunk per line it yields: `end` is then just past the yielded line
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in f:
+                end[0] += len(chunk)
+                yield chunk
+
+        for text in decode_lines(chunks(), str(path), first=line + 1):
+            yield text, end[0]
 
 
 def read_lines(path: str | Path | None, errors: str = "replace") -> tuple[list[str], list[int]]:

@@ -3,7 +3,8 @@ commands cannot drift, and the checks that turn a bad value into one line naming
 
 ``--beam`` defaults to 5, or to 1 with ``--sampling`` (sampling draws one hypothesis); ``--sampling`` with an
 explicit ``--beam`` above 1 is an error naming both flags. ``--max-source-len`` defaults to 1024 subwords in both
-commands (and in validation): longer sources are truncated with a warning. Imports no torch at module level.
+commands: longer sources are truncated with a warning (validation BLEU during training truncates at the larger of 1024
+and data.max_len, so it translates whole every source training would keep). Imports no torch at module level.
 """
 
 from __future__ import annotations

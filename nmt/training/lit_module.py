@@ -20,6 +20,7 @@ import torch.distributed as dist
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.config.train import OptimConfig, TrainConfig
 from nmt.data.tokenizer import Tokenizer
+from nmt.decoding.flags import MAX_SOURCE_LEN
 from nmt.evaluation.scoring import bleu, translate_and_score
 from nmt.model import build_model
 from nmt.training.loss import ProjectedLoss
@@ -60,6 +61,9 @@ class TranslationModule(L.LightningModule):
         self.tokenizer: Optional[Tokenizer] = None  # from the datamodule in setup(); for validation BLEU
         self.valid_sources: list[str] = []
         self.valid_references: list[str] = []
+        # Validation BLEU truncates sources here: setup() raises it to data.max_len, so a validation source as long as
+        # the longest training pair is translated whole (long-document data keeps pairs past 1,024 subwords).
+        self.valid_max_len = MAX_SOURCE_LEN
         self.data_position = torch.tensor([0, -1])
         self.stream_states: Optional[list] = None  # per rank, from a checkpoint: where each rank's stream resumes
         self._tick: Optional[float] = None
@@ -75,6 +79,7 @@ class TranslationModule(L.LightningModule):
         data = self.trainer.datamodule
         if data is not None:
             self.loss_scale = 1.0 / data.cfg.max_tokens
+            self.valid_max_len = max(MAX_SOURCE_LEN, data.cfg.max_len)
         if data is not None and data.tokenizer is not None:
             self.tokenizer = data.tokenizer
             self.valid_sources, self.valid_references = list(data.valid_set["src"]), list(data.valid_set["tgt"])
@@ -143,7 +148,8 @@ class TranslationModule(L.LightningModule):
             sources, references = sources[: self.val_max_sentences], references[: self.val_max_sentences]
         rank, world = self.global_rank, self.trainer.world_size
         _, hypotheses = translate_and_score(
-            self.model, self.tokenizer, sources[rank::world], references[rank::world], self.decode_cfg
+            self.model, self.tokenizer, sources[rank::world], references[rank::world], self.decode_cfg,
+            max_len=self.valid_max_len,
         )
         if world > 1:
             gathered: list[Any] = [None] * world

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# BLEU of the long-input variants at one budget (issue 31, docs/long_inputs.md): on Multi30k pseudo-documents of K
+# sentence pairs, train model=small per attention preset for the same STEPS updates, schedule, seed and batches, then
+# evaluate the exported model (best validation BLEU) with beam 5 on the test_2016_flickr documents (raw, cased
+# sacreBLEU 13a).
+#
+#   scripts/long_bleu.sh [VARIANT…]     VARIANT ∈ mha gqa window16 window64 sparse (default: all, in order)
+#   scripts/long_bleu.sh report         nmt report over every variant folder under OUT: OUT/report
+#
+#   K=64 STEPS=600 OUT=outputs/long_bleu/k64 OMP_NUM_THREADS=1 scripts/long_bleu.sh mha window16 &
+#
+# Run with no VARIANT, the script trains and evaluates all five and then writes OUT/report. Run with VARIANTs (e.g.
+# two copies in parallel, one core each), it writes no report: each copy would overwrite OUT/report with only its own
+# runs. Once every copy has finished, `scripts/long_bleu.sh report` (same K / OUT) writes the one table of all of them.
+#
+# The budget is STEPS updates of ≤ 4,096-token batches (default 600: ~5 epochs of the 453 k=64 training documents),
+# lr 0.001 after 200 warmup updates (a schedule that learns within the budget; the default 4,000 warmup updates would
+# end inside warmup). Validation (every 200 updates, greedy) uses all the validation documents of K (15 at K=64, 126 at
+# K=8). EXTRA is appended to every `nmt train`. Each run resumes (resume=true), so a stopped run continues; OUT/
+# wall_times.txt gets one line per invocation with that invocation's seconds, so after a restart it holds the resumed
+# part on a line of its own (add a variant's lines for its total; a killed invocation writes none).
+set -euo pipefail
+K=${K:-64}
+STEPS=${STEPS:-600}
+OUT=${OUT:-outputs/long_bleu/k$K}
+DOCS=${DOCS:-data/multi30k_docs}
+EXTRA=${EXTRA:-}
+ALL=(mha gqa window16 window64 sparse)
+runs=("$@")
+report=false
+if [ ${#runs[@]} -eq 0 ]; then
+  runs=("${ALL[@]}")
+  report=true
+elif [ "${runs[*]}" = report ]; then
+  runs=()
+  report=true
+fi
+
+preset() {
+  case $1 in
+    mha) echo mha ;;
+    gqa) echo gqa ;;
+    window16) echo sliding_window_16 ;;
+    window64) echo sliding_window_64 ;;
+    sparse) echo sparse_long ;;
+    *) echo "long_bleu.sh: unknown variant '$1' (mha gqa window16 window64 sparse, or report alone)" >&2; return 2 ;;
+  esac
+}
+for run in "${runs[@]}"; do preset "$run" >/dev/null || exit 2; done  # every name checked before any work
+
+if [ ${#runs[@]} -gt 0 ]; then
+  # A few seconds when the folder is missing; left alone when it is complete (another copy may be reading it).
+  python scripts/pseudo_documents.py --k "$K" --out "$DOCS" --vocab-size 0 --if-missing >/dev/null
+  mkdir -p "$OUT"
+fi
+for run in "${runs[@]}"; do
+  attention=$(preset "$run")
+  dir=$OUT/$run
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  nmt train data=multi30k_docs data.path="$DOCS/k$K" model=small attention=$attention \
+    optim.lr=0.001 optim.warmup_steps=200 trainer.max_steps="$STEPS" trainer.val_every_n_steps=200 \
+    trainer.val_max_sentences=null trainer.enable_progress_bar=false resume=true hydra.run.dir="$dir" $EXTRA
+  echo "$run: $(( $(date +%s) - start )) s of training to step $STEPS (this invocation only)" | tee -a "$OUT/wall_times.txt"
+  # Documents reach ~1,150 source subwords: --max-source-len above nmt evaluate's default 1,024 never truncates one.
+  nmt evaluate --model "$dir/model" --beam 5 --max-source-len 2048 --report "$dir/eval" \
+    --src "$DOCS/k$K/test_2016_flickr.en.gz" --ref "$DOCS/k$K/test_2016_flickr.de.gz"
+done
+if $report; then
+  folders=()
+  for run in "${ALL[@]}"; do
+    [ -d "$OUT/$run" ] && folders+=("$OUT/$run")
+  done
+  [ ${#folders[@]} -eq 0 ] && { echo "long_bleu.sh: no variant folder under $OUT yet" >&2; exit 2; }
+  nmt report "${folders[@]}" --out "$OUT/report"  # BLEU, KV-cache bytes and sizes side by side
+fi
