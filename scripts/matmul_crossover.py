@@ -2,8 +2,9 @@
 
 Times both backends on decoding-step shapes — q_len queries (1 for a self-attention step, the beams for a shared
 cross-attention row) over k_len padded keys — alternated, medians of 5, and prints sdpa ÷ matmul (> 1: matmul wins).
+``--step``: a decoding step's self-attention instead — no mask, K/V strided views of a longer cache buffer.
 
-    python scripts/matmul_crossover.py [--threads 2] [--batch 64]
+    python scripts/matmul_crossover.py [--threads 2] [--batch 64] [--step]
 """
 
 import argparse
@@ -24,16 +25,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k-lens", type=int, nargs="+", default=[34, 128, 512])
     parser.add_argument("--q-lens", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--step", action="store_true", help="self-attention step: no mask, strided K/V")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     B, H, D = args.batch, args.heads, args.head_dim
-    print(f"B {B}, {H} heads of {D}, {args.threads} threads; µs per call (median of {args.repeats} × 20 calls)\n")
+    kind = "self-attention steps (no mask, strided K/V)" if args.step else "padded keys"
+    print(f"B {B}, {H} heads of {D}, {args.threads} threads, {kind}; µs per call (median of {args.repeats} × 20 "
+          "calls)\n")
     print("| k_len | q_len | q_len · k_len | sdpa µs | matmul µs | sdpa ÷ matmul |\n|---|---|---|---|---|---|")
     with torch.inference_mode():
         for k_len in args.k_lens:
             for q_len in args.q_lens:
-                q, k, v = torch.randn(B, H, q_len, D), torch.randn(B, H, k_len, D), torch.randn(B, H, k_len, D)
+                q, k, v = (torch.randn(B, H, n, D) for n in (q_len, k_len, k_len))
                 mask = MaskSpec(q_len=q_len, k_len=k_len, k_lengths=torch.randint(k_len // 2, k_len + 1, (B,)))
+                if args.step:  # the cache's first k_len positions of a buffer with room for more
+                    k, v = (torch.randn(B, H, k_len + 16, D)[:, :, :k_len] for _ in range(2))
+                    mask = MaskSpec(q_len=q_len, k_len=k_len, q_start=k_len - q_len, causal=True)
                 times = {"sdpa": [], "matmul": []}
                 for _ in range(args.repeats):
                     for backend in times:

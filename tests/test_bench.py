@@ -93,11 +93,12 @@ def test_bench_train_compares_with_torch_nn_transformer(tmp_path, capsys):
     out = tmp_path / "bench"
     overrides = [f"data.path={MULTI30K}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_train_examples=2000",
                  "data.vocab_size=1000"]
-    assert main(["train", "--models", "tiny", "--steps", "2", "--repeats", "1", "--max-tokens", "512",
+    assert main(["train", "--models", "tiny", "--steps", "2", "--repeats", "1", "--max-tokens", "512", "--bf16",
                  "--out", str(out), *overrides]) == 0
     results = json.loads((out / "train.json").read_text())["tokens_per_s"]["tiny"]
     assert results["nmt"] > 0 and results["torch.nn.Transformer"] > 0
     assert results["ratio"] == pytest.approx(results["nmt"] / results["torch.nn.Transformer"])
+    assert results["bf16_over_fp32"] == pytest.approx(results["nmt bf16-mixed"] / results["nmt"])
     # Same dimensions: the parameters differ only by nmt's embedding rows padded to a multiple of 64 (1000 → 1024).
     assert results["parameters"]["nmt"] - results["parameters"]["torch.nn.Transformer"] == 24 * 128
     assert "| tiny |" in capsys.readouterr().out
@@ -148,3 +149,14 @@ def test_packed_linear_probe_runs(capsys):
     rows = [line.split(" | ") for line in lines if line.startswith("| ") and "µs" not in line and "---" not in line]
     assert [row[0] for row in rows] == ["| 1", "| 3"]
     assert all(float(row[4].rstrip(" |")) <= 1e-5 for row in rows)
+
+
+def test_int8_linear_probe_runs(capsys):
+    """scripts/int8_linear.py (behind nmt.decoding.dtypes' choice of int8 path) on tiny sizes, so it cannot rot; the
+    int8 product stays within 5% of float32's largest output."""
+    import runpy
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "int8_linear.py"))
+    module["main"](["--rows", "2", "--shapes", "16x8", "--repeats", "1", "--calls", "1"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "torch.ao int8" in line]
+    assert len(rows) == 1 and float(rows[0][5].rstrip(" |")) < 0.05

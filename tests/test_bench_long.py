@@ -126,7 +126,7 @@ def test_training_steps_rotate_who_goes_first(monkeypatch):
     calls = []
 
     class Recorder:
-        def __init__(self, name) -> None:
+        def __init__(self, name, bf16: bool = False) -> None:
             self.name, self.seconds, self.tokens = name, 1.0, 1
 
         def step(self, batch) -> None:

@@ -16,8 +16,11 @@ def test_bench_translate_measures_every_system_on_equal_token_counts(tmp_path, c
     overrides = [f"data.path={MULTI30K}", f"data.cache_dir={tmp_path / 'cache'}", "data.max_train_examples=2000",
                  "data.vocab_size=512", "model.encoder_layers=1", "model.decoder_layers=1"]
     argv = ["translate", "--limit", "8", "--repeats", "1", "--length", "4", "--batch", "4", "--beams", "1", "3",
-            "--attention", "mqa,sliding_window", "--trained", str(_trained(tmp_path)), "--out", str(out), *overrides]
+            "--attention", "mqa,sliding_window", "--trained", str(_trained(tmp_path)), "--out", str(out),
+            "--threads", "1", "--dtypes", "float32,bfloat16,int8", *overrides]
+    threads = __import__("torch").get_num_threads()
     assert main(argv) == 0
+    assert __import__("torch").get_num_threads() == threads  # --threads is undone afterwards
     results = json.loads((out / "translate.json").read_text())
     assert results["setup"]["sentences"] == 8 and results["setup"]["batches"] == 2
     assert [(r["attention"], r["beam"]) for r in results["results"]] == [
@@ -38,13 +41,19 @@ def test_bench_translate_measures_every_system_on_equal_token_counts(tmp_path, c
             assert kv["CTranslate2 (nmt export)"] - kv["nmt"] == 1 * 20 * 2 * 128 * 4 * (1 - 1 / 4)
         elif installed:
             assert record["exported"] == "not exportable: attention.encoder_self.window=8"
+    for record in results["formats"]:  # nmt's float32, bfloat16 and int8 beside CTranslate2's float32 and int8
+        speeds = record["sentences_per_s"]
+        assert record["threads"] == 1 and all(speeds[f"nmt {d}"] > 0 for d in ("bfloat16", "int8"))
+        assert record["fastest_reduced"] in ("nmt bfloat16", "nmt int8")
+        assert (record["nmt_float32_over_ct2_float32"] is not None) == (installed and record["attention"] == "mqa")
     for record in results["trained"]:  # natural lengths: the float32 export decodes nmt's greedy tokens
         assert record["systems"]["nmt"]["sentences_per_s"] > 0
         if installed:  # (beam search on random weights, all near-ties, is tested on trained models: test_ct2.py)
             assert 0 <= record["identical_to_nmt"]["nmt→CT2 float32"] <= 8
             assert record["beam"] != 1 or record["identical_to_nmt"]["nmt→CT2 float32"] == 8
     printed = capsys.readouterr().out
-    assert ("| mqa, greedy |" in printed and "| sliding_window, beam 3 |" in printed
+    assert "fastest nmt reduced ÷ CT2 int8" in printed
+    assert ("| mqa, 1 thread, greedy |" in printed and "| sliding_window, 1 thread, beam 3 |" in printed
             and "| mha (model), greedy |" in printed)
     assert (out / "translate.md").read_text().strip() in printed
 
@@ -75,6 +84,9 @@ def _trained(tmp_path):
         (["model.no_such_key=1"], "no_such_key"),
         (["--attention", "mha,gqa3"], "--attention 'gqa3' is not a preset"),
         (["--trained", "/no/such/model"], "--trained /no/such/model: no such model directory"),
+        (["--threads", "2,0"], "--threads (2,0) must all be >= 1"),
+        (["--threads", "two"], "not a comma-separated list of counts: 'two'"),
+        (["--dtypes", "int8,int4"], "--dtypes 'int4' is not a format"),
     ],
 )
 def test_bench_translate_bad_options_give_one_line_and_exit_2(args, message, tmp_path, capsys):

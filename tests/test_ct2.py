@@ -4,14 +4,12 @@ line naming the site and field."""
 
 from __future__ import annotations
 
-import gzip
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("ctranslate2",
                     reason="the CTranslate2 export needs the ctranslate2 package (pip install ctranslate2)")
@@ -28,7 +26,8 @@ from nmt.decoding.export import export_model  # noqa: E402
 from nmt.decoding.search import max_lengths  # noqa: E402
 from nmt.decoding.translate import Translator  # noqa: E402
 from nmt.model import build_model  # noqa: E402
-from tests.conftest import MULTI30K, multi30k_sample  # noqa: E402
+from tests.conftest import multi30k_sample  # noqa: E402
+from tests.trained import multi30k_lines, train_briefly  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(vocab_size=1000, d_model=64, n_heads=4, d_ff=128, encoder_layers=2, decoder_layers=2, dropout=0.0)
@@ -46,11 +45,6 @@ MODELS = {
 }
 
 
-def _lines(name: str, n: int) -> list[str]:
-    with gzip.open(MULTI30K / name, "rt", encoding="utf-8") as f:
-        return [next(f).rstrip("\n") for _ in range(n)]
-
-
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
     return load_or_train(lambda: multi30k_sample(3000), TokenizerSettings(1000), "ct2", tmp_path_factory.mktemp("spm"))
@@ -58,35 +52,7 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_ids(tokenizer):
-    return tokenizer.encode(_lines("test_2016_flickr.en.gz", 200))
-
-
-def _train(cfg: ModelConfig, tokenizer, steps: int = 100, batch: int = 32, lr: float = 3e-3, warmup: int = 25):
-    """A model trained a few seconds on Multi30k: far from good, but its translations end, differ and branch, so
-    greedy and beam search make real decisions (a random model repeats one token until the max length)."""
-    src, tgt = tokenizer.encode(_lines("train.en.gz", 8000)), tokenizer.encode(_lines("train.de.gz", 8000))
-    order = sorted(range(len(src)), key=lambda i: len(src[i]))
-    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny steps: one thread is faster on a shared 2-core machine
-    try:
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        pick = torch.Generator().manual_seed(0)
-        for step in range(steps):
-            rows = batches[int(torch.randint(len(batches), (1,), generator=pick))]
-            t = collate([src[i] for i in rows], [tgt[i] for i in rows])
-            logits = model(t["src"], t["src_lengths"], t["tgt_in"])
-            loss = F.cross_entropy(logits.flatten(0, 1), t["tgt_out"].flatten(), ignore_index=0)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+    return tokenizer.encode(multi30k_lines("test_2016_flickr.en.gz", 200))
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +62,7 @@ def trained(tokenizer, tmp_path_factory):
 
     def get(name: str):
         if name not in cache:
-            model = _train(ModelConfig(**SMALL, **MODELS[name]), tokenizer)
+            model = train_briefly(ModelConfig(**SMALL, **MODELS[name]), tokenizer)
             folder = export_ct2(model, tokenizer, tmp_path_factory.mktemp("ct2") / name)
             cache[name] = (Translator(model, tokenizer), CT2Translator.load(folder, threads=1))
         return cache[name]

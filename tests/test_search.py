@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from nmt.attention import dispatch
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.tokenizer import EOS_ID
 from nmt.decoding.search import beam_search, decode, greedy, max_lengths
@@ -24,9 +25,9 @@ class EosFirst(torch.nn.Module):
         return logits
 
 
-def model_and_batch(attention=None, seed=0):
+def model_and_batch(attention=None, seed=0, d_model=32):
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=40, d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2,
+    cfg = ModelConfig(vocab_size=40, d_model=d_model, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2,
                       dropout=0.0, attention=attention or {})
     model = build_model(cfg).eval()
     with torch.no_grad():  # sharper next-token distributions than a fresh init, so searches really differ
@@ -77,6 +78,44 @@ def test_beam_over_caches_equals_beam_by_recomputation(attention):
     for a, b in zip(cached, recomputed):
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
     assert len({tuple(h.tokens) for h in cached[0]}) == 4  # four distinct hypotheses
+
+
+PRESETS = {
+    "mha": {},
+    "gqa": {"decoder_self": {"n_kv_heads": 2}, "cross": {"n_kv_heads": 2}},
+    "mqa": {"decoder_self": {"n_kv_heads": 1}, "cross": {"n_kv_heads": 1}},
+    "window-sparse": {"encoder_self": {"window": 2}, "decoder_self": {"window": 3, "global_tokens": 1}},
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_one_query_matmul_steps_pick_the_tokens_of_math(preset, monkeypatch):
+    """With head_dim 64, ``auto`` runs the self-attention steps on matmul from 7 cached positions on
+    (dispatch.matmul_wins); greedy and beam search pick exactly the tokens of every site on the math oracle, and
+    beam search over the caches those of recomputation."""
+    choices = []
+    choose = dispatch.choose_backend
+
+    def recorded(site, q, mask, *args, **kwargs):
+        choices.append((site, mask.q_len, choose(site, q, mask, *args, **kwargs)))
+        return choices[-1][-1]
+
+    monkeypatch.setattr(dispatch, "choose_backend", recorded)
+    results = {}
+    for backend in ("auto", "math"):
+        sites = {site: {**PRESETS[preset].get(site, {}), "backend": backend}
+                 for site in ("encoder_self", "decoder_self", "cross")}
+        model, src, lengths = model_and_batch(sites, d_model=256)
+        greedy_cfg, beam_cfg = DecodeConfig(max_len_b=12), DecodeConfig(beam=4, nbest=4, max_len_b=12)
+        results[backend] = [[h.tokens for h in hyps] for cfg in (greedy_cfg, beam_cfg)
+                            for hyps in decode(model, src, lengths, cfg)]
+        if backend == "auto":
+            recomputed = beam_search(model, src, lengths, beam_cfg, recompute=True)
+            assert results["auto"][len(src):] == [[h.tokens for h in hyps] for hyps in recomputed]
+    assert results["auto"] == results["math"]
+    matmul_sites = {site for site, q_len, choice in choices if q_len == 1 and choice == "matmul"}
+    # A window of 3 (plus 1 global token) keeps too few keys for BLAS: its self-attention steps stay on SDPA.
+    assert matmul_sites == ({"cross"} if preset == "window-sparse" else {"cross", "decoder_self"})
 
 
 def test_nbest_lists_are_sorted_and_scored_with_the_length_penalty():

@@ -213,6 +213,27 @@ def test_every_preset_and_experiment_runs_a_fast_dev_run_step(choice, cache_dir,
     assert (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.parametrize("has_bf16, picked", [(True, "bf16-mixed"), (False, "32-true")])
+def test_precision_auto_trains_in_what_the_cpu_flags_allow(has_bf16, picked, cache_dir, tmp_path, monkeypatch,
+                                                           caplog):
+    """trainer.precision=auto says what it picked, trains in it (bf16-mixed: the fused loss and packed projection
+    step aside under autocast) and records it in config.yaml."""
+    monkeypatch.setattr("nmt.precision.cpu_bf16", lambda: (has_bf16, "flags of a test CPU"))
+    cfg = compose_config(small_run(cache_dir, "trainer.fast_dev_run=2", "trainer.precision=auto"))
+    with caplog.at_level("INFO", logger="nmt.training.trainer"):
+        train(cfg, run_dir=tmp_path)
+    assert f"trainer.precision=auto: {picked} (flags of a test CPU)" in caplog.text
+    assert f"precision: {picked}" in (tmp_path / "config.yaml").read_text()
+    assert cfg.trainer.precision == "auto"  # the caller's config is not changed
+    if has_bf16:  # the same run resumed on a machine without bf16: it says the precision changes
+        monkeypatch.setattr("nmt.precision.cpu_bf16", lambda: (False, "another CPU"))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="nmt.training.trainer"):
+            train(compose_config(small_run(cache_dir, "trainer.fast_dev_run=1", "trainer.precision=auto",
+                                           "resume=true")), run_dir=tmp_path)
+        assert "picks 32-true on this machine, but this run trained in bf16-mixed" in caplog.text
+
+
 def test_multirun_gives_one_run_directory_per_variant(cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
     process = subprocess.run(

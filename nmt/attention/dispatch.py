@@ -14,10 +14,16 @@ from nmt.attention.masks import MaskSpec
 
 log = logging.getLogger(__name__)
 
-# Where matmul_attention beats SDPA's fused kernel on CPU without gradients: 2 or more queries and T · S up to
-# this (`python scripts/matmul_crossover.py`: B 64, 4 heads of 32, 2 threads: 4-16 queries over 34 keys, 4-8 over
-# 128; at one query the two are within noise of each other).
+# Where matmul_attention beats SDPA's fused kernel on CPU without gradients (`python scripts/matmul_crossover.py`):
+# 2 or more queries: T · S up to this (B 64, 4 heads of 32, 2 threads: 4-16 queries over 34 keys, 4-8 over 128).
 MATMUL_MAX_SCORES = 1024
+# One query (a decoding step's self-attention): up to this many keys (`--threads 1 --head-dim 64 --q-lens 1 --k-lens
+# 7 14 40 48 64 96`, B 64 and --batch 320: sdpa ÷ matmul 1.0-1.7 from 7 to 48 keys, 0.87-1.0 from 64 on).
+MATMUL_MAX_KEYS_ONE_QUERY = 48
+# At least this many multiply-adds per (batch, head) product, T · S · head_dim: below it torch's CPU bmm runs its
+# scalar loop instead of BLAS: matmul took 1.7-2x SDPA's time at 1 query over 5 or 6 keys of 64 dims (320, 384
+# products), 0.6-0.9x from 7 keys (448; same command).
+MATMUL_MIN_PRODUCT = 400
 
 _logged_choices: set[tuple] = set()
 
@@ -44,14 +50,23 @@ def band_wins(mask: MaskSpec) -> bool:
     return mask.k_len >= max(512, (8 if mask.causal else 16) * mask.window + 8 * mask.global_tokens)
 
 
+def matmul_wins(mask: MaskSpec, head_dim: int) -> bool:
+    """Where the matmul backend beats SDPA's fused kernel at CPU inference: few scores, but products large enough
+    for BLAS (the constants above)."""
+    scores = mask.q_len * mask.k_len
+    if scores * head_dim < MATMUL_MIN_PRODUCT:
+        return False
+    return mask.k_len <= MATMUL_MAX_KEYS_ONE_QUERY if mask.q_len == 1 else scores <= MATMUL_MAX_SCORES
+
+
 def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs_grad: bool = True) -> str:
     """``auto``: the fastest backend that supports this site's mask, device and dtype (logged once per choice).
 
     On CPU that is sdpa (its fused kernel covers every mask with a backward pass, while flex has no backward and is
     compiled per shape), except band for sliding windows, with or without global tokens, over sequences long enough
-    that O(n·(w + g)) wins (`band_wins`), and matmul for
-    the few queries of a decoding step. On CUDA a flash kernel where it can express the mask, compiled flex for
-    windowed or sparse masks (it skips masked blocks), sdpa otherwise.
+    that O(n·(w + g)) wins (`band_wins`), and matmul for the few queries of a decoding step over few keys
+    (`matmul_wins`). On CUDA a flash kernel where it can express the mask, compiled flex for windowed or sparse masks
+    (it skips masked blocks), sdpa otherwise.
     """
     device, dtype = q.device, q.dtype
     windowed = mask.window is not None
@@ -59,8 +74,8 @@ def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs
         sparse = f" + {mask.global_tokens} global tokens" if mask.global_tokens else ""
         choice, why = "band", f"CPU: window {mask.window}{sparse} over {mask.k_len} positions, O(n·(w + g)) band " \
                               "beats full SDPA"
-    elif device.type != "cuda" and not needs_grad and mask.q_len > 1 and mask.q_len * mask.k_len <= MATMUL_MAX_SCORES:
-        choice, why = "matmul", "CPU inference, a few queries: batched matmuls beat SDPA's blocked kernel"
+    elif device.type != "cuda" and not needs_grad and matmul_wins(mask, q.size(-1)):
+        choice, why = "matmul", "CPU inference, a few queries over few keys: batched matmuls beat SDPA's blocked kernel"
     elif device.type != "cuda":
         choice, why = "sdpa", "CPU: fused SDPA kernel for every mask, forward and backward"
     elif runs("flash", q, mask, dropout_p, needs_grad):

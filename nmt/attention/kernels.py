@@ -88,22 +88,21 @@ def matmul_attention(
     """Batched matmuls without copying K/V per head group (kernel signature: module docstring).
 
     For few queries (decoding steps), where SDPA's fused CPU kernel pads the queries to its block and runs up to 2x
-    slower (4 queries over 34 keys, B 64: 572 vs 276 µs in scripts/matmul_crossover.py).
+    slower (4 queries over 34 keys, B 64: 572 vs 276 µs in scripts/matmul_crossover.py). K/V may be strided views
+    (a cache's positions): matmul reads them in place. The mask's blocked positions are memoized on the MaskSpec, so a
+    cross-attention mask reused step after step (MaskSpec.reusable_for) costs one fill per call.
     """
     B, n_heads, T, head_dim = q.shape
     n_kv_heads, S = k.size(1), k.size(2)
     group = n_heads // n_kv_heads
     # A group's heads read the same K/V head, so they become extra query rows of it (no repeat_interleave).
     qg = q.reshape(B, n_kv_heads, group * T, head_dim)  # (B, n_kv_heads, group · T, head_dim)
-    scores = (qg @ k.transpose(-2, -1)) * head_dim**-0.5  # (B, n_kv_heads, group · T, S)
-    allowed = mask.dense(q.device)
-    empty = None
-    if allowed is not None:
-        scores = scores.view(B, n_kv_heads, group, T, S)  # (B, n_kv_heads, group, T, S)
-        # A finite fill keeps rows with nothing to attend free of NaN, forward and backward; they are zeroed below.
-        scores = scores.masked_fill_(~allowed[:, :, None], torch.finfo(scores.dtype).min)
-        scores = scores.view(B, n_kv_heads, group * T, S)  # (B, n_kv_heads, group · T, S)
-        empty = ~allowed.any(-1, keepdim=True)  # (B or 1, 1, T, 1)
+    scores = (qg @ k.transpose(-2, -1)).mul_(head_dim**-0.5)  # (B, n_kv_heads, group · T, S)
+    blocked, empty = _blocked(mask, q.device)
+    if blocked is not None:
+        # A finite fill keeps rows with nothing to attend free of NaN, forward and backward, in every dtype (adding a
+        # bias of the minimum overflowed to -inf in fp16); those rows are zeroed below.
+        scores.view(B, n_kv_heads, group, T, S).masked_fill_(blocked[:, :, None], torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
@@ -111,6 +110,21 @@ def matmul_attention(
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
     return out, None
+
+
+def _blocked(mask: MaskSpec, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The positions the mask blocks (B or 1, 1, T, S) and the rows with nothing to attend (B or 1, 1, T, 1), to zero
+    afterwards; (None, None) for a full mask. Memoized on the mask; on CPU, ``empty`` is None when no row is empty
+    (checking costs no device sync)."""
+    allowed = mask.dense(device)
+    if allowed is None:
+        return None, None
+
+    def build() -> tuple[Tensor, Optional[Tensor]]:
+        empty = ~allowed.any(-1, keepdim=True)
+        return ~allowed, (None if device.type == "cpu" and not empty.any() else empty)
+
+    return mask.memoized(("matmul blocked", torch.device(device)), build)
 
 
 _compiled_flex: Optional[Callable] = None

@@ -27,6 +27,7 @@ from nmt.bench.common import environment, markdown_table, write_results
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD_ID
 from nmt.model import Seq2Seq, build_model
+from nmt.precision import cpu_bf16
 from nmt.training.loss import ProjectedLoss, label_smoothed_loss
 
 
@@ -89,11 +90,14 @@ def model_config(preset: str, overrides: list[str]) -> ModelConfig:
     return resolve(compose_config([f"model={preset}", *overrides]))
 
 
+BF16 = "nmt bf16-mixed"
+
+
 class Trainee:
     """One system under test: its model, its optimizer and the time and target tokens its steps took."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model.train()
+    def __init__(self, model: nn.Module, bf16: bool = False) -> None:
+        self.model, self.bf16 = model.train(), bf16  # bf16: under CPU autocast, as trainer.precision=bf16-mixed
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
         self.seconds, self.tokens = 0.0, 0
         self.loss = ProjectedLoss()
@@ -101,12 +105,13 @@ class Trainee:
     def step(self, batch: dict) -> None:
         """A full training step (forward, loss, backward, clipping, AdamW), timed."""
         start = time.perf_counter()
-        if isinstance(self.model, Seq2Seq):  # the loss as nmt train computes it
-            hidden = self.model.features(batch["src"], batch["src_lengths"], batch["tgt_in"])
-            loss_sum, n_tokens = self.loss(hidden, self.model.output_weight(), batch["tgt_out"], 0.1)
-        else:
-            logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
-            loss_sum, n_tokens = label_smoothed_loss(logits, batch["tgt_out"], 0.1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            if isinstance(self.model, Seq2Seq):  # the loss as nmt train computes it
+                hidden = self.model.features(batch["src"], batch["src_lengths"], batch["tgt_in"])
+                loss_sum, n_tokens = self.loss(hidden, self.model.output_weight(), batch["tgt_out"], 0.1)
+            else:
+                logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])
+                loss_sum, n_tokens = label_smoothed_loss(logits, batch["tgt_out"], 0.1)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / n_tokens).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -127,7 +132,7 @@ def tokens_per_second(models: dict[str, nn.Module], work: list[dict], warmup: in
     ``around(name)`` is entered around each step of system ``name`` (nmt bench long records the attention backends
     each system's steps ran on).
     """
-    trainees = {name: Trainee(model) for name, model in models.items()}
+    trainees = {name: Trainee(model, bf16=name == BF16) for name, model in models.items()}
     order = list(trainees.items())
     for index, batch in enumerate(work):
         first = index % len(order)
@@ -147,8 +152,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget (padded tokens)")
     parser.add_argument("--out", default="outputs/bench")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="time nmt under bf16 autocast (trainer.precision=bf16-mixed) beside fp32 (default: where "
+                             "the CPU has bf16 matrix instructions; elsewhere bf16 is emulated, several times slower)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.cache_dir=DIR attention=gqa")
     args = parser.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = cpu_bf16()[0]
     for name in ("steps", "repeats", "max_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be >= 1")
@@ -166,14 +176,15 @@ def main(argv: list[str]) -> int:
 
         print(f"nmt bench train: {config_error_line(error)}", file=sys.stderr)
         return 2
-    measured: dict[str, dict[str, list[float]]] = {name: {"nmt": [], "torch.nn.Transformer": []} for name in configs}
+    systems = ["nmt", "torch.nn.Transformer"] + [BF16] * args.bf16
+    measured: dict[str, dict[str, list[float]]] = {name: {s: [] for s in systems} for name in configs}
     sizes = {}
     for _ in range(args.repeats):
         for name, cfg in configs.items():
             models = {}
-            for system in ("nmt", "torch.nn.Transformer"):  # each built from the same seed
+            for system in systems:  # each built from the same seed
                 torch.manual_seed(0)
-                models[system] = build_model(cfg) if system == "nmt" else TorchTransformer(cfg)
+                models[system] = TorchTransformer(cfg) if system == "torch.nn.Transformer" else build_model(cfg)
                 sizes[(name, system)] = sum(p.numel() for p in models[system].parameters())
             torch.manual_seed(0)
             for system, speed in tokens_per_second(models, work, warmup).items():
@@ -183,15 +194,19 @@ def main(argv: list[str]) -> int:
         ours, ref = statistics.median(runs["nmt"]), statistics.median(runs["torch.nn.Transformer"])
         summary[name] = {"nmt": ours, "torch.nn.Transformer": ref, "ratio": ours / ref, "runs": runs,
                          "parameters": {s: sizes[(name, s)] for s in runs}}
+        bf16 = statistics.median(runs[BF16]) if args.bf16 else None
+        if bf16 is not None:
+            summary[name].update({BF16: bf16, "bf16_over_fp32": bf16 / ours})
         rows.append([name, f"{ours:,.0f}", f"{ref:,.0f}", f"{ours / ref:.2f}×",
-                     f"{sizes[(name, 'nmt')]:,} / {sizes[(name, 'torch.nn.Transformer')]:,}"])
+                     f"{sizes[(name, 'nmt')]:,} / {sizes[(name, 'torch.nn.Transformer')]:,}",
+                     "—" if bf16 is None else f"{bf16:,.0f}", "—" if bf16 is None else f"{bf16 / ours:.2f}×"])
     env = environment()
     markdown = "\n".join([
         f"Training throughput, target tokens/s (median of {args.repeats}; {args.steps} steps of "
-        f"≤ {args.max_tokens}-token Multi30k batches, fp32; {env['device']}, {env['threads']} threads, "
-        f"torch {env['torch']}):", "",
-        markdown_table(["model", "nmt", "torch.nn.Transformer", "nmt ÷ reference", "parameters (nmt / reference)"],
-                       rows),
+        f"≤ {args.max_tokens}-token Multi30k batches, fp32 unless named; {env['device']}, {env['threads']} threads, "
+        f"torch {env['torch']}; {cpu_bf16()[1]}):", "",
+        markdown_table(["model", "nmt", "torch.nn.Transformer", "nmt ÷ reference", "parameters (nmt / reference)",
+                        "nmt bf16-mixed", "bf16 ÷ fp32 (target ≥ 1.5 on a bf16 CPU)"], rows),
     ])
     results = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "tokens_per_s": summary}

@@ -29,13 +29,22 @@ from typing import Callable, Optional
 import torch
 
 from nmt.bench.common import Batch, UsageError, UsageParser, environment, make_batches, markdown_table, write_results
+from nmt.bench.formats import DTYPES, format_rows, formats_table, reduced_models, row_label
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
 from nmt.config.compose import CONF_DIR
 from nmt.data.corpora import corpus_dir
+from nmt.precision import cpu_bf16
 
 TARGETS = {1: 1.5, 5: 2.0}  # beams → the nmt/Marian speed ratio we aim for on CPU
 CPU = torch.device("cpu")
 PROG = "nmt bench translate"
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,6 +64,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--trained", action="append", default=None, metavar="MODEL",
                         help="a trained nmt model directory or checkpoint (repeatable): also decoded at natural "
                              "lengths by nmt and by its CTranslate2 exports (float32, int8)")
+    parser.add_argument("--dtypes", type=lambda text: text.split(","), default=None, metavar="DTYPE,…",
+                        help="nmt's number formats to time beside float32 (nmt translate --dtype): bfloat16, int8 "
+                             "(default: int8, and bfloat16 where the CPU has bf16 matrix instructions; elsewhere "
+                             "bf16 is emulated, several times slower)")
+    parser.add_argument("--threads", type=_counts, default=None, metavar="N,…",
+                        help="thread counts, one full measurement each, e.g. 1,2 (default: torch's, i.e. "
+                             "OMP_NUM_THREADS)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
     args = parser.parse_args(argv)
@@ -66,6 +82,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise UsageError(f"--{name} ({getattr(args, name)}) must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit ({args.limit}) must be >= 1")
+    if args.threads is not None and any(t < 1 for t in args.threads):
+        raise UsageError(f"--threads ({','.join(map(str, args.threads))}) must all be >= 1")
+    if args.dtypes is None:
+        args.dtypes = ["float32", "int8", *(["bfloat16"] if cpu_bf16()[0] else [])]
+    wrong = [d for d in args.dtypes if d not in DTYPES]
+    if wrong:
+        raise UsageError(f"--dtypes {wrong[0]!r} is not a format: choose from {', '.join(DTYPES)}")
     if any(b < 1 for b in args.beams):
         raise UsageError(f"--beams ({' '.join(map(str, args.beams))}) must all be >= 1")
     if not Path(args.src).is_file():
@@ -188,6 +211,8 @@ def _hub_offline():
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """The command after its options are parsed: builds the batches, measures (measure_all), writes and prints the
+    tables; UsageError for what stops it before any timing (Marian not installed, a tokenizer that does not fit)."""
     from nmt.data.textio import read_text
 
     variants = args.attention or [None]
@@ -207,13 +232,9 @@ def run_bench(args: argparse.Namespace) -> int:
     pieces = [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     batches = make_batches(ids, pieces.__getitem__, args.batch)
     n = len(lines)
-    results, rows = [], []
-    for variant, variant_cfg in configs.items():
-        measured = measure_random(args, variant_cfg, tokenizer, pieces, ids, batches)
-        label = variant or "/".join(dict.fromkeys(variant_cfg.model.variants().values()))
-        records, variant_rows = tabulate(measured, n, label if len(configs) > 1 else None)
-        results += records
-        rows += variant_rows
+    threads = args.threads or [torch.get_num_threads()]
+    results, rows, format_records, format_rows_, measured = measure_all(args, configs, tokenizer, pieces, ids,
+                                                                        batches, threads)
     env = environment()
     m = cfg.model
     setup = {
@@ -221,7 +242,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "n_heads": m.n_heads, "d_ff": m.d_ff, "encoder_layers": m.encoder_layers, "decoder_layers": m.decoder_layers,
         "vocab": m.vocab_size, "source": str(args.src), "sentences": n, "batch": args.batch, "batches": len(batches),
         "source_tokens": sum(len(s) + 1 for s in ids), "new_tokens_per_sentence": args.length,
-        "repeats": args.repeats, "ctranslate2": measured["ct2_missing"] or "installed",
+        "repeats": args.repeats, "ctranslate2": measured["ct2_missing"] or "installed", "dtypes": args.dtypes,
+        "threads": threads, "cpu_flags": cpu_bf16()[1],
     }
     markdown = (
         f"nmt bench translate: {n} sentences of {Path(args.src).name}, model {args.model} (d_model {m.d_model}, "
@@ -230,10 +252,12 @@ def run_bench(args: argparse.Namespace) -> int:
         f"forced in every system; the systems alternate batch by batch; sentences/s from the median of {args.repeats} "
         f"runs' summed wall times, CPU-time ratio = Marian's CPU seconds / nmt's; nmt→CT2: this nmt model exported "
         f"with nmt export ct2; KV cache: one sentence of 20+20 subwords at the row's beams, nmt's measured, "
-        f"CTranslate2's from its cache layout; torch {env['torch']}, {env['threads']} thread(s), {env['device']}"
+        f"CTranslate2's from its cache layout; torch {env['torch']}, {'/'.join(map(str, threads))} thread(s), "
+        f"{env['device']}"
         f"\n\n{markdown_table(HEADER, rows)}"
     )
-    payload = {"environment": env, "setup": setup, "results": results}
+    markdown += "\n\n" + formats_table(format_rows_)
+    payload = {"environment": env, "setup": setup, "results": results, "formats": format_records}
     if args.trained:
         from nmt.bench.natural import bench_trained
 
@@ -242,6 +266,31 @@ def run_bench(args: argparse.Namespace) -> int:
     write_results(args.out, "translate", payload, markdown)
     print(markdown)
     return 0
+
+
+def measure_all(args, configs: dict, tokenizer, pieces: list[str], ids: list[list[int]], batches: list[Batch],
+                threads: list[int]) -> tuple[list, list, list, list, dict]:
+    """Every attention variant's random model at every thread count: (records, rows of the main table, records, rows
+    of the number-format table, the last measurement). torch's thread count is restored afterwards."""
+    results, rows, format_records, format_rows_ = [], [], [], []
+    before = torch.get_num_threads()
+    try:
+        for count in threads:
+            torch.set_num_threads(count)  # CTranslate2's worker processes take this count when they start
+            for variant, variant_cfg in configs.items():
+                measured = measure_random(args, variant_cfg, tokenizer, pieces, ids, batches)
+                label = variant or "/".join(dict.fromkeys(variant_cfg.model.variants().values()))
+                label = label if len(configs) > 1 else None
+                records, variant_rows = tabulate(measured, len(ids), label, count if args.threads else None)
+                results += records
+                rows += variant_rows
+                for record in records:
+                    formats_record, formats_row = format_rows(record["systems"], count, record["beam"], label)
+                    format_records.append(formats_record)
+                    format_rows_.append(formats_row)
+    finally:
+        torch.set_num_threads(before)
+    return results, rows, format_records, format_rows_, measured
 
 
 def measure_random(args, cfg, tokenizer, pieces: list[str], ids: list[list[int]], batches: list[Batch]) -> dict:
@@ -262,6 +311,9 @@ def measure_random(args, cfg, tokenizer, pieces: list[str], ids: list[list[int]]
                "Marian": [marian_system(marian, [b], args.length) for b in batches]}
     warmup = {"nmt": nmt_system(model, batches[:1], args.length),
               "Marian": marian_system(marian, batches[:1], args.length)}
+    for name, reduced in reduced_models(model, args.dtypes).items():
+        systems[name] = [nmt_system(reduced, [b], args.length) for b in batches]
+        warmup[name] = nmt_system(reduced, batches[:1], args.length)
     plain = [[row[: int(n) - 1].tolist() for row, n in zip(b.src, b.lengths)] for b in batches]  # without eos
     with tempfile.TemporaryDirectory(prefix="nmt-bench-ct2-") as workdir:
         worker, ct2_missing = ctranslate2_translator(marian, pieces, Path(workdir) / "marian")
@@ -287,9 +339,11 @@ HEADER = ["decoding", "nmt sent/s", "Marian sent/s", "nmt/Marian", "nmt/Marian b
           "nmt→CT2 float32 sent/s", "nmt→CT2 int8 sent/s", "KV-cache bytes nmt / CTranslate2", "new tokens"]
 
 
-def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[dict], list[list[str]]]:
+def tabulate(random: dict, n: int, label: Optional[str] = None,
+             threads: Optional[int] = None) -> tuple[list[dict], list[list[str]]]:
     """Per beam size: the JSON record and a Markdown row (sentences/s, ratios against the targets, token counts,
-    KV-cache bytes) of one random model; ``label`` (the attention variant) prefixes the row when several are run."""
+    KV-cache bytes) of one random model; ``label`` (the attention variant) and ``threads`` (with --threads) prefix
+    the row."""
     rows, results = [], []
     for beam, by_system in random["measured"].items():
         per = {name: {**r, "sentences_per_s": n / r["seconds"]} for name, r in by_system.items()}
@@ -300,7 +354,7 @@ def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[di
         cpu_ratio = per["Marian"]["cpu_seconds"] / per["nmt"]["cpu_seconds"]
         target = TARGETS.get(beam)
         ours, theirs = random["kv"][beam]
-        results.append({"attention": label, "beam": beam, "systems": per, "nmt_over_marian": ratio,
+        results.append({"attention": label, "threads": threads, "beam": beam, "systems": per, "nmt_over_marian": ratio,
                         "nmt_over_marian_cpu": cpu_ratio, "target": target,
                         "target_met": None if target is None else ratio >= target, "equal_tokens": equal,
                         "kv_cache_bytes": {"nmt": ours, "CTranslate2 (nmt export)": theirs},
@@ -308,8 +362,7 @@ def tabulate(random: dict, n: int, label: Optional[str] = None) -> tuple[list[di
         verdict = "" if target is None else f" ({'meets' if ratio >= target else 'misses'} ≥{target}×)"
         speed = lambda name, missing: _fmt(per[name]["sentences_per_s"]) if name in per else missing  # noqa: E731
         rows.append([
-            ("greedy" if beam == 1 else f"beam {beam}") if label is None
-            else f"{label}, {'greedy' if beam == 1 else f'beam {beam}'}",
+            row_label(label, threads, beam),
             _fmt(per["nmt"]["sentences_per_s"]), _fmt(per["Marian"]["sentences_per_s"]),
             f"{ratio:.2f}×{verdict}", f"{cpu_ratio:.2f}×", speed("CTranslate2", random["ct2_missing"]),
             speed("nmt→CT2 float32", random["exported_missing"]), speed("nmt→CT2 int8", random["exported_missing"]),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.precision import PRECISIONS
 
 FORMATS = ("text", "tsv", "jsonl", "parquet")
 SPM_TYPES = ("bpe", "unigram")
@@ -138,7 +139,7 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "32-true"  # auto: bf16-mixed where the CPU or GPU has bf16 matrix units (nmt.precision)
     max_steps: int = 100_000
     val_every_n_steps: int = 1000
     val_max_sentences: Optional[int] = None  # validation BLEU on the first N validation sentences (null: all)
@@ -168,6 +169,8 @@ class TrainerConfig:
         for name in ("gradient_clip_val", "patience", "fast_dev_run"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} ({getattr(self, name)}) must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision ({self.precision!r}) must be one of {', '.join(PRECISIONS)}")
         if self.accelerator not in ACCELERATORS:
             raise ValueError(f"trainer.accelerator ({self.accelerator!r}) must be one of {', '.join(ACCELERATORS)}")
         devices_ok = ((isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1))

@@ -14,6 +14,7 @@ import re
 from dataclasses import MISSING, fields
 
 from nmt.config import DecodeConfig
+from nmt.precision import DTYPES
 
 DEFAULT_BEAM = 5
 DEFAULT_BATCH_TOKENS = 4096
@@ -69,6 +70,10 @@ def add_decode_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-source-len", type=int, default=MAX_SOURCE_LEN,
                        help=f"longer sources are truncated, with a warning (default {MAX_SOURCE_LEN} subwords)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    group.add_argument("--dtype", choices=DTYPES, default="float32",
+                       help="number format of the model: float32 (default); bfloat16; int8 (CPU: linear layers "
+                            "dynamically quantized); auto: bfloat16 where the CPU has bf16 matrix instructions "
+                            "(AMX, AVX512-BF16, Arm BF16) or the GPU has bf16, float32 elsewhere")
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
@@ -112,3 +117,12 @@ def check_device(name: str) -> str:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise FlagError(f"--device {name}: nmt runs on cpu, cuda or mps")
     return name
+
+
+def check_dtype(dtype: str, device: str) -> str:
+    """``dtype`` when it can run on ``device``; FlagError for int8 off the CPU (torch's dynamic quantization has CPU
+    kernels only)."""
+    if dtype == "int8" and not device.startswith("cpu"):
+        raise FlagError(f"--dtype int8 runs on the CPU (torch's dynamic quantization has CPU kernels only), not "
+                        f"--device {device}: use --dtype bfloat16 or float32 there")
+    return dtype

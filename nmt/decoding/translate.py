@@ -27,7 +27,15 @@ import torch
 from nmt.config import DecodeConfig
 from nmt.data.batching import collate, token_batches
 from nmt.data.textio import read_lines, some, write_text
-from nmt.decoding.flags import DEFAULT_BEAM, MAX_SOURCE_LEN, FlagError, add_decode_flags, check_device, decode_config
+from nmt.decoding.flags import (
+    DEFAULT_BEAM,
+    MAX_SOURCE_LEN,
+    FlagError,
+    add_decode_flags,
+    check_device,
+    check_dtype,
+    decode_config,
+)
 from nmt.decoding.search import Hypothesis, decode
 from nmt.errors import first_line
 
@@ -46,11 +54,14 @@ class Translator:
         self.device = torch.device(device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str = "float32") -> "Translator":
+        """The model at ``path`` on ``device`` in ``dtype`` (float32, bfloat16, int8 or auto: nmt.decoding.dtypes);
+        ModelLoadError / DtypeError in one line."""
+        from nmt.decoding.dtypes import inference_model
         from nmt.decoding.loading import load_model
 
         model, tokenizer = load_model(path, device)
-        return cls(model, tokenizer, device)
+        return cls(inference_model(model, dtype, str(device))[0], tokenizer, device)
 
     def translate(
         self,
@@ -158,6 +169,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = decode_config(args)
         check_device(args.device)
+        check_engine(args)
         lines = read_input(args.input)
         translator = load_translator(args)
         progress = _progress(len(lines)) if args.input else None
@@ -184,9 +196,18 @@ def load_translator(args: argparse.Namespace) -> Translator:
         from nmt.ct2.translator import CT2Translator
 
         return CT2Translator.load(args.model, args.device, args.compute_type, threads=torch.get_num_threads())
-    if args.compute_type != "default":
-        raise ValueError(f"--compute-type {args.compute_type}: only with --engine ct2")
-    return Translator.load(args.model, args.device)
+    return Translator.load(args.model, args.device, args.dtype)
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """FlagError, before any input is read, for flags the chosen engine does not take: --dtype with --engine ct2
+    (which takes --compute-type), --compute-type without it, --dtype int8 off the CPU."""
+    if args.engine == "ct2" and args.dtype != "float32":
+        raise FlagError(f"--dtype {args.dtype}: nmt's decoder only; with --engine ct2 give --compute-type "
+                        "(int8, bfloat16, float32, …)")
+    if args.engine != "ct2" and args.compute_type != "default":
+        raise FlagError(f"--compute-type {args.compute_type}: only with --engine ct2")
+    check_dtype(args.dtype, args.device)
 
 
 class _progress:

@@ -101,7 +101,7 @@ def render_report(metrics: dict, args: argparse.Namespace) -> str:
               if d["sampling"] else f"beam {d['beam']}, length penalty α={d['length_penalty']}")
     lines += ["", "## Decoding", "", f"{search}, max length {d['max_len_a']}·source + {d['max_len_b']}, "
               f"min length {d['min_len']}, sources truncated at {d['max_source_len']} subwords, batches of "
-              f"{d['batch_tokens']} tokens, device {d['device']}"]
+              f"{d['batch_tokens']} tokens, device {d['device']}, {d.get('dtype', 'float32')}"]
     if "speed" in metrics:
         sp = metrics["speed"]
         lines += ["", f"Speed: {sp['sentences_per_s']} sentences/s, {sp['tokens_per_s']} target tokens/s "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from nmt.data.textio import read_aligned
-from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
+from nmt.decoding.flags import FlagError, add_decode_flags, check_device, check_dtype, decode_config
 from nmt.errors import first_line
 from nmt.evaluation.scoring import corpus_scores
 
@@ -42,6 +42,7 @@ def _read_test_set(args: argparse.Namespace) -> tuple[list[str], list[str], Opti
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    from nmt.decoding.dtypes import inference_model, weight_bytes
     from nmt.decoding.loading import load_model_info
     from nmt.decoding.translate import Translator, format_output
     from nmt.evaluation.eval_report import example_line, write_report
@@ -49,10 +50,13 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     cfg = decode_config(args)
     check_device(args.device)
+    check_dtype(args.dtype, args.device)
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():  # before the decoding, not after
         raise ValueError(f"--report {args.report} is a file, not a folder")
     sources, references, hypotheses = _read_test_set(args)
     model, tokenizer, info = load_model_info(args.model, args.device)
+    parameters = model.parameter_count()[0]  # before int8 turns the linear layers' weights into packed buffers
+    model, dtype = inference_model(model, args.dtype if hypotheses is None else "float32", args.device)
     tokenized = args.tokenized or info.get("bleu_tokenize") == "none"  # an exported directory or a checkpoint
     start = time.perf_counter()
     seconds, translations = None, None
@@ -63,13 +67,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     metrics: dict = {"scores": corpus_scores(hypotheses, references, tokenized)}
     metrics["decoding"] = {**asdict(cfg), "batch_tokens": args.batch_tokens, "max_source_len": args.max_source_len,
-                           "device": args.device, "hypotheses_from": args.hyp or "model"}
+                           "device": args.device, "dtype": dtype, "hypotheses_from": args.hyp or "model"}
     out_tokens = sum(len(ids) + 1 for ids in tokenizer.encode(hypotheses))
     if seconds:
         metrics["speed"] = {"seconds": round(seconds, 3), "sentences_per_s": round(len(sources) / seconds, 2),
                             "tokens_per_s": round(out_tokens / seconds, 1)}
-    parameters, size = model.parameter_count()
-    metrics["model"] = {"parameters": parameters, "bytes": size, "attention": model.cfg.variants()}
+    metrics["model"] = {"parameters": parameters, "bytes": weight_bytes(model), "attention": model.cfg.variants()}
     example = example_line(sources)
     if example is not None:
         hyp_len = len(tokenizer.encode([hypotheses[example]])[0]) + 1

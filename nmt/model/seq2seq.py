@@ -330,8 +330,10 @@ class Seq2Seq(nn.Module):
         return self.decoder_norm(self._decoder_states(tgt_in, memory, src_lengths))
 
     def output_weight(self) -> Tensor:
-        """The projection's rows for the real vocabulary (vocab, d_model), without the rows padding it to a multiple."""
-        return self.output.weight[: self.cfg.target_vocab_size]
+        """The projection's rows for the real vocabulary (vocab, d_model), without the rows padding it to a multiple;
+        dequantized in an int8 model, whose projection holds a packed weight (nmt.decoding.dtypes)."""
+        weight = self.output.weight
+        return (weight().dequantize() if callable(weight) else weight)[: self.cfg.target_vocab_size]
 
     def init_state(self, memory: Tensor, src_lengths: Optional[Tensor] = None) -> DecoderState:
         caches = [(layer.self_attn.new_cache(), layer.cross_attn.new_cache()) for layer in self.decoder_layers]

@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
 from nmt.files import publish_modes
+from nmt.precision import resolve_precision
 from nmt.training.init_from import check_init_from
 from nmt.training.lit_module import TranslationModule, module_from_configs
 
@@ -92,12 +94,17 @@ def _compute_dtype(precision: str) -> torch.dtype:
     return torch.float32
 
 
+def check_accelerator(accelerator: str) -> str:
+    """``accelerator`` (trainer.accelerator) when it can run here; ValueError for a GPU without CUDA."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
+    return accelerator
+
+
 def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
     """Failures we can see before touching data: a device that is absent, a precision it lacks, a backend that
     cannot run there."""
-    accelerator = cfg.trainer.accelerator
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
+    accelerator = check_accelerator(cfg.trainer.accelerator)
     if (cfg.trainer.precision.startswith("bf16") and accelerator in ("gpu", "cuda")
             and not torch.cuda.is_bf16_supported()):
         raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; "
@@ -163,6 +170,7 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
     run_dir = Path(run_dir or cfg.run_dir or "outputs/run")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
+    cfg = resolved_precision(cfg, run_dir)
     module = module_from_configs(cfg)
     check_runtime(cfg, module)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -184,6 +192,25 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
         if trainer.global_rank == 0:
             export_best(trainer, module, data, run_dir, init_from=cfg.init_from)
     return run_dir
+
+
+def resolved_precision(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """``cfg`` (a copy) with ``trainer.precision=auto`` resolved for this machine (nmt.precision), logged with why, so
+    config.yaml records what ran; a warning when a resumed run's config.yaml recorded another precision (the run
+    moved to other hardware). Other values are returned as they are. ValueError for a GPU accelerator without CUDA
+    (before auto is resolved, so the log does not describe a GPU that is not there)."""
+    if cfg.trainer.precision != "auto":
+        return cfg
+    check_accelerator(cfg.trainer.accelerator)
+    precision, why = resolve_precision("auto", cfg.trainer.accelerator)
+    log.info("trainer.precision=auto: %s (%s)", precision, why)
+    recorded = run_dir / "config.yaml"
+    if cfg.resume and recorded.exists():
+        before = OmegaConf.load(recorded).get("trainer", {}).get("precision")
+        if before not in (None, precision):
+            log.warning("trainer.precision=auto picks %s on this machine, but this run trained in %s until now "
+                        "(its config.yaml); set trainer.precision=%s to keep it", precision, before, before)
+    return replace(cfg, trainer=replace(cfg.trainer, precision=precision))
 
 
 def start_from(cfg: TrainConfig, module: TranslationModule, load_weights: bool) -> Tokenizer:

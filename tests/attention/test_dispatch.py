@@ -49,6 +49,18 @@ def test_auto_picks_matmul_for_cpu_decoding_steps(q_len, k_len, needs_grad, expe
     assert choose_backend("test", torch.empty(2, 4, q_len, 8), mask, 0.0, needs_grad) == expected
 
 
+@pytest.mark.parametrize("k_len, head_dim, expected", [
+    (5, 64, "sdpa"), (6, 64, "sdpa"), (7, 64, "matmul"), (20, 64, "matmul"), (48, 64, "matmul"), (49, 64, "sdpa"),
+    (20, 16, "sdpa"), (25, 16, "matmul"),
+])
+def test_auto_picks_matmul_for_one_query_over_few_keys(k_len, head_dim, expected):
+    """A self-attention decoding step (one query, no mask): matmul from where torch's bmm uses BLAS (k_len ·
+    head_dim >= MATMUL_MIN_PRODUCT) up to MATMUL_MAX_KEYS_ONE_QUERY keys, SDPA outside."""
+    mask = MaskSpec(q_len=1, k_len=k_len, q_start=k_len - 1, causal=True)
+    assert choose_backend("test", torch.empty(2, 4, 1, head_dim), mask, 0.0, False) == expected
+    assert choose_backend("test", torch.empty(2, 4, 1, head_dim), mask, 0.0, True) == "sdpa"
+
+
 @pytest.mark.parametrize(
     "length, window, causal, expected",
     [(2048, 256, True, "band"), (4096, 256, False, "band"), (2048, 256, False, "sdpa"), (1024, 256, True, "sdpa"),

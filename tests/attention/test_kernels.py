@@ -107,3 +107,35 @@ def test_sdpa_empty_row_guard_keeps_results_and_gradients_finite(monkeypatch):
     assert got[2].abs().max() == 0  # the empty sequence
     got.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (case.q, case.k, case.v))
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_matmul_one_query_matches_math(n_kv_heads):
+    """A decoding step: one query over strided K/V views (a cache's first positions) under no mask (self-attention)
+    and under a padding mask reused across calls (cross-attention: its blocked positions are built once), with an empty
+    source row, which comes out as exact zeros."""
+    B, S, head_dim = 3, 9, 64
+    q = torch.randn(B, 4, 1, head_dim)
+    k, v = (torch.randn(B, n_kv_heads, S + 5, head_dim)[:, :, :S] for _ in range(2))
+    assert not k.is_contiguous()
+    step = MaskSpec(q_len=1, k_len=S, q_start=S - 1, causal=True)
+    padded = MaskSpec(q_len=1, k_len=S, k_lengths=torch.tensor([S, 4, 0]))
+    for mask in (step, padded, padded):
+        expected, _ = math_attention(q, k, v, mask)
+        got, _ = attend("matmul", q, k, v, mask)
+        assert (got - expected).abs().max() <= 1e-5
+    assert got[2].abs().max() == 0
+    assert len(padded._memo) == 2  # the dense mask and the blocked positions made from it, each built once
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_matmul_keeps_gradients_finite_for_empty_rows_in_half_precision(dtype):
+    """Padded query rows attend to nothing in every padded batch: their output is zero and every gradient finite in
+    fp16 and bf16 too (a bias of the dtype's minimum added to a score overflowed to -inf in fp16: NaN gradients)."""
+    B, T, S, head_dim = 2, 3, 5, 8
+    q = torch.randn(B, 2, T, head_dim) * 4
+    k = -q.mean(2, keepdim=True).expand(B, 2, S, head_dim).clone()  # strongly negative scores, as late in training
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, torch.randn(B, 2, S, head_dim)))
+    got, _ = attend("matmul", q, k, v, MaskSpec(q_len=T, k_len=S, k_lengths=torch.tensor([S, 0])))
+    got.float().sum().backward()
+    assert torch.isfinite(got).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
