@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 # Where matmul_attention beats SDPA's fused kernel on CPU without gradients (`python scripts/matmul_crossover.py`):
 # 2 or more queries: T · S up to this (B 64, 4 heads of 32, 2 threads: 4-16 queries over 34 keys, 4-8 over 128).
 MATMUL_MAX_SCORES = 1024
-# One query (a decoding step's self-attention): up to this many keys (`--threads 1 --head-dim 64 --q-lens 1 --k-lens
-# 7 14 40 48 64 96`, B 64 and --batch 320: sdpa ÷ matmul 1.0-1.7 from 7 to 48 keys, 0.87-1.0 from 64 on).
+# One query (a decoding step's self-attention: no mask, K/V strided views of the cache): up to this many keys
+# (`--step --threads 1 --head-dim 64 --q-lens 1 --k-lens 5 7 14 24 40 48 64 96`, B 64 and --batch 320, quiet
+# machine: sdpa ÷ matmul 1.00-1.33 from 7 to 48 keys, 1.01-1.04 at 64, 0.92-1.01 at 96).
 MATMUL_MAX_KEYS_ONE_QUERY = 48
 # At least this many multiply-adds per (batch, head) product, T · S · head_dim: below it torch's CPU bmm runs its
-# scalar loop instead of BLAS: matmul took 1.7-2x SDPA's time at 1 query over 5 or 6 keys of 64 dims (320, 384
-# products), 0.6-0.9x from 7 keys (448; same command).
+# scalar loop instead of BLAS: at 1 query over 5 keys of 64 dims (320) matmul took 1.8-2.3x SDPA's time, from 7 keys
+# (448) 0.75-1.0x (same command).
 MATMUL_MIN_PRODUCT = 400
 
 _logged_choices: set[tuple] = set()
