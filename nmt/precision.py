@@ -52,8 +52,8 @@ def cpu_bf16(flags: Optional[set[str]] = None) -> tuple[bool, str]:
     if found:
         return True, f"the CPU has {', '.join(found)}"
     vector = sorted(flag for flag in flags if flag.startswith(("avx", "amx", "sve", "asimd")))
-    return False, f"the CPU has no {', '.join(BF16_FLAGS[:2])} or Arm bf16 (its vector flags: " \
-                  f"{', '.join(vector) or 'none'})"
+    vector_flags = ", ".join(vector) or "none"
+    return False, f"the CPU has no {', '.join(BF16_FLAGS[:2])} or Arm bf16; its vector flags: {vector_flags}"
 
 
 def cuda_bf16(device: str = "cuda") -> bool:
