@@ -1,6 +1,10 @@
-"""Turning exceptions into the one-line messages users see."""
+"""The messages users see: exceptions turned into one line, command-line parsers that fail in one line, and counts
+with their noun in the right number."""
 
 from __future__ import annotations
+
+import argparse
+from typing import Optional
 
 
 def first_line(error: BaseException) -> str:
@@ -11,3 +15,21 @@ def first_line(error: BaseException) -> str:
 
 class DataError(ValueError):
     """A corpus problem, described in one line naming the file, line or config key."""
+
+
+class UsageError(ValueError):
+    """A bad option or value on a command line: the command prints it as one line on stderr and exits with 2."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UsageError (one line) instead of printing the usage block and exiting;
+    ``--help`` still prints the help and exits 0."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def plural(count: int, one: str, many: Optional[str] = None) -> str:
+    """``count`` and its noun (with its verb, if given), e.g. '1 thread', '2 threads', or with ``many``
+    plural(1, 'line is', 'lines are') → '1 line is'. ``many`` defaults to ``one`` + 's'."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"

@@ -56,6 +56,15 @@ def cpu_bf16(flags: Optional[set[str]] = None) -> tuple[bool, str]:
     return False, f"the CPU has no {', '.join(BF16_FLAGS[:2])} or Arm bf16; its vector flags: {vector_flags}"
 
 
+def emulated_bf16(device: str) -> Optional[str]:
+    """Why bf16 would be emulated on ``device`` (a CPU without bf16 matrix instructions: ``cpu_bf16``'s reason), or
+    None where it is not (a CPU with them; GPUs, which nmt.decoding.dtypes checks itself)."""
+    if not device.startswith("cpu"):
+        return None
+    has, why = cpu_bf16()
+    return None if has else why
+
+
 def cuda_bf16(device: str = "cuda") -> bool:
     """Whether the CUDA GPU ``device`` (cuda or cuda:N) computes bf16 in hardware: compute capability 8.0 (Ampere)
     or newer. ``torch.cuda.is_bf16_supported()`` also says True where bf16 is only emulated (V100, T4)."""

@@ -15,6 +15,7 @@ import torch
 
 from nmt.attention import MaskSpec, attend
 from nmt.attention.dispatch import band_wins
+from nmt.errors import plural
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 CASES = ["64,0,causal", "64,0,bidir", "8,128,causal", "8,128,bidir", "64,256,causal", "64,256,bidir",
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
-    print(f"batch 1, {args.heads} heads of {args.head_dim}, {args.threads} threads, forward+backward, {args.clock} "
-          f"time, minimum of {args.repeats}; cells: band ÷ sdpa (< 1: band wins)\n")
+    print(f"batch 1, {args.heads} heads of {args.head_dim}, {plural(args.threads, 'thread')}, forward+backward, "
+          f"{args.clock} time, minimum of {args.repeats}; cells: band ÷ sdpa (< 1: band wins)\n")
     print("| window | global tokens | mask | " + " | ".join(map(str, args.lengths)) + " | band_wins from |")
     print("|---|---|---|" + "---|" * (len(args.lengths) + 1))
     for case in args.cases:

@@ -21,6 +21,7 @@ from nmt.config import DecodeConfig
 from nmt.data.corpora import corpus_dir
 from nmt.data.textio import read_text
 from nmt.decoding.translate import Translator
+from nmt.errors import plural
 
 DEFAULT_SRC = corpus_dir("multi30k") / "test_2016_flickr.en.gz"
 
@@ -55,7 +56,8 @@ def main() -> None:
         for beam, values in by_beam.items():
             name = "greedy" if beam == 1 else f"beam {beam}"
             print(f"| {model} | {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-    print(f"\n{len(sentences)} sentences, batches of <= {args.batch_tokens} tokens, {torch.get_num_threads()} threads")
+    print(f"\n{len(sentences)} sentences, batches of <= {args.batch_tokens} tokens, "
+          f"{plural(torch.get_num_threads(), 'thread')}")
 
 
 if __name__ == "__main__":

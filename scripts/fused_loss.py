@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.bench.train import model_config, real_batches
+from nmt.errors import plural
 from nmt.model import build_model
 from nmt.training.loss import ProjectedLoss, label_smoothed_loss
 
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             pairs = zip(systems["fused"][0].parameters(), systems["readable"][0].parameters())
             difference = max(difference, max(float((a - b).abs().max()) for a, b in pairs))
     fused, ref = statistics.median(speeds["fused"]), statistics.median(speeds["readable"])
-    print(f"model {args.model}, {args.threads} threads, {args.steps} steps of ≤ {args.max_tokens}-token Multi30k "
-          f"batches, median of {args.repeats}; target tokens/s\n")
+    print(f"model {args.model}, {plural(args.threads, 'thread')}, {args.steps} steps of ≤ {args.max_tokens}-token "
+          f"Multi30k batches, median of {args.repeats}; target tokens/s\n")
     print("| fused | readable | fused ÷ readable | max parameter difference after the run |\n|---|---|---|---|")
     print(f"| {fused:,.0f} | {ref:,.0f} | {fused / ref:.2f}× | {difference:.1e} |")
 

@@ -4,10 +4,13 @@
 # evaluate the exported model (best validation BLEU) with beam 5 on the test_2016_flickr documents (raw, cased
 # sacreBLEU 13a).
 #
-#   scripts/long_bleu.sh [VARIANT…]     VARIANT ∈ mha gqa window16 window64 sparse (default: all, in order)
+#   scripts/long_bleu.sh [VARIANT…]     VARIANT ∈ mha gqa-2 window-16 window-64 sparse-16+8 (default: all, in order)
 #   scripts/long_bleu.sh report         nmt report over every variant folder under OUT: OUT/report
 #
-#   K=64 STEPS=600 OUT=outputs/long_bleu/k64 OMP_NUM_THREADS=1 scripts/long_bleu.sh mha window16 &
+#   K=64 STEPS=600 OUT=outputs/long_bleu/k64 OMP_NUM_THREADS=1 scripts/long_bleu.sh mha window-16 &
+#
+# The variant names are nmt bench long's (nmt/bench/long.py VARIANTS) and the attention names nmt attention, nmt
+# report and the run's logs give each preset: sliding_window_16 composes to window-16 on both self-attention sites.
 #
 # Run with no VARIANT, the script trains and evaluates all five and then writes OUT/report. Run with VARIANTs (e.g.
 # two copies in parallel, one core each), it writes no report: each copy would overwrite OUT/report with only its own
@@ -25,7 +28,7 @@ STEPS=${STEPS:-600}
 OUT=${OUT:-outputs/long_bleu/k$K}
 DOCS=${DOCS:-data/multi30k_docs}
 EXTRA=${EXTRA:-}
-ALL=(mha gqa window16 window64 sparse)
+ALL=(mha gqa-2 window-16 window-64 sparse-16+8)
 runs=("$@")
 report=false
 if [ ${#runs[@]} -eq 0 ]; then
@@ -39,11 +42,11 @@ fi
 preset() {
   case $1 in
     mha) echo mha ;;
-    gqa) echo gqa ;;
-    window16) echo sliding_window_16 ;;
-    window64) echo sliding_window_64 ;;
-    sparse) echo sparse_long ;;
-    *) echo "long_bleu.sh: unknown variant '$1' (mha gqa window16 window64 sparse, or report alone)" >&2; return 2 ;;
+    gqa-2) echo gqa ;;
+    window-16) echo sliding_window_16 ;;
+    window-64) echo sliding_window_64 ;;
+    sparse-16+8) echo sparse_long ;;
+    *) echo "long_bleu.sh: unknown variant '$1' (${ALL[*]}, or report alone)" >&2; return 2 ;;
   esac
 }
 for run in "${runs[@]}"; do preset "$run" >/dev/null || exit 2; done  # every name checked before any work

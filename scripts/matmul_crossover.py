@@ -14,6 +14,7 @@ import time
 import torch
 
 from nmt.attention import MaskSpec, attend
+from nmt.errors import plural
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     B, H, D = args.batch, args.heads, args.head_dim
     kind = "self-attention steps (no mask, strided K/V)" if args.step else "padded keys"
-    print(f"B {B}, {H} heads of {D}, {args.threads} threads, {kind}; µs per call (median of {args.repeats} × 20 "
-          "calls)\n")
+    print(f"B {B}, {H} heads of {D}, {plural(args.threads, 'thread')}, {kind}; µs per call (median of "
+          f"{args.repeats} × 20 calls)\n")
     print("| k_len | q_len | q_len · k_len | sdpa µs | matmul µs | sdpa ÷ matmul |\n|---|---|---|---|---|---|")
     with torch.inference_mode():
         for k_len in args.k_lens:

@@ -14,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nmt.errors import plural
 from nmt.model import packed_linear
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("packed_linear.py: this torch build has no oneDNN linear ops; F.linear is the only path")
     torch.set_num_threads(args.threads)
     weight = torch.randn(args.vocab, args.d_model)
-    print(f"d_model {args.d_model}, vocab {args.vocab}, {args.threads} threads; µs per call "
+    print(f"d_model {args.d_model}, vocab {args.vocab}, {plural(args.threads, 'thread')}; µs per call "
           f"(median of {args.repeats} × {args.calls} calls)\n")
     print("| rows | F.linear µs | packed µs | F.linear ÷ packed | max abs difference |\n|---|---|---|---|---|")
     with torch.inference_mode():

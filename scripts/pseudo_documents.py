@@ -16,7 +16,7 @@ import time
 
 from nmt.data.corpora import corpus_dir
 from nmt.data.documents import KS, SPLITS, DocumentSpec, ensure_documents, format_stats, write_documents
-from nmt.errors import first_line
+from nmt.errors import first_line, plural
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +66,7 @@ def main() -> int:
         return 2
     if manifests:
         print(format_stats(manifests))
-    print(f"wrote {len(manifests)} folders under {args.out} in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {plural(len(manifests), 'folder')} under {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
 
 

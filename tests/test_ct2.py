@@ -258,7 +258,7 @@ def test_translate_engine_ct2_keeps_every_promise_of_nmt_translate(trained, toke
             # 7 lines × 3 records: the two blank lines give 3 blank records each, as every n-best output does
             assert [r[:2] for r in rows[0]] == [r[:2] for r in rows[1]] and len(rows[0]) == 7 * 3
             assert all(abs(float(a[2]) - float(b[2])) <= 2e-4 for a, b in zip(*rows))
-    assert "longer than 50 subwords were truncated (lines 4)" in warned[1]
+    assert "1 source line longer than 50 subwords was truncated (lines 4)" in warned[1]
     status, _, err, _ = _translate(["--model", str(model), "--engine", "ct2"], b"A dog.\n", monkeypatch, capsys,
                                    caplog)
     assert status == 2 and "not a CTranslate2 model exported by nmt" in err and len(err.strip().splitlines()) == 1
@@ -278,5 +278,5 @@ def test_short_position_tables_truncate_and_cap_with_warnings(trained, tokenizer
     with caplog.at_level("WARNING", logger="nmt.decoding.translate"):
         out = translator.translate(lines, beam=5)
     assert len(out) == 3 and out[1] == "" and out[0] and out[2]
-    assert "longer than 11 subwords were truncated (lines 1)" in caplog.text
+    assert "1 source line longer than 11 subwords was truncated (lines 1)" in caplog.text
     assert "more than the 12 positions of this CTranslate2 export: capped there (lines 1" in caplog.text

@@ -290,7 +290,7 @@ def test_validation_pairs_are_all_kept_and_long_ones_truncated(tmp_path, caplog)
     with caplog.at_level("WARNING", logger="nmt.data.encode"):
         encoded = encode_eval(ds, tokenizer, config(tmp_path, max_len=50), "valid")
     assert encoded.num_rows == 3 and max(len(x) for x in encoded["src_ids"]) == 50
-    assert "valid: 1 pairs longer than data.max_len=50 subwords were truncated" in caplog.text
+    assert "valid: 1 pair longer than data.max_len=50 subwords was truncated" in caplog.text
 
 
 # Inside fields: a lone CR, U+2028 (line separator), U+0085 (next line), a vertical tab and a form feed; one of

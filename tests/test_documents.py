@@ -224,8 +224,11 @@ def test_validation_bleu_translates_sources_up_to_data_max_len_whole(tokenizer, 
     assert seen == [1024]
 
 
-@pytest.mark.parametrize("preset, variant", [("sliding_window_16", "window-16"), ("sliding_window_64", "window-64"),
-                                             ("sparse_long", "sparse-16+8"), ("gqa", "gqa-2"), ("mha", "mha")])
+LONG_PRESETS = {"mha": "mha", "gqa": "gqa-2", "sliding_window_16": "window-16", "sliding_window_64": "window-64",
+                "sparse_long": "sparse-16+8"}  # preset → the variant name of nmt bench long and scripts/long_bleu.sh
+
+
+@pytest.mark.parametrize("preset, variant", LONG_PRESETS.items())
 def test_long_input_presets_are_the_bench_variants(preset, variant):
     from nmt.bench.long import variant_overrides
 
@@ -233,3 +236,19 @@ def test_long_input_presets_are_the_bench_variants(preset, variant):
     by_preset = model_config(compose_config([*base, f"attention={preset}"]))
     by_bench = model_config(compose_config([*base, *variant_overrides(variant)]))
     assert by_preset.attention == by_bench.attention
+
+
+def test_long_bleu_names_its_variants_as_the_bench_does():
+    """scripts/long_bleu.sh once said window16 where nmt bench long (and the docs' tables) say window-16."""
+    import re
+
+    from nmt.bench.long import VARIANTS
+
+    script = (SCRIPT.parent / "long_bleu.sh").read_text()
+    assert re.search(r"^ALL=\((.*)\)$", script, re.M)[1].split() == list(VARIANTS)
+    cases = dict(re.findall(r"^    (\S+)\) echo (\w+) ;;$", script, re.M))
+    assert cases == {variant: preset for preset, variant in LONG_PRESETS.items()}
+    refused = subprocess.run(["bash", str(SCRIPT.parent / "long_bleu.sh"), "window16"], capture_output=True, text=True,
+                             timeout=60)  # names are checked before any work
+    assert refused.returncode == 2 and refused.stderr == (
+        "long_bleu.sh: unknown variant 'window16' (mha gqa-2 window-16 window-64 sparse-16+8, or report alone)\n")

@@ -3,7 +3,6 @@ trainer.precision=auto pick from the CPU's flags."""
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from nmt.decoding.dtypes import for_inference, inference_model, weight_bytes
 from nmt.decoding.export import export_model
 from nmt.decoding.flags import FlagError, check_dtype
 from nmt.decoding.translate import Translator
+from nmt.model import build_model
 from nmt.precision import cpu_bf16, cpu_flags, resolve_dtype, resolve_precision
 from tests.conftest import multi30k_sample
 from tests.trained import multi30k_lines, train_briefly
@@ -78,7 +78,7 @@ def test_int8_and_bf16_decode_like_float32(dtype, agree, model, tokenizer, one_t
     seconds has flat distributions, where small differences flip picks more often than in a trained one:
     docs/performance.md measures the full-recipe model.)"""
     sources, references = multi30k_lines("test_2016_flickr.en.gz", 200), multi30k_lines("test_2016_flickr.de.gz", 200)
-    reduced = for_inference(copy.deepcopy(model), dtype, "cpu")  # bfloat16 casts in place
+    reduced = for_inference(model, dtype, "cpu")
     batch = collate(tokenizer.encode(sources), tokenizer.encode(references))
     with torch.inference_mode():
         picks = [m(batch["src"], batch["src_lengths"], batch["tgt_in"]).float().argmax(-1) for m in (reduced, model)]
@@ -105,9 +105,45 @@ def test_int8_off_the_cpu_is_one_line(model):
 def test_dtype_auto_says_what_it_picked(model, caplog):
     picked, _ = resolve_dtype("auto", "cpu")
     with caplog.at_level("WARNING", logger="nmt.decoding.dtypes"):
-        converted, dtype = inference_model(copy.deepcopy(model), "auto", "cpu")
+        converted, dtype = inference_model(model, "auto", "cpu")
     assert dtype == picked and f"--dtype auto: {picked} (" in caplog.text
     assert next(converted.parameters()).dtype == (torch.bfloat16 if picked == "bfloat16" else torch.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_for_inference_leaves_its_argument_unchanged(dtype):
+    """Callers convert one model to several formats (nmt bench translate): bfloat16 cast the argument in place."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**SMALL)).eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    converted = for_inference(model, dtype, "cpu")
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        assert after[name].dtype == torch.float32 and torch.equal(after[name], value), name
+    assert type(model.output).__name__ == "PackedLinear"  # int8's copy swaps its own projection, not this one's
+    assert (converted is model) == (dtype == "float32")  # float32: nothing to convert, no copy (documented)
+
+
+@pytest.mark.parametrize("has_bf16, dtype, warned", [(False, "bfloat16", True), (True, "bfloat16", False),
+                                                     (False, "float32", False), (False, "int8", False)])
+def test_explicit_bf16_on_a_cpu_that_emulates_it_warns_once(monkeypatch, caplog, has_bf16, dtype, warned):
+    monkeypatch.setattr("nmt.precision.cpu_bf16", lambda: (has_bf16, "flags of a test CPU"))
+    model = build_model(ModelConfig(**SMALL))
+    with caplog.at_level("WARNING", logger="nmt.decoding.dtypes"):
+        inference_model(model, dtype, "cpu")
+    emulated = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert emulated == (["--dtype bfloat16: this CPU shows no bf16 matrix instructions (flags of a test CPU), so bf16 "
+                         "is emulated and decodes slower than float32 (docs/performance.md)"] if warned else [])
+
+
+@pytest.mark.parametrize("command, args", [("translate", []), ("evaluate", ["--src", "s", "--ref", "r"])])
+def test_a_bad_dtype_is_one_line(command, args, capsys):
+    from nmt.cli import main
+
+    assert main([command, "--model", "m", *args, "--dtype", "float16"]) == 2
+    lines = capsys.readouterr().err.splitlines()  # argparse's own usage block would come first
+    assert len(lines) == 1 and lines[0].startswith(f"nmt {command}: argument --dtype: invalid choice: 'float16'")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -92,9 +92,27 @@ def test_evaluate_scores_given_hypotheses_and_checks_line_counts(tmp_path, token
     short.write_text("one line\n")
     assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(short)]) == 2
     assert "has 20 lines but" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(short), "--ref", str(ref)]) == 2
+    assert f"{short} has 1 line but {ref} has 20" in capsys.readouterr().err  # not "1 lines"
     assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--report",
                  str(short)]) == 2  # refused before translating, not after
     assert capsys.readouterr().err == f"nmt evaluate: --report {short} is a file, not a folder\n"
+
+
+def test_given_hypotheses_record_no_decoding_settings(tmp_path, tokenizer, test_files, capsys):
+    """With --hyp nothing is decoded: the decoding flags given (--dtype, --beam) are not recorded as if they were."""
+    model_dir = make_model_dir(tmp_path / "model", tokenizer)
+    src, ref = test_files
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--hyp", str(ref),
+                 "--dtype", "int8", "--beam", "3", "--report", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    decoding = metrics["decoding"]
+    assert decoding.pop("hypotheses_from") == str(ref) and "speed" not in metrics
+    assert {"beam", "dtype", "device", "batch_tokens"} <= decoding.keys()  # the keys of a decoding run, all null
+    assert set(decoding.values()) == {None}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"Nothing decoded: the hypotheses were read from `{ref}`" in report and "int8" not in report
 
 
 def test_kv_cache_bytes_are_measured_per_variant(tokenizer, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from nmt.config.overrides import check_command_line, schema_keys
 from nmt.data import corpora
 from nmt.data.corpora import corpus_dir
+from nmt.precision import PRECISIONS
 from nmt.training.train import main as train_main
 from nmt.training.train import remove_failed_start
 
@@ -133,6 +134,8 @@ def test_help_lists_the_groups_and_loads_no_training_library():
     assert "nmt train: train an encoder-decoder Transformer" in process.stdout
     assert ("attention: flash, gqa, mha, mqa, sliding_window, sliding_window_16, sliding_window_64, sparse, "
             "sparse_long") in process.stdout
+    # The config it prints shows only the default precision (32-true): the footer names every accepted value.
+    assert f"trainer.precision takes: {', '.join(PRECISIONS)}." in process.stdout and "auto" in PRECISIONS
 
 
 # -- failed starts, the progress bar and the log --------------------------------------------------------------------

@@ -52,8 +52,8 @@ def test_one_output_line_per_input_line(model_dir, tmp_path):
     assert out[1] == "" and out[2] == ""  # blank and whitespace-only lines stay blank
     assert all(out[i] for i in (0, 3, 4, 5, 6, 7))  # the others are translated
     stderr = result.stderr.decode()
-    assert "1 lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines 7)" in stderr
-    assert "longer than 50 subwords were truncated (lines 4)" in stderr
+    assert "1 line is not valid UTF-8; invalid bytes replaced by U+FFFD (lines 7)" in stderr
+    assert "1 source line longer than 50 subwords was truncated (lines 4)" in stderr
     # The same through files, with a progress report on stderr, and through the Python API.
     (tmp_path / "in.txt").write_bytes(data)
     result = run(["--model", str(model_dir), "--beam", "2", "--max-source-len", "50",

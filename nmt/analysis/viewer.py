@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from nmt.config import SITES
+from nmt.errors import plural
 
 SCALE = 1000  # weights are stored as integers in [0, SCALE]: 3 decimals, and a third of the bytes of floats
 TEMPLATE = Path(__file__).with_name("viewer.html")
@@ -199,5 +200,5 @@ def main(argv: list[str]) -> int:
     except (FlagError, ValueError, OSError) as error:
         print(f"nmt analyze attention: {first_line(error)}", file=sys.stderr)
         return 2
-    print(f"wrote {path} ({path.stat().st_size:,} bytes, {len(sources)} sentence{'s' if len(sources) > 1 else ''})")
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, {plural(len(sources), 'sentence')})")
     return 0

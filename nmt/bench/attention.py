@@ -25,6 +25,7 @@ from nmt.attention import Attention, AttentionBackendError, AttentionConfig, Mas
 from nmt.attention.backends import REGISTRY, call_problem, static_problem
 from nmt.attention.dispatch import choose_backend
 from nmt.bench.common import environment, markdown_table, median_seconds, peak_bytes, write_results
+from nmt.errors import plural
 
 MODES = ("forward", "forward+backward")
 
@@ -231,7 +232,7 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
                for name, e in kv.items()]
     shape = (f"batch {args.batch}, {args.heads} heads × {args.head_dim}, "
              f"{'causal' if args.causal else 'bidirectional'} self-attention, {args.dtype}, median of {args.repeats} "
-             f"({args.clock} time); {env['device']}, {env['threads']} threads, torch {env['torch']}")
+             f"({args.clock} time); {env['device']}, {plural(env['threads'], 'thread')}, torch {env['torch']}")
     return "\n".join([
         f"Attention kernels: {shape}. Cells: median time (ms) / peak memory added by one call (MiB); '—' = cannot run.",
         "", markdown_table(header, table), "",

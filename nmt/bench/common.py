@@ -3,7 +3,6 @@ source batches every system of `nmt bench translate` decodes (its peers import t
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import re
@@ -15,16 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-
-class UsageError(ValueError):
-    """A bad option or value of a bench command: one line on stderr and exit status 2."""
-
-
-class UsageParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise UsageError (one line) instead of printing the usage and exiting."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
+from nmt.errors import UsageError, UsageParser  # noqa: F401 - the bench commands import them from here
 
 
 def environment(device: Optional[torch.device] = None) -> dict[str, Any]:

@@ -9,10 +9,10 @@ reduced format ÷ CTranslate2 int8 (target ≥ 0.9 at beam 5).
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 from nmt.bench.common import markdown_table
+from nmt.errors import plural
 
 DTYPES = ("float32", "bfloat16", "int8")  # what `--dtypes` takes: nmt translate --dtype's formats but auto
 REDUCED = DTYPES[1:]
@@ -23,7 +23,7 @@ def reduced_models(model, dtypes: list[str]) -> dict[str, object]:
     """System name → ``model`` converted to each reduced dtype asked for (``nmt bfloat16``, ``nmt int8``)."""
     from nmt.decoding.dtypes import for_inference
 
-    return {f"nmt {dtype}": for_inference(copy.deepcopy(model), dtype, "cpu") for dtype in dtypes if dtype in REDUCED}
+    return {f"nmt {dtype}": for_inference(model, dtype, "cpu") for dtype in dtypes if dtype in REDUCED}
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -58,7 +58,7 @@ def format_rows(per: dict[str, dict], threads: int, beam: int, label: Optional[s
 def row_label(label: Optional[str], threads: Optional[int], beam: int) -> str:
     """A row's name: the attention variant (when several are run), the thread count (when given) and the search, e.g.
     'mqa, 2 threads, beam 5'."""
-    parts = [label, threads and f"{threads} thread{'s' * (threads != 1)}", "greedy" if beam == 1 else f"beam {beam}"]
+    parts = [label, threads and plural(threads, "thread"), "greedy" if beam == 1 else f"beam {beam}"]
     return ", ".join(str(part) for part in parts if part)
 
 

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from nmt.bench.common import UsageError, UsageParser, environment, markdown_table, write_results
+from nmt.errors import plural
 
 PROG = "nmt bench long"
 VARIANTS = ("mha", "gqa-2", "window-16", "window-64", "sparse-16+8")
@@ -255,7 +256,7 @@ def render(results: dict[int, dict], summary: dict[str, dict], args: argparse.Na
         f"{first['decoded_documents']} validation documents in batches of {args.decode_batch}, "
         f"{'greedy' if args.beam == 1 else f'beam {args.beam}'}, random weights, each forced to their mean "
         f"reference length; KV cache: one median-length document at that length (MHA at the first k: "
-        f"{m['kv_cache_bytes']['total']:,} bytes); fp32, {env['device']}, {env['threads']} threads, "
+        f"{m['kv_cache_bytes']['total']:,} bytes); fp32, {env['device']}, {plural(env['threads'], 'thread')}, "
         f"torch {env['torch']}.", "", markdown_table(header, rows), "", *lines,
     ])
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD_ID
+from nmt.errors import plural
 from nmt.model import Seq2Seq, build_model
 from nmt.precision import cpu_bf16
 from nmt.training.loss import ProjectedLoss, label_smoothed_loss
@@ -203,8 +204,8 @@ def main(argv: list[str]) -> int:
     env = environment()
     markdown = "\n".join([
         f"Training throughput, target tokens/s (median of {args.repeats}; {args.steps} steps of "
-        f"≤ {args.max_tokens}-token Multi30k batches, fp32 unless named; {env['device']}, {env['threads']} threads, "
-        f"torch {env['torch']}; {cpu_bf16()[1]}):", "",
+        f"≤ {args.max_tokens}-token Multi30k batches, fp32 unless named; {env['device']}, "
+        f"{plural(env['threads'], 'thread')}, torch {env['torch']}; {cpu_bf16()[1]}):", "",
         markdown_table(["model", "nmt", "torch.nn.Transformer", "nmt ÷ reference", "parameters (nmt / reference)",
                         "nmt bf16-mixed", "bf16 ÷ fp32 (target ≥ 1.5 on a bf16 CPU)"], rows),
     ])

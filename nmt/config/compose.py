@@ -14,14 +14,19 @@ from nmt.config import SITES, ModelConfig
 from nmt.config.train import TrainConfig
 from nmt.data.corpora import corpus_dir
 from nmt.errors import first_line
+from nmt.precision import PRECISIONS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # inside the package: a wheel trains from any directory
 
 
 def _register_resolvers() -> None:
-    """``${corpus:multi30k}``: the folder of a corpus shipped with nmt (nmt.data.corpora), wherever nmt is installed."""
+    """``${corpus:multi30k}``: the folder of a corpus shipped with nmt (nmt.data.corpora), wherever nmt is installed;
+    ``${precisions:}``: the trainer.precision values TrainerConfig accepts, for ``nmt train --help`` (the config it
+    prints shows only the default, 32-true)."""
     if not OmegaConf.has_resolver("corpus"):
         OmegaConf.register_new_resolver("corpus", lambda name: str(corpus_dir(name)))
+    if not OmegaConf.has_resolver("precisions"):
+        OmegaConf.register_new_resolver("precisions", lambda: ", ".join(PRECISIONS))
 
 
 def register_configs() -> None:

@@ -17,21 +17,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from nmt.errors import first_line
+from nmt.errors import UsageError, UsageParser, first_line
 
 META = "nmt.json"
 SPM = "spm.model"
 DEFAULT_POSITIONS = 2048  # sinusoidal table rows: sources of up to 2,047 subwords (+ eos) and as many target steps
 PROG = "nmt export ct2"
-
-
-class UsageError(ValueError):
-    """A bad command line: one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
 
 
 def quantizations() -> tuple[str, ...]:
@@ -85,7 +76,7 @@ def export_ct2(model, tokenizer, out: str | Path, quantization: str = "float32",
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The ``nmt export ct2`` options (``argv`` after ``ct2``): model, out, quantization, max_positions, force. A bad
     command line raises UsageError (one line) instead of exiting; ``--help`` prints the help and exits 0."""
-    parser = _Parser(prog=PROG, description="Export an nmt model to a CTranslate2 model folder.")
+    parser = UsageParser(prog=PROG, description="Export an nmt model to a CTranslate2 model folder.")
     parser.add_argument("model", help="exported nmt model directory or training checkpoint (.ckpt)")
     parser.add_argument("out", help="the CTranslate2 model folder to write")
     parser.add_argument("--quantization", default="float32",

@@ -14,7 +14,7 @@ from nmt.config import DecodeConfig
 from nmt.data.textio import some
 from nmt.decoding.search import Hypothesis, max_lengths
 from nmt.decoding.translate import Translation, Translator
-from nmt.errors import first_line
+from nmt.errors import first_line, plural
 
 log = logging.getLogger("nmt.decoding.translate")
 
@@ -77,9 +77,9 @@ class CT2Translator(Translator):
         limits = max_lengths(torch.tensor(lengths), cfg).tolist()
         capped = [todo[j] + 1 for j, limit in enumerate(limits) if limit > positions]
         if capped:
-            log.warning("%d lines may decode up to %d subwords, more than the %d positions of this CTranslate2 "
+            log.warning("%s may decode up to %d subwords, more than the %d positions of this CTranslate2 "
                         "export: capped there (lines %s; re-export with a larger --max-positions)",
-                        len(capped), max(limits), positions, some(capped))
+                        plural(len(capped), "line"), max(limits), positions, some(capped))
 
     def decode_ids(self, ids: list[list[int]], cfg: DecodeConfig, scores: bool = True) -> list[list[Hypothesis]]:
         """As Translator.decode_ids, by CTranslate2 (CT2Search.decode): each source's n-best list, best first. A

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.errors import plural
 
 
 class EmptyEpochError(ValueError):
@@ -103,7 +104,8 @@ class TrainBatches(IterableDataset):
             batches = self.epoch_batches(epoch)
             if not batches:  # would otherwise loop forever without yielding
                 raise EmptyEpochError(
-                    f"no training batches for rank {self.rank} of {self.world_size}: {len(self.src_lens)} pairs make "
+                    f"no training batches for rank {self.rank} of {self.world_size}: "
+                    f"{plural(len(self.src_lens), 'pair makes', 'pairs make')} "
                     "fewer batches than ranks; use more data, a smaller data.max_tokens or fewer devices"
                 )
             for i in range(index, len(batches)):

@@ -27,6 +27,7 @@ from nmt.data.load import (
 )
 from nmt.data.stream_batches import StreamBatches
 from nmt.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
+from nmt.errors import plural
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,10 @@ class TranslationData(L.LightningDataModule):
             return stream
         shards = stream.n_shards
         if shards % world:
-            log.warning("data: the training stream has %d shard%s, not a multiple of the %d ranks, so every rank "
+            log.warning("data: the training stream has %s, not a multiple of the %d ranks, so every rank "
                         "reads all of it and keeps one pair in %d; split the corpus into N·%d files "
                         "(data.splits.train='train.*' reads train.00000.en, …) to give each rank its own files",
-                        shards, "s" * (shards != 1), world, world, world)
+                        plural(shards, "shard"), world, world, world)
         return split_dataset_by_node(stream, rank=rank, world_size=world)
 
     def stream_state(self, position: torch.Tensor) -> Optional[dict]:
@@ -216,8 +217,8 @@ class TranslationData(L.LightningDataModule):
             # Each rank replays to its own last batch: with its own shards, its position is not rank 0's.
             position = mine["position"] if mine is not None else module.data_position
             if states is not None and mine is None:
-                log.warning("data: the checkpoint's stream state is for %d ranks, not %d: replaying the stream to "
-                            "the saved position instead", len(states), world)
+                log.warning("data: the checkpoint's stream state is for %s, not %d: replaying the stream to "
+                            "the saved position instead", plural(len(states), "rank"), world)
             elif state is not None:
                 log.warning("data: rank %d's stream state cannot resume in place (%s): replaying the stream to the "
                             "saved position instead", rank, refusal)
@@ -235,7 +236,7 @@ class TranslationData(L.LightningDataModule):
         lens_s, lens_t = subword_lengths(ds, "src_ids"), subword_lengths(ds, "tgt_ids")
         rank, world = self._rank()
         if len(src) < world:
-            raise DataError(f"the validation set has {len(src)} pairs, fewer than the {world} ranks")
+            raise DataError(f"the validation set has {plural(len(src), 'pair')}, fewer than the {world} ranks")
         # Pairs, not batches, are dealt to ranks, so every rank gets at least one batch.
         mine = np.arange(len(src))[rank::world]
         budget = self.cfg.valid_max_tokens or self.cfg.max_tokens

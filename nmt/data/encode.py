@@ -17,6 +17,7 @@ import numpy as np
 from nmt.config.train import DataConfig
 from nmt.data.batching import subword_lengths
 from nmt.data.tokenizer import Tokenizer
+from nmt.errors import plural
 
 log = logging.getLogger(__name__)
 
@@ -180,5 +181,6 @@ def encode_eval(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str):
     ds = ds.map(encode, batched=True)
     truncated = sum(ds["truncated"])
     if truncated:
-        log.warning("%s: %d pairs longer than data.max_len=%d subwords were truncated", split, truncated, max_len)
+        log.warning("%s: %s longer than data.max_len=%d subwords %s truncated", split, plural(truncated, "pair"),
+                    max_len, "was" if truncated == 1 else "were")
     return ds

@@ -18,7 +18,7 @@ import datasets
 from nmt.config.train import DataConfig
 from nmt.data.corpora import local_files, local_shards
 from nmt.data.textio import TextError, iter_lines, iter_lines_at
-from nmt.errors import DataError, first_line
+from nmt.errors import DataError, first_line, plural
 
 datasets.disable_progress_bars()
 
@@ -101,8 +101,7 @@ def _tsv_rows(path: str, stamp: str):
         if header is None:
             header = fields
         elif len(fields) != len(header):
-            count = len(fields)
-            raise DataError(f"{path}:{number}: {count} tab-separated field{'s' * (count != 1)} but the header has "
+            raise DataError(f"{path}:{number}: {plural(len(fields), 'tab-separated field')} but the header has "
                             f"{len(header)}")
         else:
             yield dict(zip(header, fields))
@@ -236,7 +235,8 @@ def _load_pairs(cfg: DataConfig, split_name: str, streaming: bool):
     for files in shards:
         src, tgt = _load_files(cfg, list(files), streaming)
         if src.num_rows != tgt.num_rows:
-            raise DataError(f"{files[0]} has {src.num_rows} lines but {files[1]} has {tgt.num_rows}; they must align")
+            raise DataError(f"{files[0]} has {plural(src.num_rows, 'line')} but {files[1]} has {tgt.num_rows}; "
+                            "they must align")
         parts.append(datasets.concatenate_datasets([src.rename_column("text", "src"),
                                                     tgt.rename_column("text", "tgt")], axis=1))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -280,11 +280,12 @@ def _zip_shards(shards: list[tuple[int, str, str]], resume: Optional[Resume] = N
         for s, src_end in iter_lines_at(src_file, src_start, line):
             t, tgt_end = next(tgt_it, (None, 0))
             if t is None:
-                raise DataError(f"{tgt_file} ends after {count} lines but {src_file} goes on; they must align")
+                raise DataError(f"{tgt_file} ends after {plural(count, 'line')} but {src_file} goes on; "
+                                "they must align")
             count += 1
             yield {"src": s, "tgt": t, AT: [index, count, src_end, tgt_end]}
         if next(tgt_it, None) is not None:
-            raise DataError(f"{src_file} ends after {count} lines but {tgt_file} goes on; they must align")
+            raise DataError(f"{src_file} ends after {plural(count, 'line')} but {tgt_file} goes on; they must align")
 
 
 def seek_refusal(cfg: DataConfig, world: int) -> Optional[str]:
@@ -299,7 +300,7 @@ def seek_refusal(cfg: DataConfig, world: int) -> Optional[str]:
     if any(file.suffix == ".gz" for shard in shards for file in shard):
         return ".gz shards cannot seek without decompressing what comes before"
     if len(shards) % world:
-        return f"{len(shards)} shards do not divide among {world} ranks"
+        return f"{plural(len(shards), 'shard does', 'shards do')} not divide among {world} ranks"
     return None
 
 
@@ -323,7 +324,7 @@ def seek_check(cfg: DataConfig, at: list[int], stamp: list[int]) -> Optional[str
     "\\n" (not the start of a line)."""
     shards = local_shards(cfg, cfg.splits.train)
     if len(shards) != stamp[0]:
-        return f"the training split has {len(shards)} shards, {stamp[0]} when the checkpoint was saved"
+        return f"the training split has {plural(len(shards), 'shard')}, {stamp[0]} when the checkpoint was saved"
     if _names(shards) != stamp[1]:
         return "the training shard files were renamed since the checkpoint"
     shard, line, *ends = at

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Optional
 
-from nmt.errors import first_line
+from nmt.errors import first_line, plural
 
 BOM = "\ufeff"
 
@@ -120,8 +120,8 @@ def read_text(path: str | Path) -> list[str]:
     replaced (U+FFFD) with a warning naming the lines; a missing file is a one-line error (ValueError)."""
     lines, invalid = read_lines(path, errors="replace")
     if invalid:
-        log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
-                    path, len(invalid), some(invalid))
+        log.warning("%s: %s not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
+                    path, plural(len(invalid), "line is", "lines are"), some(invalid))
     return lines
 
 
@@ -131,7 +131,7 @@ def read_aligned(first: str | Path, second: str | Path, what: str = "score") -> 
     (``what``: the verb of "nothing to …")."""
     a, b = read_text(first), read_text(second)
     if len(a) != len(b):
-        raise ValueError(f"{first} has {len(a)} lines but {second} has {len(b)}")
+        raise ValueError(f"{first} has {plural(len(a), 'line')} but {second} has {len(b)}")
     if not b:
         raise ValueError(f"{second} has no lines: nothing to {what}")
     return a, b

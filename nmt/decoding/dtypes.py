@@ -22,7 +22,7 @@ from torch import nn
 from nmt.decoding.flags import FlagError, check_dtype
 from nmt.model import Seq2Seq
 from nmt.model.packed_linear import PackedLinear
-from nmt.precision import cuda_bf16, resolve_dtype
+from nmt.precision import cuda_bf16, emulated_bf16, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +32,30 @@ class DtypeError(FlagError):
 
 def inference_model(model: Seq2Seq, dtype: str, device: str) -> tuple[Seq2Seq, str]:
     """(``for_inference`` of ``model``, the dtype it is in) with ``auto`` resolved (nmt.precision.resolve_dtype) and
-    the choice logged as a warning, which the commands print on stderr."""
+    the choice logged as a warning, which the commands print on stderr; so is an explicit bfloat16 on a CPU that
+    only emulates it (auto never picks it there), since it then decodes slower than float32."""
     picked, why = resolve_dtype(dtype, device)
     if dtype == "auto":
         log.warning("--dtype auto: %s (%s)", picked, why)
+    elif picked == "bfloat16" and (emulated := emulated_bf16(device)) is not None:
+        log.warning("--dtype bfloat16: this CPU shows no bf16 matrix instructions (%s), so bf16 is emulated and "
+                    "decodes slower than float32 (docs/performance.md)", emulated)
     return for_inference(model, picked, device), picked
 
 
 def for_inference(model: Seq2Seq, dtype: str, device: str) -> Seq2Seq:
-    """``model`` (eval mode, on ``device``) in ``dtype``: float32 returns it as is, bfloat16 casts its parameters
-    and buffers (in place), int8 returns a quantized copy (CPU only). DtypeError for int8 off the CPU or without
-    torch's dynamic quantization, and for bfloat16 on a CUDA GPU without it."""
+    """``model`` in ``dtype``, never changing ``model`` itself: float32 returns ``model`` (the same object: nothing
+    to convert, and no second copy of the weights for the common case), bfloat16 a copy cast to bf16, int8 a
+    quantized copy (CPU only). DtypeError for int8 off the CPU or without torch's dynamic quantization, and for
+    bfloat16 on a CUDA GPU without it."""
     if dtype == "float32":
         return model
     if dtype == "bfloat16":
         if device.startswith("cuda") and not cuda_bf16(device):
             raise DtypeError(f"--dtype bfloat16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 units "
                              "(before Ampere); use --dtype float32")
-        return model.to(torch.bfloat16)
+        # A copy: Module.to casts in place, and callers (nmt bench translate) convert one model to several dtypes.
+        return copy.deepcopy(model).to(torch.bfloat16)
     if dtype == "int8":
         return quantize_int8(model, device)
     raise DtypeError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or int8")

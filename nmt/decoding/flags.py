@@ -14,6 +14,7 @@ import re
 from dataclasses import MISSING, fields
 
 from nmt.config import DecodeConfig
+from nmt.errors import plural
 from nmt.precision import DTYPES
 
 DEFAULT_BEAM = 5
@@ -110,7 +111,7 @@ def check_device(name: str) -> str:
         if count == 0:
             raise FlagError(f"--device {name}: no CUDA device is visible on this machine; use --device cpu")
         if device.index is not None and device.index >= count:
-            raise FlagError(f"--device {name}: only {count} CUDA device{'s' * (count != 1)} visible "
+            raise FlagError(f"--device {name}: only {plural(count, 'CUDA device')} visible "
                             f"(cuda:0 … cuda:{count - 1})")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise FlagError(f"--device {name}: MPS is not available on this machine; use --device cpu")

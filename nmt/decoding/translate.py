@@ -37,7 +37,7 @@ from nmt.decoding.flags import (
     decode_config,
 )
 from nmt.decoding.search import Hypothesis, decode
-from nmt.errors import first_line
+from nmt.errors import UsageParser, first_line, plural
 
 log = logging.getLogger("nmt.decoding.translate")
 
@@ -106,10 +106,8 @@ class Translator:
         ids = self.tokenizer.encode([texts[i] for i in todo])
         truncated = [todo[j] + 1 for j, s in enumerate(ids) if len(s) > max_source_len]
         if truncated:
-            log.warning(
-                "%d source lines longer than %d subwords were truncated (lines %s)",
-                len(truncated), max_source_len, some(truncated),
-            )
+            log.warning("%s longer than %d subwords %s truncated (lines %s)", plural(len(truncated), "source line"),
+                        max_source_len, "was" if len(truncated) == 1 else "were", some(truncated))
         ids = [s[:max_source_len] for s in ids]
         lens = np.array([len(s) for s in ids], dtype=np.int64)
         budget = max(max_tokens, int(lens.max(initial=0)) + 2)  # one sentence always fits a batch
@@ -135,7 +133,7 @@ class Translator:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt translate", description="Translate lines with an exported model.")
+    parser = UsageParser(prog="nmt translate", description="Translate lines with an exported model.")
     parser.add_argument("--model", required=True, help="exported model directory (or a Lightning .ckpt); with "
                         "--engine ct2, a folder written by nmt export ct2")
     parser.add_argument("--engine", choices=("nmt", "ct2"), default="nmt",
@@ -152,8 +150,8 @@ def read_input(path: Optional[str]) -> list[str]:
     """The lines of ``path`` (or stdin), invalid UTF-8 replaced with a warning naming the lines."""
     lines, invalid = read_lines(path, errors="replace")
     if invalid:
-        log.warning("%s: %d lines are not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
-                    path or "<stdin>", len(invalid), some(invalid))
+        log.warning("%s: %s not valid UTF-8; invalid bytes replaced by U+FFFD (lines %s)",
+                    path or "<stdin>", plural(len(invalid), "line is", "lines are"), some(invalid))
     return lines
 
 
@@ -165,8 +163,8 @@ def format_output(translations: Iterable[Translation], nbest: int) -> str:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="nmt translate: %(message)s", stream=sys.stderr)
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)  # a bad flag is one line (UsageParser), like every other error here
         cfg = decode_config(args)
         check_device(args.device)
         check_engine(args)
@@ -178,7 +176,7 @@ def main(argv: list[str]) -> int:
                                                  progress and progress.advance, scores=args.nbest > 1)
         if progress:
             progress.stop()
-            log.warning("%d lines in %.1f s", len(lines), time.perf_counter() - start)
+            log.warning("%s in %.1f s", plural(len(lines), "line"), time.perf_counter() - start)
         text = format_output(translations, args.nbest)
         if args.output:
             write_text(args.output, text)

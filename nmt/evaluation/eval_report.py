@@ -88,6 +88,17 @@ def viewer_lines(sources: list[str], hypotheses: list[str], count: int = 3) -> l
     return [candidates[p][1] for p in picks]
 
 
+def decoding_line(d: dict) -> str:
+    """The report's line on how the hypotheses were made: the search settings, or the file they were read from."""
+    if d.get("hypotheses_from", "model") != "model":
+        return f"Nothing decoded: the hypotheses were read from `{d['hypotheses_from']}` (`--hyp`)."
+    search = (f"sampling (top-k {d['top_k']}, top-p {d['top_p']}, temperature {d['temperature']}, seed {d['seed']})"
+              if d["sampling"] else f"beam {d['beam']}, length penalty α={d['length_penalty']}")
+    return (f"{search}, max length {d['max_len_a']}·source + {d['max_len_b']}, min length {d['min_len']}, sources "
+            f"truncated at {d['max_source_len']} subwords, batches of {d['batch_tokens']} tokens, device "
+            f"{d['device']}, {d.get('dtype', 'float32')}")
+
+
 def render_report(metrics: dict, args: argparse.Namespace) -> str:
     s = metrics["scores"]
     lines = [f"# Evaluation of `{args.model}`", "", f"Source `{args.src}`, reference `{args.ref}`.", "",
@@ -96,12 +107,7 @@ def render_report(metrics: dict, args: argparse.Namespace) -> str:
         if name in s:
             signature = s[name + "_signature"].replace("|", "\\|")  # pipes would split the table cell
             lines.append(f"| {name} | {s[name]:.2f} | {signature} |")
-    d = metrics["decoding"]
-    search = (f"sampling (top-k {d['top_k']}, top-p {d['top_p']}, temperature {d['temperature']}, seed {d['seed']})"
-              if d["sampling"] else f"beam {d['beam']}, length penalty α={d['length_penalty']}")
-    lines += ["", "## Decoding", "", f"{search}, max length {d['max_len_a']}·source + {d['max_len_b']}, "
-              f"min length {d['min_len']}, sources truncated at {d['max_source_len']} subwords, batches of "
-              f"{d['batch_tokens']} tokens, device {d['device']}, {d.get('dtype', 'float32')}"]
+    lines += ["", "## Decoding", "", decoding_line(metrics["decoding"])]
     if "speed" in metrics:
         sp = metrics["speed"]
         lines += ["", f"Speed: {sp['sentences_per_s']} sentences/s, {sp['tokens_per_s']} target tokens/s "

@@ -13,14 +13,14 @@ from typing import Optional
 
 from nmt.data.textio import read_aligned
 from nmt.decoding.flags import FlagError, add_decode_flags, check_device, check_dtype, decode_config
-from nmt.errors import first_line
+from nmt.errors import UsageParser, first_line
 from nmt.evaluation.scoring import corpus_scores
 
 log = logging.getLogger("nmt.evaluation.evaluate")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt evaluate", description="Translate a test set and score it.")
+    parser = UsageParser(prog="nmt evaluate", description="Translate a test set and score it.")
     parser.add_argument("--model", required=True, help="exported model directory or a training .ckpt")
     parser.add_argument("--src", required=True, help="source file (.gz read transparently)")
     parser.add_argument("--ref", required=True, help="reference file (.gz read transparently)")
@@ -66,8 +66,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         hypotheses = [t.text for t in translations]
         seconds = time.perf_counter() - start
     metrics: dict = {"scores": corpus_scores(hypotheses, references, tokenized)}
-    metrics["decoding"] = {**asdict(cfg), "batch_tokens": args.batch_tokens, "max_source_len": args.max_source_len,
-                           "device": args.device, "dtype": dtype, "hypotheses_from": args.hyp or "model"}
+    settings = {**asdict(cfg), "batch_tokens": args.batch_tokens, "max_source_len": args.max_source_len,
+                "device": args.device, "dtype": dtype}
+    if args.hyp:  # nothing was decoded: the same keys, null, so no setting reads as if the hypotheses came from it
+        settings = dict.fromkeys(settings)
+    metrics["decoding"] = {**settings, "hypotheses_from": args.hyp or "model"}
     out_tokens = sum(len(ids) + 1 for ids in tokenizer.encode(hypotheses))
     if seconds:
         metrics["speed"] = {"seconds": round(seconds, 3), "sentences_per_s": round(len(sources) / seconds, 2),
@@ -88,9 +91,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="nmt evaluate: %(message)s", stream=sys.stderr)
-    args = parse_args(argv)
     try:
-        metrics = evaluate(args)
+        metrics = evaluate(parse_args(argv))  # a bad flag is one line (UsageParser), like every other error here
     except (FlagError, ValueError, OSError) as error:
         print(f"nmt evaluate: {first_line(error)}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from nmt.config import SITES
+from nmt.errors import first_line, plural
 
 REFERENCE = {"source_subwords": 20, "target_subwords": 20, "beam": 5}
 
@@ -160,10 +161,8 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             runs = report([Path(r) for r in args.runs], Path(args.out))
     except (ValueError, OSError) as error:
-        from nmt.errors import first_line
-
         print(f"nmt report: {first_line(error)}", file=sys.stderr)
         return 2
     print((Path(args.out) / "report.md").read_text())
-    print(f"({len(runs)} runs; JSON and plots in {args.out})")
+    print(f"({plural(len(runs), 'run')}; JSON and plots in {args.out})")
     return 0

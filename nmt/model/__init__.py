@@ -1,6 +1,6 @@
 """The encoder–decoder Transformer (``seq2seq.py``), its positions (``positions.py``), the packed output projection
-of CPU inference (``packed_linear.py``) and ``nmt convert`` (``convert.py``); the attention it uses per site is
-``nmt.attention``.
+of CPU inference (``packed_linear.py``), its KV-cache bytes as measured (``cache_bytes.py``) and ``nmt convert``
+(``convert.py``); the attention it uses per site is ``nmt.attention``.
 
 The names below load on first use (PEP 562): ``nmt.attention.layer`` needs ``nmt.model.positions`` while
 ``nmt.model.seq2seq`` needs ``nmt.attention``, so an eager import here would make whichever is imported first find
@@ -10,7 +10,8 @@ the other half-loaded.
 from importlib import import_module
 
 _EXPORTS = {
-    name: "seq2seq" for name in ("DecoderState", "Seq2Seq", "build_model", "kv_cache_bytes", "kv_cache_layer_bytes")
+    **{name: "seq2seq" for name in ("DecoderState", "Seq2Seq", "build_model")},
+    **{name: "cache_bytes" for name in ("kv_cache_bytes", "kv_cache_layer_bytes")},
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,7 +18,7 @@ import torch
 
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import ModelLoadError, load_model, load_model_info
-from nmt.errors import first_line
+from nmt.errors import first_line, plural
 
 STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 
@@ -81,5 +81,5 @@ def main(argv: list[str]) -> int:
     except (ValueError, ModelLoadError, OSError) as error:
         print(f"nmt average: {first_line(error)}", file=sys.stderr)
         return 2
-    print(f"averaged the last {args.last} checkpoints of {args.run_dir} → {out}")
+    print(f"averaged the last {plural(args.last, 'checkpoint')} of {args.run_dir} → {out}")
     return 0
