@@ -30,10 +30,11 @@ DATA=${DATA:-$(python -c 'from nmt.data.corpora import corpus_dir; print(corpus_
 TEST=${TEST:-test_2016_flickr}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 half=$((UP_STEPS / 2))
-src="$DATA/tok/$TEST.lc.norm.tok.en.gz"; ref="$DATA/tok/$TEST.lc.norm.tok.de.gz"
 
-evaluate() {  # evaluate MODEL REPORT_DIR: beam 5, tokenized BLEU; skipped when the report exists
-  [ -f "$2/metrics.json" ] || nmt evaluate --model "$1" --beam 5 --tokenized --report "$2" --src "$src" --ref "$ref"
+evaluate() {  # evaluate MODEL REPORT_DIR [TEST]: beam 5, tokenized BLEU on TEST (default $TEST); skipped when done
+  local test=${3:-$TEST}
+  [ -f "$2/metrics.json" ] || nmt evaluate --model "$1" --beam 5 --tokenized --report "$2" \
+    --src "$DATA/tok/$test.lc.norm.tok.en.gz" --ref "$DATA/tok/$test.lc.norm.tok.de.gz"
 }
 
 if [ ! -f "$MHA_RUN/model_avg10/config.json" ]; then
@@ -76,6 +77,11 @@ for entry in "${variants[@]}"; do
   for steps in "$half" "$UP_STEPS"; do
     evaluate "$ckpt/step-$(printf %07d "$steps").ckpt" "$dir/eval_$steps"
   done
+  # The final model's row in issue 31's full-budget table: `nmt report` reads RUN/eval (test_2016), the table also
+  # test_2017 (RUN/eval_2017, as scripts/multi30k_table.sh writes them).
+  evaluate "$ckpt/step-$(printf %07d "$UP_STEPS").ckpt" "$dir/eval_${UP_STEPS}_2017" test_2017_flickr
+  ln -sfn "../eval_$UP_STEPS" "$dir/run/eval"
+  ln -sfn "../eval_${UP_STEPS}_2017" "$dir/run/eval_2017"
 done
 
 python - "$OUT" "$half" "$UP_STEPS" "$MHA_RUN/model_avg10" <<'EOF'

@@ -367,3 +367,14 @@ def test_attention_grids_share_one_colour_scale_with_a_colour_bar_and_the_alignm
     assert ticks(cross.yaxis) == ticks(alignment.yaxis) and ticks(cross.xaxis) == ticks(alignment.xaxis)
     encoder = [ax for ax in figures["attention_encoder_self"].axes if ax.images][0]
     assert (encoder.get_xlabel(), encoder.get_ylabel()) == ("source", "source")
+
+
+def test_report_tells_runs_with_the_same_folder_name_apart():
+    """Uptraining runs are all called `run` (scripts/uptrain_table.sh): their rows and plot labels must differ."""
+    from nmt.evaluation.report import run_names
+
+    assert run_names(["out/full/mha", "out/full/gqa"]) == ["mha", "gqa"]
+    assert run_names(["out/up/gqa2-all/run", "out/up/mqa-all/run", "out/full/mha"]) == \
+        ["gqa2-all/run", "mqa-all/run", "mha"]
+    assert run_names(["a/x/run", "b/x/run"]) == ["a/x/run", "b/x/run"]
+    assert run_names(["runs/same", "runs/same"]) == ["runs/same", "runs/same"]  # one path twice: ends, no loop

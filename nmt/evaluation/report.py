@@ -108,12 +108,26 @@ def render(runs: list[dict]) -> str:
              f"{REFERENCE['target_subwords']} target subwords at beam {REFERENCE['beam']}, all decoder layers, "
              "measured from the cache tensors. Test scores appear where `nmt evaluate --report RUN/eval` ran.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for run in runs:
-        values = {**run, **run["attention"], "run": Path(run["run"]).name or run["run"]}
+    for run, name in zip(runs, run_names([r["run"] for r in runs])):
+        values = {**run, **run["attention"], "run": name}
         lines.append("| " + " | ".join(_cell(values.get(c)) for c in columns) + " |")
     lines += ["", "![BLEU against KV-cache size](bleu_vs_kv_cache.png)", "",
               "![training curves](training_curves.png)"]
     return "\n".join(lines) + "\n"
+
+
+def run_names(paths: list[str]) -> list[str]:
+    """A label per run for the table and plots: its folder's name, or as many trailing path parts as tell it apart
+    from the others (``out/gqa2-all/run`` and ``out/mqa-all/run`` are ``gqa2-all/run`` and ``mqa-all/run``)."""
+    parts = [Path(p).parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(ps[-d:]) for ps, d in zip(parts, depth)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clashing:
+            return labels
+        for i in clashing:
+            depth[i] += 1
 
 
 def collect_all(paths: list[Path]) -> list[dict]:
@@ -139,7 +153,8 @@ def report(run_dirs: list[Path], out: Path) -> list[dict]:
 
     runs = collect_all(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    names = [f"{Path(r['run']).name}: " + "/".join(r["attention"][s] for s in SITES) for r in runs]
+    names = [f"{name}: " + "/".join(r["attention"][s] for s in SITES)
+             for r, name in zip(runs, run_names([r["run"] for r in runs]))]
     bleus = [r.get("test_bleu", r["best_val_bleu"]) or 0.0 for r in runs]
     plots.scatter([r["kv_cache_bytes"] / 1024 for r in runs], bleus, names,
                   "KV cache per sentence (KiB, beam 5)", "BLEU (test where evaluated, else best validation)",
