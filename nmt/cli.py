@@ -75,7 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0
-    command, rest = args[0], args[1:]
+    from nmt.errors import UsageError  # stdlib-only module: keeps `nmt --help` fast
+
+    try:
+        return run_command(args[0], args[1:])
+    except UsageError as error:  # a subcommand's parser: argparse's "prog: message" line, without the usage block
+        print(f"{error.prog or 'nmt ' + args[0]}: {error}", file=sys.stderr)
+        return 2
+
+
+def run_command(command: str, rest: list[str]) -> int:
+    """Runs one subcommand, importing only its module; its exit status."""
     if command == "attention":
         return show_attention(rest)
     if command == "analyze":

@@ -18,15 +18,20 @@ class DataError(ValueError):
 
 
 class UsageError(ValueError):
-    """A bad option or value on a command line: the command prints it as one line on stderr and exits with 2."""
+    """A bad option or value on a command line: the command prints it as one line on stderr and exits with 2.
+    ``prog`` names the command when the error comes from its parser (the ``nmt`` dispatcher prints it first)."""
+
+    def __init__(self, message: str, prog: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
 class UsageParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors raise UsageError (one line) instead of printing the usage block and exiting;
-    ``--help`` still prints the help and exits 0."""
+    ``--help`` still prints the help and exits 0. A command that does not catch it leaves it to ``nmt.cli.main``."""
 
     def error(self, message: str) -> None:
-        raise UsageError(message)
+        raise UsageError(message, self.prog)
 
 
 def plural(count: int, one: str, many: Optional[str] = None) -> str:

@@ -9,8 +9,8 @@
 #
 #   K=64 STEPS=600 OUT=outputs/long_bleu/k64 OMP_NUM_THREADS=1 scripts/long_bleu.sh mha window-16 &
 #
-# The variant names are nmt bench long's (nmt/bench/long.py VARIANTS) and the attention names nmt attention, nmt
-# report and the run's logs give each preset: sliding_window_16 composes to window-16 on both self-attention sites.
+# The variant names are nmt bench long's (nmt/bench/long.py VARIANTS), one per preset: mha, gqa-2 (attention=gqa),
+# window-16 and window-64 (sliding_window_16/_64), sparse-16+8 (sparse_long).
 #
 # Run with no VARIANT, the script trains and evaluates all five and then writes OUT/report. Run with VARIANTs (e.g.
 # two copies in parallel, one core each), it writes no report: each copy would overwrite OUT/report with only its own

@@ -10,19 +10,12 @@ k folders not already complete from the same --source and settings are written (
 copies started together do not rewrite each other's input).
 """
 
-import argparse
 import sys
 import time
 
 from nmt.data.corpora import corpus_dir
 from nmt.data.documents import KS, SPLITS, DocumentSpec, ensure_documents, format_stats, write_documents
-from nmt.errors import first_line, plural
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        print(f"pseudo_documents.py: {message}", file=sys.stderr)
-        sys.exit(2)
+from nmt.errors import UsageError, UsageParser, first_line, plural
 
 
 def subword_counter(args):
@@ -38,7 +31,7 @@ def subword_counter(args):
 
 
 def main() -> int:
-    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser = UsageParser(prog="pseudo_documents.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, nargs="+", default=list(KS), help="pairs per document (default 8 16 32 64)")
     parser.add_argument("--out", default="data/multi30k_docs", help="writes OUT/k<k>/<split>.<lang>.gz")
     parser.add_argument("--source", default=None, help="a Multi30k-style folder (default: the shipped Multi30k)")
@@ -49,9 +42,13 @@ def main() -> int:
     parser.add_argument("--cache-dir", default="data", help="where the sentencepiece model is cached (data.cache_dir)")
     parser.add_argument("--if-missing", action="store_true",
                         help="write only the k folders not already complete (same --source, splits, langs, pattern)")
-    args = parser.parse_args()
-    if args.vocab_size < 0:
-        parser.error(f"--vocab-size ({args.vocab_size}) must be >= 0")
+    try:
+        args = parser.parse_args()
+        if args.vocab_size < 0:
+            parser.error(f"--vocab-size ({args.vocab_size}) must be >= 0")
+    except UsageError as error:  # one line, not argparse's usage block
+        print(f"pseudo_documents.py: {error}", file=sys.stderr)
+        return 2
     args.source = args.source or str(corpus_dir("multi30k"))
     start = time.perf_counter()
     try:

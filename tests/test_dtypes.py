@@ -171,3 +171,30 @@ def test_translate_and_evaluate_take_dtype(model, tokenizer, tmp_path):
     assert metrics["model"]["bytes"] < 0.6 * 4 * metrics["model"]["parameters"]
     refused = _cli("translate", "--model", str(folder), "--engine", "ct2", "--dtype", "int8")
     assert refused.returncode == 2 and "--compute-type" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_bf16_copy_is_the_cast_model_with_its_ties_and_no_float32_copy(monkeypatch):
+    """for_inference's bf16 copy hands the deep copy bf16 tensors (no float32 copy first): the same weights as
+    deepcopy + .to(bf16), the same tied parameters, and no float32 tensor copied on the way."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**SMALL)).eval()
+    expected = copy.deepcopy(model).to(torch.bfloat16).state_dict()
+    copied = []
+    for cls in (torch.Tensor, torch.nn.Parameter):
+        monkeypatch.setattr(cls, "__deepcopy__", lambda t, memo, real=cls.__deepcopy__: copied.append(id(t))
+                            or real(t, memo))
+    converted = for_inference(model, "bfloat16", "cpu")
+    monkeypatch.undo()
+    weights = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    assert weights and not weights & set(copied)  # (the sinusoidal table, a plain attribute, is copied as before)
+    got = converted.state_dict()
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype and torch.equal(got[name], value), name
+    ties = [(a, b) for a, pa in model.named_parameters(remove_duplicate=False)
+            for b, pb in model.named_parameters(remove_duplicate=False) if a < b and pa is pb]
+    converted_params = dict(converted.named_parameters(remove_duplicate=False))
+    for a, b in ties:
+        assert converted_params[a] is converted_params[b], (a, b)

@@ -378,3 +378,12 @@ def test_report_tells_runs_with_the_same_folder_name_apart():
         ["gqa2-all/run", "mqa-all/run", "mha"]
     assert run_names(["a/x/run", "b/x/run"]) == ["a/x/run", "b/x/run"]
     assert run_names(["runs/same", "runs/same"]) == ["runs/same", "runs/same"]  # one path twice: ends, no loop
+
+
+def test_the_report_says_nothing_was_decoded_whatever_the_hypothesis_file_is_called():
+    from nmt.evaluation.eval_report import decoding_line
+
+    settings = dict.fromkeys(["beam", "length_penalty", "sampling", "max_len_a", "max_len_b", "min_len",
+                              "max_source_len", "batch_tokens", "device", "dtype"])
+    assert decoding_line({**settings, "hypotheses_from": "model"}) == \
+        "Nothing decoded: the hypotheses were read from `model` (`--hyp`)."

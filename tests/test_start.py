@@ -221,3 +221,17 @@ def test_a_wheel_carries_configs_and_corpus_and_trains_and_translates_from_an_em
     viewed = run(["-m", "nmt.cli", "analyze", "attention", "--model", "run/model", "--sentence", "A dog runs.",
                   "--out", "view.html"], cwd=empty, env=env)  # the page template comes from the wheel too
     assert viewed.returncode == 0 and "A dog runs." in (empty / "view.html").read_text(), viewed.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [["average"], ["report"], ["convert"], ["analyze", "heads"],
+                                     ["analyze", "attention"], ["bench", "attention"], ["bench", "train"],
+                                     ["bench", "translate"], ["translate"], ["evaluate"], ["export", "ct2"]])
+def test_every_commands_bad_flag_is_one_line_with_status_2(command, capsys):
+    """argparse's own error prints the whole usage block: every command's parser gives one line instead."""
+    from nmt.cli import main
+
+    assert main([*command, "--no-such-flag"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # A missing required argument is reported before an unknown flag, so the line names one or the other.
+    assert len(err) == 1 and err[0].startswith("nmt " + " ".join(command) + ": "), err
+    assert "--no-such-flag" in err[0] or "required" in err[0], err

@@ -22,11 +22,11 @@ from pathlib import Path
 from nmt.data.textio import read_aligned
 from nmt.data.tokenizer import PAD_ID
 from nmt.decoding.flags import FlagError, add_decode_flags, check_device, decode_config
-from nmt.errors import first_line
+from nmt.errors import UsageParser, first_line
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="nmt analyze heads",
         description="Per-head attention entropy and importance (Michel et al. 2019), and BLEU as each site's least "
                     "important heads are masked one by one.")

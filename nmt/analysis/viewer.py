@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from nmt.config import SITES
-from nmt.errors import plural
+from nmt.errors import UsageParser, plural
 
 SCALE = 1000  # weights are stored as integers in [0, SCALE]: 3 decimals, and a third of the bytes of floats
 TEMPLATE = Path(__file__).with_name("viewer.html")
@@ -123,7 +123,7 @@ def write_viewer(path: Path, model, tokenizer, sources: list[str], targets: list
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from nmt.decoding.flags import add_decode_flags
 
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="nmt analyze attention",
         description="Write one offline HTML page with the attention of chosen sentences: every site, layer and head.")
     parser.add_argument("--model", required=True, help="exported model directory or a training .ckpt")

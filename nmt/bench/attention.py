@@ -25,7 +25,7 @@ from nmt.attention import Attention, AttentionBackendError, AttentionConfig, Mas
 from nmt.attention.backends import REGISTRY, call_problem, static_problem
 from nmt.attention.dispatch import choose_backend
 from nmt.bench.common import environment, markdown_table, median_seconds, peak_bytes, write_results
-from nmt.errors import plural
+from nmt.errors import UsageParser, plural
 
 MODES = ("forward", "forward+backward")
 
@@ -245,7 +245,7 @@ def render(rows: list[dict], kv: dict, lengths: list[int], args, env: dict) -> s
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt bench attention", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = UsageParser(prog="nmt bench attention", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--variants", nargs="+", help="names to keep (default: all), e.g. mha window-256")

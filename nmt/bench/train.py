@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from nmt.bench.common import environment, markdown_table, write_results
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD_ID
-from nmt.errors import plural
+from nmt.errors import UsageParser, plural
 from nmt.model import Seq2Seq, build_model
 from nmt.precision import cpu_bf16
 from nmt.training.loss import ProjectedLoss, label_smoothed_loss
@@ -147,7 +147,7 @@ def tokens_per_second(models: dict[str, nn.Module], work: list[dict], warmup: in
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nmt bench train", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = UsageParser(prog="nmt bench train", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--models", nargs="+", default=["tiny", "small"], help="conf/model presets")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 warm-up steps)")
     parser.add_argument("--repeats", type=int, default=3)

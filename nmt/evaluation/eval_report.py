@@ -90,7 +90,7 @@ def viewer_lines(sources: list[str], hypotheses: list[str], count: int = 3) -> l
 
 def decoding_line(d: dict) -> str:
     """The report's line on how the hypotheses were made: the search settings, or the file they were read from."""
-    if d.get("hypotheses_from", "model") != "model":
+    if "beam" in d and d["beam"] is None:  # --hyp: every setting null (checked so, as a file may be called "model")
         return f"Nothing decoded: the hypotheses were read from `{d['hypotheses_from']}` (`--hyp`)."
     search = (f"sampling (top-k {d['top_k']}, top-p {d['top_p']}, temperature {d['temperature']}, seed {d['seed']})"
               if d["sampling"] else f"beam {d['beam']}, length penalty α={d['length_penalty']}")

@@ -12,7 +12,6 @@ an error.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
@@ -23,7 +22,7 @@ from typing import Optional
 import torch
 
 from nmt.config import SITES
-from nmt.errors import first_line, plural
+from nmt.errors import UsageParser, first_line, plural
 
 REFERENCE = {"source_subwords": 20, "target_subwords": 20, "beam": 5}
 
@@ -167,7 +166,7 @@ def report(run_dirs: list[Path], out: Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nmt report", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = UsageParser(prog="nmt report", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("runs", nargs="+", help="run directories (a multirun's job folders: DIR/* is fine, what is "
                                                 "not a run is skipped with a note)")
     parser.add_argument("--out", default="outputs/report", help="where report.md, report.json and PNGs go")

@@ -14,7 +14,6 @@ to a count that does not divide, is a one-line error, exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from nmt.attention import Attention
 from nmt.config import SITES, ModelConfig
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import ModelLoadError, load_model_info
-from nmt.errors import first_line
+from nmt.errors import UsageParser, first_line
 from nmt.model import Seq2Seq, build_model
 
 SHORTHANDS = {"decoder": ("decoder_self", "cross"), "all": SITES}
@@ -132,7 +131,7 @@ def convert(source: str | Path, out: str | Path, targets: dict[str, int], force:
 
 def main(argv: list[str]) -> int:
     """``nmt convert``'s command line: 0 when the model is written, 2 with one line on stderr otherwise."""
-    parser = argparse.ArgumentParser(prog="nmt convert", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = UsageParser(prog="nmt convert", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("model", help="an exported model directory or a training checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -8,7 +8,6 @@ run's sacreBLEU tokenizer read from the checkpoints (as an export from one of th
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import ModelLoadError, load_model, load_model_info
-from nmt.errors import first_line, plural
+from nmt.errors import UsageParser, first_line, plural
 
 STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 
@@ -71,7 +70,7 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nmt average", description=__doc__.splitlines()[0].replace("``", ""))
+    parser = UsageParser(prog="nmt average", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("run_dir", help="a training run directory (holds checkpoints/step-*.ckpt)")
     parser.add_argument("--last", type=int, default=10, help="how many of the newest step checkpoints (default 10)")
     parser.add_argument("--output", help="model directory to write (default RUN_DIR/model_avgN)")
