@@ -146,11 +146,17 @@ def test_report_compares_runs(tmp_path, tokenizer, capsys):
     (tmp_path / "mha" / "eval").mkdir()
     (tmp_path / "mha" / "eval" / "metrics.json").write_text(json.dumps(
         {"scores": {"bleu": 5.5, "chrf": 20.0}, "speed": {"sentences_per_s": 12.5}}))
+    (tmp_path / "mha" / "eval_2017").mkdir()  # a second test set (scripts/multi30k_table.sh)
+    (tmp_path / "mha" / "eval_2017" / "metrics.json").write_text(json.dumps(
+        {"scores": {"bleu": 4.5, "chrf": 19.0}, "speed": {"sentences_per_s": 99.0}}))
     out = tmp_path / "report"
     assert main(["report", *runs, "--out", str(out)]) == 0
-    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| m")]
-    assert table[0].startswith("| mha | mha | mha | mha |") and "| 5.50 | 20.00 | 1,000.00 | 12.50 |" in table[0]
-    assert table[1].startswith("| mqa | mqa | mqa | mqa |") and "| 4.00 | 20 |" in table[1]
+    lines = (out / "report.md").read_text().splitlines()
+    assert "| test_bleu | test_chrf | test_bleu_2017 | test_chrf_2017 | train_tokens_per_s |" in lines[4]
+    table = [line for line in lines if line.startswith("| m")]
+    assert table[0].startswith("| mha | mha | mha | mha |")
+    assert "| 5.50 | 20.00 | 4.50 | 19.00 | 1,000.00 | 12.50 |" in table[0]
+    assert table[1].startswith("| mqa | mqa | mqa | mqa |") and "| 4.00 | 20 | – | – | – | – |" in table[1]
     data = json.loads((out / "report.json").read_text())
     assert data[0]["kv_cache_bytes"] == 4 * data[1]["kv_cache_bytes"]
     assert data[0]["best_step"] == 20 and data[0]["best_val_bleu"] == 4.0

@@ -2,7 +2,8 @@
 
 Per run: the attention variant of each site, parameters, best validation BLEU and its step, training tokens/s,
 KV-cache bytes for a reference sentence (measured from the cache tensors), and — where ``nmt evaluate --report
-RUN_DIR/eval`` was run — test BLEU, chrF and decoding sentences/s.
+RUN_DIR/eval`` was run — test BLEU, chrF and decoding sentences/s; BLEU and chrF of more test sets from
+``RUN_DIR/eval_NAME`` folders (``scripts/multi30k_table.sh`` writes ``eval_2017``).
 
 A run's model is its exported ``model/`` directory, or where there is none (a run stopped before its export) its
 ``checkpoints/best.ckpt`` or ``last.ckpt``: both give the same row. Paths that are not runs (a multirun folder's
@@ -76,6 +77,10 @@ def collect(run_dir: Path) -> dict:
         "validations": [{"step": s + 1, "val_loss": loss, "val_bleu": b} for s, loss, b in validations],
     }
     run.update(_test_scores(run_dir / "eval" / "metrics.json"))
+    for extra in sorted(run_dir.glob("eval_*/metrics.json")):  # more test sets: eval_2017 → test_bleu_2017, …
+        suffix = extra.parent.name[len("eval_"):]
+        run.update({f"{key}_{suffix}": value for key, value in _test_scores(extra).items()
+                    if key != "decode_sentences_per_s"})
     return run
 
 
@@ -100,12 +105,15 @@ def _cell(value) -> str:
 
 
 def render(runs: list[dict]) -> str:
+    extra = sorted({key for run in runs for key in run if key.startswith(("test_bleu_", "test_chrf_"))},
+                   key=lambda key: (key.split("_", 2)[2], key))  # per test set: its BLEU, then its chrF
     columns = ["run", "encoder_self", "decoder_self", "cross", "parameters", "best_val_bleu", "best_step",
-               "test_bleu", "test_chrf", "train_tokens_per_s", "decode_sentences_per_s", "kv_cache_bytes"]
+               "test_bleu", "test_chrf", *extra, "train_tokens_per_s", "decode_sentences_per_s", "kv_cache_bytes"]
     lines = ["# Run comparison", "",
              f"KV-cache bytes: one sentence of {REFERENCE['source_subwords']} source and "
              f"{REFERENCE['target_subwords']} target subwords at beam {REFERENCE['beam']}, all decoder layers, "
-             "measured from the cache tensors. Test scores appear where `nmt evaluate --report RUN/eval` ran.", "",
+             "measured from the cache tensors. Test scores appear where `nmt evaluate --report RUN/eval` ran "
+             "(`test_bleu`), and per further test set where it wrote `RUN/eval_NAME` (`test_bleu_NAME`).", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for run, name in zip(runs, run_names([r["run"] for r in runs])):
         values = {**run, **run["attention"], "run": name}
