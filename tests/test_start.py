@@ -187,6 +187,27 @@ def test_the_progress_bar_counts_steps_not_a_negative_epoch_total():
     assert bar._get_train_description(0) == "Epoch 0"
 
 
+@pytest.mark.parametrize("global_step, ready, accumulate, total", [
+    (0, 0, 1, 20),     # a fresh run: the steps it will take
+    (0, 0, 2, 40),     # two batches per step (trainer.accumulate_grad_batches=2): Lightning's bar read 40/20
+    (600, 561, 1, 600),  # resumed 561 batches into an epoch, 39 steps left: Lightning's bar read 600/39
+    (10, 4, 2, 44),    # resumed, accumulating: 4 batches run, 20 more for the 10 steps left
+])
+def test_the_progress_bar_total_counts_batches_as_its_position_does(global_step, ready, accumulate, total):
+    from types import SimpleNamespace
+
+    from nmt.training.trainer import StepProgressBar
+
+    progress = SimpleNamespace(current=SimpleNamespace(ready=ready))
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(global_step=global_step, max_steps=global_step + (20 if global_step < 600 else 39),
+                                   max_epochs=-1, accumulate_grad_batches=accumulate, num_training_batches=1000,
+                                   fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    assert bar.total_train_batches == total
+    bar._trainer.num_training_batches = 30  # an epoch shorter than what is left: the epoch's batches
+    assert bar.total_train_batches == min(30, total)
+
+
 # -- a wheel, installed apart from the checkout ---------------------------------------------------------------------
 
 

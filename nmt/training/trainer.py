@@ -82,6 +82,18 @@ class StepProgressBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         return f"Epoch {current_epoch}"
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """The bar's total in the unit it counts (batches of this epoch, from its first): Lightning caps it at the
+        optimizer steps left, which counts neither the batches a resumed epoch already ran (the bar read 8/4) nor
+        the several batches of an accumulated step."""
+        trainer = self.trainer
+        if trainer.max_epochs != -1 or not trainer.max_steps or trainer.max_steps < 0:
+            return trainer.num_training_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this epoch's batches before this start
+        left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+        return min(trainer.num_training_batches, done + left)
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         return {"step": f"{trainer.global_step}/{trainer.max_steps}", **super().get_metrics(trainer, pl_module)}
 
