@@ -44,12 +44,13 @@ fi
 evaluate "$MHA_RUN/model_avg10" "$OUT/mha_eval"
 
 # name | nmt convert's SITE=N | the run's attention overrides that give the converted model's config
+# The control runs last: the conversions are the finding, the control what it is measured against.
 variants=(
-  "mha-control|all=0|attention=mha"
   "gqa2-all|all=2|attention=gqa"
   "mqa-all|all=1|attention=mqa"
   "gqa2-decoder|decoder=2|model.attention.decoder_self.n_kv_heads=2 model.attention.cross.n_kv_heads=2"
   "mqa-decoder|decoder=1|model.attention.decoder_self.n_kv_heads=1 model.attention.cross.n_kv_heads=1"
+  "mha-control|all=0|attention=mha"
 )
 for entry in "${variants[@]}"; do
   IFS='|' read -r name sites attention <<< "$entry"

@@ -184,7 +184,7 @@ def test_the_uptrain_scripts_runs_match_its_conversions(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "uptrain_table.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     variants = re.findall(r'^  "([\w-]+)\|([\w=]+)\|([^"]+)"$', script.read_text(), flags=re.M)
-    assert [name for name, _, _ in variants] == ["mha-control", "gqa2-all", "mqa-all", "gqa2-decoder", "mqa-decoder"]
+    assert [name for name, _, _ in variants] == ["gqa2-all", "mqa-all", "gqa2-decoder", "mqa-decoder", "mha-control"]
     mha_cfg = model_config(compose_config(["experiment=wu_tiny_en_de"]))
     for name, sites, overrides in variants:
         sites = sites.replace("all=0", f"all={mha_cfg.n_heads}")  # the control: as many K/V heads as it has
