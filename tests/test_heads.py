@@ -186,3 +186,17 @@ def test_uniform_entropy_is_the_mean_ln_of_the_keys_each_row_sees(setup, analysi
     }
     for site, values in expected.items():
         assert analysis[0]["sites"][site]["uniform_entropy"] == pytest.approx([np.mean(values)] * 2, rel=1e-9)
+
+
+def test_verdict_of_a_model_scoring_within_the_tolerance_says_the_curves_cannot_tell():
+    """An untrained model scores ~0 BLEU: no curve can fall by more than the tolerance, so every site 'needs 0 heads'
+    — the verdict must say that this is no finding rather than name the most prunable site."""
+    from nmt.analysis.heads_report import verdict_line
+
+    curve = Curve([(0, 0), (0, 1)], [{"bleu": v} for v in (0.4, 0.0, 0.2)])
+    judged = verdict({site: curve for site in SITES}, "bleu", 1.0)
+    assert judged.kept == {site: 0 for site in SITES}
+    line = verdict_line(judged, "bleu")
+    assert line.startswith("The unpruned model scores 0.40 BLEU, no more than the tolerance (1)") and "cannot" in line
+    trained = verdict({site: Curve([(0, 0)], [{"bleu": 30.0}, {"bleu": 20.0}]) for site in SITES}, "bleu", 1.0)
+    assert verdict_line(trained, "bleu").startswith("Within 1 BLEU of the unpruned 30.00, every site keeps")

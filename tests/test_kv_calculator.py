@@ -166,8 +166,8 @@ def test_cli_kv_defaults(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--kv", "sr=40"], r"--kv: unknown key 'sr'; did you mean src\?"),
-        (["--kv", "model=base"], r"unknown key 'model'; .*Hydra overrides go before --kv"),
+        (["--kv", "sr=40"], r"--kv: unknown key 'sr'; did you mean src\? \(keys: src, "),
+        (["--kv", "model=base"], r"unknown key 'model' \(keys: .*Hydra overrides go before --kv\)$"),
         (["--kv", "src40"], r"--kv takes KEY=VALUE words, got 'src40'"),
         (["--kv", "=3"], r"--kv takes KEY=VALUE words, got '=3'"),
         (["--kv", "tgt=abc"], r"--kv tgt='abc': not an integer"),

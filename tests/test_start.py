@@ -256,3 +256,15 @@ def test_every_commands_bad_flag_is_one_line_with_status_2(command, capsys):
     # A missing required argument is reported before an unknown flag, so the line names one or the other.
     assert len(err) == 1 and err[0].startswith("nmt " + " ".join(command) + ": "), err
     assert "--no-such-flag" in err[0] or "required" in err[0], err
+
+
+@pytest.mark.parametrize("command", [["analyze", "heads"], ["analyze", "attention"]])
+@pytest.mark.parametrize("flag", [["--nbest", "2"], ["--dtype", "bfloat16"]])
+def test_analyze_commands_refuse_the_decoding_flags_they_would_ignore(command, flag, capsys):
+    """Attention weights and gradients come from one float32 hypothesis per line: --nbest and --dtype, which
+    translate and evaluate honour, are errors here rather than silently ignored."""
+    from nmt.cli import main
+
+    assert main([*command, "--model", "m", "--src", "s", "--ref", "r", *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"nmt {' '.join(command)}: unrecognized arguments: {' '.join(flag)}"], err

@@ -42,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tokenized", action="store_true",
                         help="references are tokenized and lowercased: prune by BLEU with tokenize=none (implied "
                              "when the model's run used data.bleu_tokenize=none)")
-    add_decode_flags(parser)
+    add_decode_flags(parser, exclude=("nbest", "dtype"))  # one float32 hypothesis per line
     return parser.parse_args(argv)
 
 

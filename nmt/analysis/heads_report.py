@@ -43,6 +43,10 @@ def verdict_line(judged: Verdict, metric: str) -> str:
         return " and ".join(f"{s} ({judged.kept[s]} of {judged.heads[s]} heads)" for s in sites)
 
     within = f"Within {judged.tolerance:g} {METRIC_NAMES[metric]} of the unpruned {judged.unpruned:.2f}"
+    if judged.unpruned <= judged.tolerance:  # no curve can fall by more than the tolerance: every count is 0
+        return (f"The unpruned model scores {judged.unpruned:.2f} {METRIC_NAMES[metric]}, no more than the "
+                f"tolerance ({judged.tolerance:g}): masking heads cannot cost more than that, so the curves cannot "
+                "tell which site needs its heads (analyse a better-trained model, or more sentences).")
     if judged.fewest == judged.most:
         return f"{within}, every site keeps the same share of its heads: {kept(judged.fewest)}."
     verb = "gets" if len(judged.fewest) == 1 else "get"
@@ -126,6 +130,6 @@ def summary(scores: dict[str, SiteScores], judged: Verdict, metric: str) -> list
         low = divmod(int(s.importance_normalized.argmin()), s.n_heads)
         lines.append(f"{site}: {s.layers} layers × {s.n_heads} heads; entropy {s.entropy.min():.2f}–"
                      f"{s.entropy.max():.2f} nats (uniform ≈ {s.uniform_entropy.mean():.2f}); most important "
-                     f"L{top[0]}.H{top[1]}, least L{low[0]}.H{low[1]}; keeps {judged.kept[site]} of "
-                     f"{judged.heads[site]} heads within {judged.tolerance:g} {METRIC_NAMES[metric]}")
+                     f"L{top[0]}.H{top[1]}, least L{low[0]}.H{low[1]}; needs {judged.kept[site]} of "
+                     f"{judged.heads[site]} heads to stay within {judged.tolerance:g} {METRIC_NAMES[metric]}")
     return lines + [verdict_line(judged, metric)]

@@ -195,8 +195,8 @@ def parse_kv_args(args: list[str]) -> dict[str, int | str]:
             raise ValueError(f"--kv takes KEY=VALUE words, got {word!r} (keys: {keys})")
         if key not in KV_DEFAULTS:
             close = difflib.get_close_matches(key, list(KV_DEFAULTS), n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ValueError(f"--kv: unknown key {key!r}; {hint}(keys: {keys}; Hydra overrides go before --kv)")
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"--kv: unknown key {key!r}{hint} (keys: {keys}; Hydra overrides go before --kv)")
         if key == "dtype":
             values[key] = value
             continue

@@ -135,7 +135,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ref", help="teacher-force these references (same lines of this file) instead of the "
                         "model's translations")
     parser.add_argument("--out", default="attention.html", help="the page to write (default attention.html)")
-    add_decode_flags(parser)
+    add_decode_flags(parser, exclude=("nbest", "dtype"))  # one float32 hypothesis per line
     return parser.parse_args(argv)
 
 

@@ -53,12 +53,16 @@ def to_flags(message: str) -> str:
     return re.sub(r"\bdecode\.([a-z_]+)", lambda m: flag(m.group(1)), message)
 
 
-def add_decode_flags(parser: argparse.ArgumentParser) -> None:
-    """DecodeConfig's fields as flags (defaults from DecodeConfig, but --beam's), and the batching, source-length
-    and device flags both commands share."""
+def add_decode_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """DecodeConfig's fields as flags (defaults from DecodeConfig, but --beam's), and the batching, source-length,
+    device and dtype flags both commands share. ``exclude`` names fields or flags (``"nbest"``, ``"dtype"``) a command
+    has no use for, so that giving them is an error rather than silently ignored; ``decode_config`` then takes the
+    field's default."""
     group = parser.add_argument_group("decoding")
     for field in fields(DecodeConfig):
         default = field.default if field.default is not MISSING else None
+        if field.name in exclude:
+            continue
         if field.name == "beam":
             group.add_argument("--beam", type=int, default=None, help=HELP["beam"])
         elif isinstance(default, bool):
@@ -71,6 +75,8 @@ def add_decode_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-source-len", type=int, default=MAX_SOURCE_LEN,
                        help=f"longer sources are truncated, with a warning (default {MAX_SOURCE_LEN} subwords)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    if "dtype" in exclude:
+        return
     group.add_argument("--dtype", choices=DTYPES, default="float32",
                        help="number format of the model: float32 (default); bfloat16; int8 (CPU: linear layers "
                             "dynamically quantized); auto: bfloat16 where the CPU has bf16 matrix instructions "
@@ -82,13 +88,14 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     if args.sampling and args.beam is not None and args.beam != 1:
         raise FlagError(f"--sampling draws one hypothesis per line: it cannot be combined with --beam {args.beam} "
                         "(leave --beam out, or give --beam 1)")
-    if args.sampling and args.nbest != 1:
-        raise FlagError(f"--sampling draws one hypothesis per line: --nbest {args.nbest} needs beam search "
+    nbest = getattr(args, "nbest", 1)
+    if args.sampling and nbest != 1:
+        raise FlagError(f"--sampling draws one hypothesis per line: --nbest {nbest} needs beam search "
                         "(leave --sampling out)")
     for name in ("batch_tokens", "max_source_len"):
         if getattr(args, name) < 1:
             raise FlagError(f"{flag(name)} ({getattr(args, name)}) must be >= 1")
-    values = {f.name: getattr(args, f.name) for f in fields(DecodeConfig)}
+    values = {f.name: getattr(args, f.name) for f in fields(DecodeConfig) if hasattr(args, f.name)}
     if values["beam"] is None:
         values["beam"] = 1 if args.sampling else DEFAULT_BEAM
     try:
