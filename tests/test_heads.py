@@ -200,3 +200,27 @@ def test_verdict_of_a_model_scoring_within_the_tolerance_says_the_curves_cannot_
     assert line.startswith("The unpruned model scores 0.40 BLEU, no more than the tolerance (1)") and "cannot" in line
     trained = verdict({site: Curve([(0, 0)], [{"bleu": 30.0}, {"bleu": 20.0}]) for site in SITES}, "bleu", 1.0)
     assert verdict_line(trained, "bleu").startswith("Within 1 BLEU of the unpruned 30.00, every site keeps")
+
+
+@pytest.mark.parametrize("unpruned, tolerance, conclusive", [(1.0, 1.0, False), (0.0, 0.0, False),
+                                                             (1.01, 1.0, True), (0.5, 0.0, True)])
+def test_verdict_is_conclusive_only_above_the_tolerance(unpruned, tolerance, conclusive):
+    """At exactly the tolerance no curve can fall by more than it either; the JSON, the markdown and the summary
+    carry the same judgement."""
+    from nmt.analysis.heads_report import markdown, summary, verdict_line
+
+    curve = Curve([(0, 0)], [{"bleu": unpruned}, {"bleu": 0.0}])
+    judged = verdict({site: curve for site in SITES}, "bleu", tolerance)
+    assert judged.conclusive is conclusive
+    assert verdict_line(judged, "bleu").startswith("Within" if conclusive else "The unpruned model scores")
+    from nmt.analysis.head_scores import SiteScores
+
+    scores = {site: SiteScores(1, 1, np.ones((1, 1)), np.ones(1), np.ones((1, 1)), np.ones((1, 1))) for site in SITES}
+    lines = summary(scores, judged, "bleu")
+    kept = 1 if conclusive else 0
+    assert lines[0].endswith(f"; needs {kept} of 1 heads to stay within {tolerance:g} BLEU")
+    assert lines[-1] == verdict_line(judged, "bleu")
+    report = {"model": "m", "sentences": 1, "src": "s", "ref": "r", "scored_pairs": 1, "target_tokens": 1,
+              "decoding": {"beam": 1}, "seconds": {"total": 1.0}}
+    text = markdown(report, scores, {site: curve for site in SITES}, "bleu", judged)
+    assert ("A site keeps heads up to the first point" in text) is conclusive

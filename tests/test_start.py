@@ -268,3 +268,14 @@ def test_analyze_commands_refuse_the_decoding_flags_they_would_ignore(command, f
     assert main([*command, "--model", "m", "--src", "s", "--ref", "r", *flag]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"nmt {' '.join(command)}: unrecognized arguments: {' '.join(flag)}"], err
+
+
+def test_only_the_analyze_flags_can_be_excluded():
+    """Leaving out --beam or --sampling would break decode_config; a name that is not a flag would do nothing."""
+    import argparse
+
+    from nmt.decoding.flags import add_decode_flags
+
+    for name in ("beam", "device", "nope"):
+        with pytest.raises(ValueError, match=f"exclude \\['{name}'\\] is not one of \\['nbest', 'dtype'\\]"):
+            add_decode_flags(argparse.ArgumentParser(), exclude=(name,))

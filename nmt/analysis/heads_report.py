@@ -28,7 +28,8 @@ def to_json(meta: dict, scores: dict[str, SiteScores], curves: dict[str, Curve],
         "curves": {site: {"order": [list(p) for p in c.order], "masked": list(range(len(c.scores))),
                           metric: c.metric(metric), "chrf": c.metric("chrf"), "scores": c.scores,
                           "seconds": c.seconds} for site, c in curves.items()},
-        "verdict": {"heads": judged.heads, "kept": judged.kept, "fewest": judged.fewest, "most": judged.most},
+        "verdict": {"heads": judged.heads, "kept": judged.kept, "fewest": judged.fewest, "most": judged.most,
+                    "conclusive": judged.conclusive},
     }
     return {**meta, "sites": sites, "pruning": pruning}
 
@@ -43,10 +44,10 @@ def verdict_line(judged: Verdict, metric: str) -> str:
         return " and ".join(f"{s} ({judged.kept[s]} of {judged.heads[s]} heads)" for s in sites)
 
     within = f"Within {judged.tolerance:g} {METRIC_NAMES[metric]} of the unpruned {judged.unpruned:.2f}"
-    if judged.unpruned <= judged.tolerance:  # no curve can fall by more than the tolerance: every count is 0
+    if not judged.conclusive:
         return (f"The unpruned model scores {judged.unpruned:.2f} {METRIC_NAMES[metric]}, no more than the "
                 f"tolerance ({judged.tolerance:g}): masking heads cannot cost more than that, so the curves cannot "
-                "tell which site needs its heads (analyse a better-trained model, or more sentences).")
+                "tell which site needs its heads (analyse a better-trained model).")
     if judged.fewest == judged.most:
         return f"{within}, every site keeps the same share of its heads: {kept(judged.fewest)}."
     verb = "gets" if len(judged.fewest) == 1 else "get"
@@ -98,8 +99,9 @@ def markdown(report: dict, scores: dict[str, SiteScores], curves: dict[str, Curv
         "Masking order: increasing normalized importance over all layers of the site; the other sites keep every "
         f"head. Each cell: {name} after masking that many heads, and which head (layer.head) was masked last.", "",
         *_pruning_table(curves, metric), "", "![pruning curves](pruning.png)", "",
-        f"**Verdict.** {verdict_line(judged, metric)} A site keeps heads up to the first point that falls more than "
-        f"{judged.tolerance:g} below the unpruned {name}.", "",
+        f"**Verdict.** {verdict_line(judged, metric)}"
+        + (f" A site keeps heads up to the first point that falls more than {judged.tolerance:g} below the unpruned "
+           f"{name}." if judged.conclusive else ""), "",
     ]
     return "\n".join(lines)
 

@@ -45,6 +45,12 @@ class Verdict:
     fewest: list[str] = field(default_factory=list)
     most: list[str] = field(default_factory=list)
 
+    @property
+    def conclusive(self) -> bool:
+        """False when the unpruned model scores no more than ``tolerance``: BLEU cannot fall below 0, so no curve
+        can drop by more than the tolerance, every site 'keeps' 0 heads, and the counts say nothing."""
+        return self.unpruned > self.tolerance
+
 
 def masking_order(importance_normalized: np.ndarray) -> list[tuple[int, int]]:
     """A site's (layer, head) pairs by increasing layer-normalized importance (the scores Michel et al. prune by),

@@ -1,5 +1,6 @@
-"""The decoding flags of ``nmt translate`` and ``nmt evaluate``, declared once from DecodeConfig's fields so the two
-commands cannot drift, and the checks that turn a bad value into one line naming the flag.
+"""The decoding flags of ``nmt translate`` and ``nmt evaluate`` (and, but ``--nbest`` and ``--dtype``, of ``nmt
+analyze``), declared once from DecodeConfig's fields so the commands cannot drift, and the checks that turn a bad
+value into one line naming the flag.
 
 ``--beam`` defaults to 5, or to 1 with ``--sampling`` (sampling draws one hypothesis); ``--sampling`` with an
 explicit ``--beam`` above 1 is an error naming both flags. ``--max-source-len`` defaults to 1024 subwords in both
@@ -53,16 +54,22 @@ def to_flags(message: str) -> str:
     return re.sub(r"\bdecode\.([a-z_]+)", lambda m: flag(m.group(1)), message)
 
 
+EXCLUDABLE = ("nbest", "dtype")
+
+
 def add_decode_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """DecodeConfig's fields as flags (defaults from DecodeConfig, but --beam's), and the batching, source-length,
-    device and dtype flags both commands share. ``exclude`` names fields or flags (``"nbest"``, ``"dtype"``) a command
-    has no use for, so that giving them is an error rather than silently ignored; ``decode_config`` then takes the
-    field's default."""
+    device and dtype flags the decoding commands share. ``exclude`` leaves out flags of EXCLUDABLE that a command has
+    no use for (``nmt analyze`` decodes one float32 hypothesis per line), so giving them is an error rather than
+    silently ignored; ``decode_config`` then takes the field's default. Raises ValueError for any other name."""
+    if not set(exclude) <= set(EXCLUDABLE):
+        raise ValueError(f"add_decode_flags: exclude {sorted(set(exclude) - set(EXCLUDABLE))} is not one of "
+                         f"{list(EXCLUDABLE)}")
     group = parser.add_argument_group("decoding")
     for field in fields(DecodeConfig):
-        default = field.default if field.default is not MISSING else None
         if field.name in exclude:
             continue
+        default = field.default if field.default is not MISSING else None
         if field.name == "beam":
             group.add_argument("--beam", type=int, default=None, help=HELP["beam"])
         elif isinstance(default, bool):
@@ -88,7 +95,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     if args.sampling and args.beam is not None and args.beam != 1:
         raise FlagError(f"--sampling draws one hypothesis per line: it cannot be combined with --beam {args.beam} "
                         "(leave --beam out, or give --beam 1)")
-    nbest = getattr(args, "nbest", 1)
+    nbest = getattr(args, "nbest", DecodeConfig.nbest)
     if args.sampling and nbest != 1:
         raise FlagError(f"--sampling draws one hypothesis per line: --nbest {nbest} needs beam search "
                         "(leave --sampling out)")
