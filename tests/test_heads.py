@@ -188,33 +188,25 @@ def test_uniform_entropy_is_the_mean_ln_of_the_keys_each_row_sees(setup, analysi
         assert analysis[0]["sites"][site]["uniform_entropy"] == pytest.approx([np.mean(values)] * 2, rel=1e-9)
 
 
-def test_verdict_of_a_model_scoring_within_the_tolerance_says_the_curves_cannot_tell():
-    """An untrained model scores ~0 BLEU: no curve can fall by more than the tolerance, so every site 'needs 0 heads'
-    — the verdict must say that this is no finding rather than name the most prunable site."""
-    from nmt.analysis.heads_report import verdict_line
-
-    curve = Curve([(0, 0), (0, 1)], [{"bleu": v} for v in (0.4, 0.0, 0.2)])
-    judged = verdict({site: curve for site in SITES}, "bleu", 1.0)
-    assert judged.kept == {site: 0 for site in SITES}
-    line = verdict_line(judged, "bleu")
-    assert line.startswith("The unpruned model scores 0.40 BLEU, no more than the tolerance (1)") and "cannot" in line
-    trained = verdict({site: Curve([(0, 0)], [{"bleu": 30.0}, {"bleu": 20.0}]) for site in SITES}, "bleu", 1.0)
-    assert verdict_line(trained, "bleu").startswith("Within 1 BLEU of the unpruned 30.00, every site keeps")
-
-
-@pytest.mark.parametrize("unpruned, tolerance, conclusive", [(1.0, 1.0, False), (0.0, 0.0, False),
-                                                             (1.01, 1.0, True), (0.5, 0.0, True)])
+@pytest.mark.parametrize("unpruned, tolerance, conclusive", [(0.4, 1.0, False), (1.0, 1.0, False), (0.0, 0.0, False),
+                                                             (1.01, 1.0, True), (0.5, 0.0, True), (30.0, 1.0, True)])
 def test_verdict_is_conclusive_only_above_the_tolerance(unpruned, tolerance, conclusive):
-    """At exactly the tolerance no curve can fall by more than it either; the JSON, the markdown and the summary
-    carry the same judgement."""
+    """An untrained model scores ~0 BLEU: no curve can fall by more than the tolerance (nor at exactly it), so every
+    site 'needs 0 heads' — the verdict must say that this is no finding rather than name the most prunable site; the
+    JSON, the markdown and the summary carry the same judgement."""
+    from nmt.analysis.head_scores import SiteScores
     from nmt.analysis.heads_report import markdown, summary, verdict_line
 
     curve = Curve([(0, 0)], [{"bleu": unpruned}, {"bleu": 0.0}])
     judged = verdict({site: curve for site in SITES}, "bleu", tolerance)
     assert judged.conclusive is conclusive
-    assert verdict_line(judged, "bleu").startswith("Within" if conclusive else "The unpruned model scores")
-    from nmt.analysis.head_scores import SiteScores
-
+    line = verdict_line(judged, "bleu")
+    if conclusive:
+        assert line.startswith(f"Within {tolerance:g} BLEU of the unpruned {unpruned:.2f}, every site keeps"), line
+    else:
+        assert judged.kept == {site: 0 for site in SITES}
+        assert line.startswith(f"The unpruned model scores {unpruned:.2f} BLEU, no more than the tolerance "
+                               f"({tolerance:g})") and "cannot" in line, line
     scores = {site: SiteScores(1, 1, np.ones((1, 1)), np.ones(1), np.ones((1, 1)), np.ones((1, 1))) for site in SITES}
     lines = summary(scores, judged, "bleu")
     kept = 1 if conclusive else 0

@@ -1,5 +1,5 @@
-"""The decoding flags of ``nmt translate`` and ``nmt evaluate`` (and, but ``--nbest`` and ``--dtype``, of ``nmt
-analyze``), declared once from DecodeConfig's fields so the commands cannot drift, and the checks that turn a bad
+"""The decoding flags of ``nmt translate``, ``nmt evaluate`` and ``nmt analyze`` (which has no ``--nbest`` or
+``--dtype``), declared once from DecodeConfig's fields so the commands cannot drift, and the checks that turn a bad
 value into one line naming the flag.
 
 ``--beam`` defaults to 5, or to 1 with ``--sampling`` (sampling draws one hypothesis); ``--sampling`` with an
@@ -82,12 +82,11 @@ def add_decode_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
     group.add_argument("--max-source-len", type=int, default=MAX_SOURCE_LEN,
                        help=f"longer sources are truncated, with a warning (default {MAX_SOURCE_LEN} subwords)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    if "dtype" in exclude:
-        return
-    group.add_argument("--dtype", choices=DTYPES, default="float32",
-                       help="number format of the model: float32 (default); bfloat16; int8 (CPU: linear layers "
-                            "dynamically quantized); auto: bfloat16 where the CPU has bf16 matrix instructions "
-                            "(AMX, AVX512-BF16, Arm BF16) or the GPU has bf16, float32 elsewhere")
+    if "dtype" not in exclude:
+        group.add_argument("--dtype", choices=DTYPES, default="float32",
+                           help="number format of the model: float32 (default); bfloat16; int8 (CPU: linear layers "
+                                "dynamically quantized); auto: bfloat16 where the CPU has bf16 matrix instructions "
+                                "(AMX, AVX512-BF16, Arm BF16) or the GPU has bf16, float32 elsewhere")
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
