@@ -8,7 +8,11 @@ from typing import Optional
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty."""
+    """The first line of an exception's message, or its type name when the message is empty. An OSError about a path
+    reads 'PATH: reason' (or 'PATH → PATH2: reason' for a rename) rather than Python's "[Errno 2] …: 'PATH'"."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        path = f"{error.filename} → {error.filename2}" if error.filename2 is not None else str(error.filename)
+        return f"{path}: {error.strerror}"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

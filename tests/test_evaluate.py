@@ -97,6 +97,9 @@ def test_evaluate_scores_given_hypotheses_and_checks_line_counts(tmp_path, token
     assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--report",
                  str(short)]) == 2  # refused before translating, not after
     assert capsys.readouterr().err == f"nmt evaluate: --report {short} is a file, not a folder\n"
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--hyp", str(ref),
+                 "--report", str(short / "report")]) == 2  # an OSError: the path and the reason, not "[Errno 20] …"
+    assert capsys.readouterr().err == f"nmt evaluate: {short / 'report'}: Not a directory\n"
 
 
 def test_given_hypotheses_record_no_decoding_settings(tmp_path, tokenizer, test_files, capsys):

@@ -205,6 +205,21 @@ def page_data(page):
 
 
 @pytest.mark.slow
+def test_bad_url_options_are_listed_at_the_top_and_the_page_still_draws(tmp_path, tokenizer):
+    page = viewer.write_viewer(tmp_path / "attention.html", model_of(), tokenizer, SOURCES[:2], TARGETS[:2])
+    result = browser.run(page, tmp_path / "profile", "--dump-dom",
+                         fragment="sentence=3&view=grid&padding=7&zoom=2&padding=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = Page()
+    dom.feed(result.stdout)
+    assert dom.text["errors"].splitlines() == [
+        "#sentence=3: the page has sentences 1 … 2", "#view=grid: the views are heads and mean",
+        "#padding=7: padding is 0 (hidden) or 1 (shown)",
+        "#zoom: not an option of this page; the options are sentence, view and padding"]
+    assert dom.rendered == "1:heads:1" and dom.canvases  # the first sentence, every head, padding shown
+
+
+@pytest.mark.slow
 def test_screenshot_shows_the_page(tmp_path, tokenizer):
     page = viewer.write_viewer(tmp_path / "attention.html", model_of(), tokenizer, SOURCES[:1], TARGETS[:1])
     shot = tmp_path / "shot.png"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from nmt.bench.common import UsageError, UsageParser, markdown_table, write_results
+from nmt.errors import first_line
 
 PROBE = Path(__file__).with_name("data_probe.py")
 STAGES = ["read", "clean", "sentencepiece", "encode", "validation set", "batching"]
@@ -216,7 +217,7 @@ def main(argv: list[str]) -> int:
         markdown = markdown_table(header, rows)
         written = write_results(args.out, "data", results, markdown)
     except (RuntimeError, OSError) as error:
-        print(f"nmt bench data: {error}", file=sys.stderr)
+        print(f"nmt bench data: {first_line(error)}", file=sys.stderr)
         return 1
     print(markdown)
     print(f"wrote {written[0]} and {written[1]}; corpora, caches and run logs are under {Path(args.work).resolve()}")
