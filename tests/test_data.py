@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import logging
 import os
 import time
 
@@ -155,6 +156,20 @@ def test_a_split_of_only_blank_pairs_is_the_no_pairs_left_error(tmp_path):
     data = TranslationData(cfg, seed=1, tokenizer=tokenizer)
     with pytest.raises(DataError, match=r"no training pairs left \(train: 3 pairs; dropped 3 empty"):
         data.setup()
+
+
+def test_cleaning_is_logged_once_though_prepare_data_and_setup_both_encode(tmp_path, caplog):
+    for split, n in (("train", 6), ("valid", 2)):
+        write_lines(tmp_path / f"{split}.en", EN[:n - 1] + [""])
+        write_lines(tmp_path / f"{split}.de", DE[:n])
+    cfg = config(tmp_path)
+    data = TranslationData(cfg, seed=1, tokenizer=load_or_train(multi30k_sample, TokenizerSettings(400), "fp",
+                                                                tmp_path / "cache"))
+    with caplog.at_level(logging.INFO, logger="nmt.data"):
+        data.prepare_data()  # Lightning calls both, prepare_data once per node and setup once per rank
+        data.setup()
+    logged = [record.getMessage() for record in caplog.records if "pairs; dropped" in record.getMessage()]
+    assert logged == [str(data.cleaning)] and data.cleaning.total == 6 and data.cleaning.empty >= 1
 
 
 def test_sentencepiece_input_is_every_pair_in_order_or_a_uniform_sample(tmp_path):

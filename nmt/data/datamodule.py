@@ -128,8 +128,10 @@ class TranslationData(L.LightningDataModule):
         raw = self._raw_train()
         tokenizer = self.load_tokenizer(raw)
         self.train_set, self.cleaning = clean_and_encode(raw, tokenizer, self.cfg, "train", self.cfg.streaming)
-        if not self.cfg.streaming and self.train_set.num_rows == 0:
-            raise DataError(f"no training pairs left ({self.cleaning}); check data.max_len and data.max_ratio")
+        if not self.cfg.streaming:  # a stream's counts are logged per pass, as its pairs go by
+            log.info("%s", self.cleaning)
+            if self.train_set.num_rows == 0:
+                raise DataError(f"no training pairs left ({self.cleaning}); check data.max_len and data.max_ratio")
         self.valid_set = self._valid(tokenizer)
 
     # -- loaders ----------------------------------------------------------------------------------------------------

@@ -129,8 +129,9 @@ def length_rules(src_len, tgt_len, max_len: int, max_ratio: float):
 def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, streaming: bool = False,
                      stats: Optional[CleaningStats] = None):
     """Training pairs: drop empty/whitespace-only pairs, encode, drop pairs over ``max_len`` subwords or over the
-    length ratio. Returns (dataset with src_ids/tgt_ids, CleaningStats); the counts are logged here, or when
-    streaming counted into ``stats`` (a new one when None) as the pairs are read, for StreamBatches to log per pass.
+    length ratio. Returns (dataset with src_ids/tgt_ids, CleaningStats) for the caller to log (TranslationData.setup:
+    once, though Lightning's prepare_data encodes the split first); when streaming the counts go into ``stats`` (a new
+    one when None) as the pairs are read, for StreamBatches to log per pass.
     A streamed dataset keeps its other columns (a local text stream's ``at``)."""
     stats = stats if stats is not None else CleaningStats(split)
     if streaming:
@@ -146,7 +147,6 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     stats.empty = stats.total - ds.num_rows
     if ds.num_rows == 0:  # datasets maps no rows to no new columns; the caller says no pairs are left
         stats.lengths = (np.zeros(0, np.int32), np.zeros(0, np.int32))
-        log.info("%s", stats)
         return ds, stats
     # 10,000 rows a call: sentencepiece already spreads a call over the cores; bigger calls cut the per-call cost.
     ds = ds.map(encode, batched=True, batch_size=10_000, features=_with_ids(ds.features),
@@ -159,7 +159,6 @@ def clean_and_encode(ds, tokenizer: Tokenizer, cfg: DataConfig, split: str, stre
     if not (fits & ratio_ok).all():
         keep = np.flatnonzero(fits & ratio_ok)
         ds, stats.lengths = ds.select(keep), (a[keep], b[keep])
-    log.info("%s", stats)
     return ds, stats
 
 
