@@ -89,3 +89,20 @@ def write_json(path: str | Path, payload: Any) -> None:
         os.replace(tmp.name, path)
     finally:
         Path(tmp.name).unlink(missing_ok=True)
+
+
+def check_output_folder(out: str | Path, force: bool, label: Optional[str] = None,
+                        reads: Iterable[str | Path] = ()) -> None:
+    """Before any work: may a command write the folder ``out`` (whole, through a rename)? Raises ValueError, one line
+    starting with ``label`` (default the path; e.g. '--out PATH'): when ``out`` is a file; when it exists and
+    ``force`` is false; when it is, or holds, a path in ``reads`` (what the command reads: replacing the folder would
+    delete its own input, e.g. a run folder holding the model being converted)."""
+    out, label = Path(out), label or str(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{label}: is a file, not a folder; choose a folder path")
+    for path in reads:
+        path = Path(path).resolve()
+        if out.resolve() in (path, *path.parents):
+            raise ValueError(f"{label}: would replace {path} — the model being read; write to another folder")
+    if out.exists() and not force:
+        raise ValueError(f"{label}: already exists; add --force to replace it")

@@ -49,6 +49,12 @@ def test_average_refuses_what_it_cannot_do(run_dir, tmp_path, capsys):
     assert main([str(tmp_path), "--last", "2"]) == 2
     assert "no step-*.ckpt files" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    for output, message in [(run_dir, f"would replace {step_checkpoints(run_dir)[-2]}"),  # the run's own folder
+                            (run_dir / "config.yaml", "is a file, not a folder")]:
+        before = sorted(p.name for p in run_dir.rglob("*"))
+        assert main([str(run_dir), "--last", "2", "--output", str(output)]) == 2
+        assert capsys.readouterr().err.startswith(f"nmt average: --output {output}: {message}")
+        assert sorted(p.name for p in run_dir.rglob("*")) == before
 
 
 def test_average_refuses_checkpoints_of_different_models(run_dir, cache_dir, tmp_path):  # noqa: F811

@@ -85,8 +85,12 @@ def test_bench_attention_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert "unknown variant(s) ['nope']" in capsys.readouterr().err
     from nmt.cli import main as nmt_main
 
-    assert nmt_main(["bench", "attention", "--repeats", "0"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    for argv, message in [(["--repeats", "0"], "--repeats (0) must be >= 1"),
+                          (["--backends", "band", "nosuch"], "--backends: unknown 'nosuch'; the backends are math,"),
+                          (["--device", "tpu9"], "--device 'tpu9': not a torch device")]:
+        assert nmt_main(["bench", "attention", *argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nmt bench attention: {message}") and err.count("\n") == 1, err
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 the KV cache shrinks by exactly the group size; conversions that cannot be done are refused in one line."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import load_model
 from nmt.model import build_model, kv_cache_bytes
-from nmt.model.convert import ConvertError, convert_model, parse_targets, pool_heads
+from nmt.model.convert import convert_model, parse_targets, pool_heads
 from tests.conftest import multi30k_sample
 
 HEADS, HEAD_DIM = 4, 8
@@ -109,7 +110,8 @@ def test_the_kv_cache_shrinks_by_exactly_the_group_size_at_converted_sites():
 @pytest.mark.parametrize("specs, message", [
     (["decoder_self=8"], "decoder_self=8: mean-pooling can only reduce K/V heads (this model has 4, n_heads 4)"),
     (["cross=3"], "cross=3: 3 does not divide n_heads (4) and the current n_kv_heads (4)"),
-    (["cross=0"], "cross=0: mean-pooling can only reduce"),
+    (["cross=0"], "'cross=0': n_kv_heads must be at least 1 (1 is MQA)"),
+    (["all=-2"], "'all=-2': n_kv_heads must be at least 1"),
     (["decoder=x"], "'decoder=x': n_kv_heads must be a whole number"),
     (["decoderself=2"], "'decoderself=2': expected SITE=N_KV_HEADS with SITE one of encoder_self, decoder_self, cross"),
 ])
@@ -119,10 +121,6 @@ def test_impossible_conversions_are_one_line_errors(specs, message, tokenizer, t
     err = capsys.readouterr().err
     assert err.startswith(f"nmt convert: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ConvertError, match="another directory"):
-        from nmt.model.convert import convert
-
-        convert(source, source, {"cross": 1})
 
 
 def test_an_existing_out_is_replaced_only_with_force(tokenizer, tmp_path, capsys):
@@ -135,6 +133,33 @@ def test_an_existing_out_is_replaced_only_with_force(tokenizer, tmp_path, capsys
     assert (out / "keep.txt").read_text() == "mine"
     assert cli_main(["convert", str(source), "--out", str(out), "all=2", "--force"]) == 0
     assert not (out / "keep.txt").exists() and load_model(out)[0].cfg.site("cross").n_kv_heads == 2
+
+
+@pytest.mark.parametrize("where, force, message", [
+    ("model", True, "would replace {source} — the model being read"),
+    (".", True, "would replace {source} — the model being read"),  # the run folder that holds the model
+    ("afile", True, "is a file, not a folder"),
+    ("afile", False, "is a file, not a folder"),  # not "add --force", which could not help
+])
+def test_out_never_replaces_the_source_or_a_file(where, force, message, tokenizer, tmp_path, capsys):
+    source = export_model(build_model(mha()), tokenizer, tmp_path / "model")
+    (tmp_path / "afile").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / where
+    assert cli_main(["convert", str(source), "--out", str(out), "all=2", *["--force"] * force]) == 2
+    assert capsys.readouterr().err == f"nmt convert: --out {out}: {message.format(source=source.resolve())}" + (
+        "; choose a folder path\n" if "file" in message else "; write to another folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left beside it
+    assert (tmp_path / "afile").read_text() == "mine" and load_model(source)[0].cfg.site("cross").n_kv_heads == 4
+
+
+def test_an_out_that_cannot_be_made_is_named_not_its_temporary_folder(tokenizer, tmp_path, capsys):
+    source = export_model(build_model(mha()), tokenizer, tmp_path / "model")
+    out = Path("/proc/nmt-convert-test")  # no one, root included, makes a folder in /proc
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    assert cli_main(["convert", str(source), "--out", str(out), "all=2"]) == 2
+    assert capsys.readouterr().err == f"nmt convert: {out}: No such file or directory\n"
 
 
 def test_shorthands_and_later_arguments_win():

@@ -195,6 +195,8 @@ def test_export_cli_writes_whole_folders_and_refuses_in_one_line(model_dir, toke
     capsys.readouterr()
     for argv, message in [
         (["ct2", str(model_dir), str(out)], "already exists; add --force"),
+        (["ct2", str(model_dir), str(model_dir.parent), "--force"], "would replace"),  # the folder holding the model
+        (["ct2", str(model_dir), str(model_dir / "config.json"), "--force"], "is a file, not a folder"),
         (["ct2", str(model_dir), str(tmp_path / "x"), "--quantization", "int3"], "--quantization 'int3'"),
         (["ct2", str(tmp_path / "missing"), str(tmp_path / "y")], "no such model directory"),
         (["onnx", str(model_dir), str(tmp_path / "z")], "usage: nmt export ct2"),

@@ -205,6 +205,24 @@ def test_two_encoding_processes_give_the_one_process_rows(tmp_path, text_corpus)
     assert two.to_list() == one.to_list() and stats.kept == one.num_rows
 
 
+def test_a_tokenizer_pickles_and_hashes_as_its_model_bytes(tmp_path):
+    """The same sentencepiece model from a file or from a checkpoint's bytes: one `datasets` map cache, and a pickled
+    copy (what worker processes get) that encodes alike."""
+    import pickle
+
+    from datasets.fingerprint import Hasher
+
+    from nmt.data.tokenizer import Tokenizer
+
+    from_file = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "fp", tmp_path)
+    from_bytes = Tokenizer.from_serialized(from_file.serialized)
+    assert Hasher.hash(from_file) == Hasher.hash(from_bytes)
+    other = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(500), "fp", tmp_path)
+    assert Hasher.hash(other) != Hasher.hash(from_file)
+    copy = pickle.loads(pickle.dumps(from_file))
+    assert copy.encode(["A dog runs."]) == from_file.encode(["A dog runs."]) and copy.serialized == from_file.serialized
+
+
 def test_sentencepiece_reused_when_unchanged_and_retrained_when_vocab_changes(tmp_path):
     calls = []
 

@@ -14,7 +14,7 @@ from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.tokenizer import TokenizerSettings, load_or_train
 from nmt.decoding.export import export_model
 from nmt.evaluation import plots
-from nmt.evaluation.eval_report import viewer_lines
+from nmt.evaluation.eval_report import example_line, viewer_lines
 from nmt.evaluation.scoring import bleu, translate_texts
 from nmt.model import build_model, kv_cache_bytes
 from tests.conftest import MULTI30K, multi30k_sample
@@ -116,6 +116,25 @@ def test_given_hypotheses_record_no_decoding_settings(tmp_path, tokenizer, test_
     assert set(decoding.values()) == {None}
     report = (tmp_path / "report" / "report.md").read_text()
     assert f"Nothing decoded: the hypotheses were read from `{ref}`" in report and "int8" not in report
+
+
+def test_the_reported_kv_cache_compares_across_models_on_one_test_set(tokenizer, test_files, tmp_path):
+    """Every model gets the example line's source and reference lengths (not its own hypothesis's), so the bytes
+    of an MHA and an MQA model differ by exactly their K/V heads."""
+    from nmt.evaluation.evaluate import evaluate, parse_args
+
+    src, ref = test_files
+    kv = {}
+    for name, attention in {"mha": {}, "mqa": {s: {"n_kv_heads": 1} for s in ("decoder_self", "cross")}}.items():
+        torch.manual_seed(1 if name == "mha" else 2)  # different weights: different hypotheses
+        model_dir = make_model_dir(tmp_path / name, tokenizer, **attention)
+        kv[name] = evaluate(parse_args(["--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--beam", "3",
+                                        "--max-len-b", "5"]))["kv_cache_bytes_per_sentence"]
+    line = example_line(src.read_text().splitlines())
+    assert kv["mha"]["target_subwords"] == len(tokenizer.encode([ref.read_text().splitlines()[line]])[0]) + 1
+    assert (kv["mha"]["source_subwords"], kv["mha"]["target_subwords"]) == (kv["mqa"]["source_subwords"],
+                                                                           kv["mqa"]["target_subwords"])
+    assert kv["mha"]["total"] == 4 * kv["mqa"]["total"]
 
 
 def test_kv_cache_bytes_are_measured_per_variant(tokenizer, tmp_path):

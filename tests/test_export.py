@@ -66,8 +66,9 @@ def test_re_export_replaces_the_directory_whole(tmp_path, tokenizer, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left
 
 
-def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
-    """The second rename (new folder into place) failing must not leave the old one under a temporary name."""
+@pytest.mark.parametrize("failing, calls_made", [(1, 1), (2, 3)])  # the move aside; the swap (then the move back)
+def test_a_failed_rename_leaves_the_old_directory_whole_and_nothing_beside_it(failing, calls_made, tmp_path,
+                                                                             monkeypatch):
     import os
 
     from nmt.decoding.export import write_directory
@@ -78,18 +79,27 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
 
     def replace(src, dst):
         calls.append((src, dst))
-        if len(calls) == 2:
-            raise OSError("simulated failure of the swap")
+        if len(calls) == failing:
+            raise OSError("simulated failure of a rename")
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="simulated"):
         write_directory(target, lambda tmp: (tmp / "f").write_text("new"))
     monkeypatch.undo()
-    assert (target / "f").read_text() == "old" and len(calls) == 3
+    assert (target / "f").read_text() == "old" and len(calls) == calls_made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     write_directory(target, lambda tmp: (tmp / "f").write_text("new"))  # and a working swap replaces it
     assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_file_in_the_way_is_refused_and_kept(tmp_path):
+    from nmt.decoding.export import write_directory
+
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        write_directory(tmp_path / "afile", lambda tmp: (tmp / "f").write_text("new"))
+    assert (tmp_path / "afile").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

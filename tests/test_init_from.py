@@ -46,6 +46,10 @@ def test_the_first_differing_field_is_named_with_the_override_that_matches(tmp_p
     assert check_command_line(run_args(directory, *matching, "model.dropout=0.1",
                                        "model.attention.decoder_self.backend=sdpa")) is None
     assert "model.d_ff is 256" in check_command_line(run_args(directory, *matching, "model.d_ff=512"))
+    assert check_command_line(run_args(directory, *matching, "data.vocab_size=4000")) == (
+        f"init_from: model.vocab_size is 1000 in {directory} but 4000 in this run; override data.vocab_size=1000 to "
+        "match (model.vocab_size follows it)")  # the key a user sets, not the one derived from it
+    assert check_command_line(run_args(directory, *matching, "data.vocab_size=1000")) is None
     # One model, two spellings: n_kv_heads null means n_heads (`nmt convert all=4` of an MHA model writes 4).
     assert check_command_line(run_args(directory, *matching, "model.attention.encoder_self.n_kv_heads=4")) is None
 
@@ -163,3 +167,9 @@ def test_resume_wins_over_init_from_once_a_checkpoint_exists(start, tmp_path, mo
     assert second["step"] == 2 and second["spm"] == first["spm"]
     assert all(torch.equal(second["state"][k], after_first[k]) for k in dir_weights)  # the checkpoint's, not DIR's
     assert any(not torch.equal(second["state"][k], v) for k, v in dir_weights.items())
+    # Resumed without init_from: still DIR's tokenizer (the checkpoint's), none trained from the data settings, and
+    # the exported model still records where the run started.
+    third_cfg = compose_config(small_run(cache, "resume=true", "trainer.val_every_n_steps=2", "trainer.max_steps=4"))
+    third = run_capturing_the_start(monkeypatch, third_cfg, run_dir)
+    assert third["step"] == 3 and third["spm"] == first["spm"] and not (cache / "spm").exists()
+    assert json.loads((run_dir / "model" / "config.json").read_text())["init_from"] == str(start)

@@ -277,6 +277,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--lengths ({args.lengths}) must all be >= 1")
     if args.global_tokens < 0:
         parser.error(f"--global-tokens ({args.global_tokens}) must be >= 0")
+    known = [*REGISTRY, "auto"]
+    unknown = [name for name in args.backends or [] if name not in known]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(map(repr, unknown))}; the backends are {', '.join(known)}")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)")
     return args
 
 

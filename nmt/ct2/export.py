@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from nmt.errors import UsageError, UsageParser, first_line
+from nmt.files import check_output_folder
 
 META = "nmt.json"
 SPM = "spm.model"
@@ -109,10 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("ctranslate2") is None:
         raise UsageError("needs the ctranslate2 package: pip install ctranslate2")
     out, model_path = Path(args.out), Path(args.model)
-    if out.exists() and not args.force:
-        raise UsageError(f"{out}: already exists; add --force to replace it")
-    if out.exists() and model_path.exists() and out.resolve() in (model_path.resolve(), *model_path.resolve().parents):
-        raise UsageError(f"{out}: would replace the model being exported")
+    check_output_folder(out, args.force, reads=[model_path])
     if args.quantization not in quantizations():
         raise UsageError(f"--quantization {args.quantization!r}: choose one of {', '.join(quantizations())}")
     from nmt.decoding.loading import load_model

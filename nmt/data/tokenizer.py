@@ -49,6 +49,14 @@ class Tokenizer:
     def from_serialized(cls, serialized: bytes) -> "Tokenizer":
         return cls(None, serialized)
 
+    # Pickled (and hashed by `datasets` for its map cache) as the model's bytes alone: the same sentencepiece model
+    # read from a file, a model directory or a checkpoint encodes alike, so it reuses one cached encoding.
+    def __getstate__(self) -> dict:
+        return {"serialized": self.serialized}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(None, state["serialized"])
+
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()

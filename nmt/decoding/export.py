@@ -7,6 +7,7 @@ Written into a temporary sibling directory and renamed into place, so a reader n
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,10 +27,16 @@ CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
 def write_directory(directory: str | Path, fill: Callable[[Path], None]) -> Path:
     """Create ``directory`` whole: ``fill(tmp)`` writes into a temporary sibling, which then replaces ``directory``.
     An existing one is renamed aside (a unique name, so two writers never share it) and removed once the new one is in
-    place, or renamed back if that fails. On any error, or an interrupt, nothing changes. Returns ``directory``."""
+    place, or renamed back if that fails. On any error, or an interrupt, nothing changes. Returns ``directory``.
+    Raises NotADirectoryError when ``directory`` is a file, OSError (naming ``directory``) when it cannot be made."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():  # a file is never replaced by a folder
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(directory))
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as error:  # the error names the folder asked for, not the temporary one beside it
+        raise OSError(error.errno, error.strerror, str(directory)) from None
     try:
         fill(tmp)
         publish_modes(tmp)  # mkdtemp's 0700 (and any 0600 file inside) would make the model its owner's only
@@ -37,7 +44,11 @@ def write_directory(directory: str | Path, fill: Callable[[Path], None]) -> Path
             os.replace(tmp, directory)
             return directory
         old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-        os.replace(directory, old)  # onto the fresh empty folder: os.replace may replace an empty directory
+        try:
+            os.replace(directory, old)  # onto the fresh empty folder: os.replace may replace an empty directory
+        except BaseException:
+            old.rmdir()
+            raise
         try:
             os.replace(tmp, directory)
         except BaseException:

@@ -78,11 +78,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     metrics["model"] = {"parameters": parameters, "bytes": weight_bytes(model), "attention": model.cfg.variants()}
     example = example_line(sources)
     if example is not None:
-        hyp_len = len(tokenizer.encode([hypotheses[example]])[0]) + 1
+        # The reference's length, not the hypothesis's: every model scored on this test set gets the same lengths,
+        # so its cache bytes compare across models (a hypothesis's length is the model's own).
+        tgt_len = len(tokenizer.encode([references[example]])[0]) + 1
         src_ids = tokenizer.encode([sources[example]])[0][: args.max_source_len]
         metrics["kv_cache_bytes_per_sentence"] = {"beam": cfg.beam, "source_subwords": len(src_ids) + 1,
-                                                  "target_subwords": hyp_len,
-                                                  **kv_cache_bytes(model, src_ids, hyp_len, cfg.beam)}
+                                                  "target_subwords": tgt_len,
+                                                  **kv_cache_bytes(model, src_ids, tgt_len, cfg.beam)}
     if args.report:
         nbest = format_output(translations, cfg.nbest) if translations is not None and cfg.nbest > 1 else None
         write_report(Path(args.report), metrics, args, model, tokenizer, sources, hypotheses, example, nbest)

@@ -14,7 +14,6 @@ to a count that does not divide, is a one-line error, exit status 2.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from nmt.config import SITES, ModelConfig
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import ModelLoadError, load_model_info
 from nmt.errors import UsageParser, first_line
+from nmt.files import check_output_folder
 from nmt.model import Seq2Seq, build_model
 
 SHORTHANDS = {"decoder": ("decoder_self", "cross"), "all": SITES}
@@ -49,6 +49,8 @@ def parse_targets(specs: list[str]) -> dict[str, int]:
             n_kv_heads = int(value)
         except ValueError:
             raise ConvertError(f"{spec!r}: n_kv_heads must be a whole number (got {value!r})") from None
+        if n_kv_heads < 1:
+            raise ConvertError(f"{spec!r}: n_kv_heads must be at least 1 (1 is MQA)")
         targets.update(dict.fromkeys(sites, n_kv_heads))
     if not targets:
         raise ConvertError("no SITE=N_KV_HEADS given (e.g. decoder_self=2 cross=2, or all=1)")
@@ -113,13 +115,11 @@ def convert(source: str | Path, out: str | Path, targets: dict[str, int], force:
     with what the source recorded beside its weights (``bleu_tokenize``, ``checkpoint``, earlier conversions) and a
     record of this conversion appended to ``conversions`` in its config.json.
 
-    Raises ConvertError when ``out`` is the source, or exists and ``force`` is false (an existing ``out`` is
-    replaced only on request, as ``nmt export ct2`` does); ModelLoadError when ``source`` does not load."""
+    Raises ValueError when ``out`` is a file, is or holds the source, or exists and ``force`` is false (an existing
+    ``out`` is replaced only on request, as ``nmt export ct2`` does: nmt.files.check_output_folder); ModelLoadError
+    when ``source`` does not load."""
     source, out = Path(source), Path(out)
-    if out.resolve() == source.resolve():
-        raise ConvertError(f"--out {out} is the source model; write the conversion to another directory")
-    if out.exists() and not force:
-        raise ConvertError(f"--out {out}: already exists; add --force to replace it")
+    check_output_folder(out, force, f"--out {out}", reads=[source])
     model, tokenizer, extras = load_model_info(source)
     converted = convert_model(model, targets)
     record = {"from": str(source), "method": METHOD,
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert(args.model, args.out, parse_targets(args.targets), force=args.force)
-    except (ConvertError, ModelLoadError, OSError, json.JSONDecodeError) as error:
+    except (ValueError, ModelLoadError, OSError) as error:  # ConvertError and JSONDecodeError are ValueErrors
         print(f"nmt convert: {first_line(error)}", file=sys.stderr)
         return 2
     print(f"nmt convert: wrote {out}")

@@ -18,6 +18,7 @@ import torch
 from nmt.decoding.export import export_model
 from nmt.decoding.loading import ModelLoadError, load_model, load_model_info
 from nmt.errors import UsageParser, first_line, plural
+from nmt.files import check_output_folder
 
 STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 
@@ -58,6 +59,9 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
         raise ValueError(f"{run_dir / 'checkpoints'}: --last {last} asks for more checkpoints than the "
                          f"{len(found)} there")
     chosen = found[-last:]
+    out = Path(output) if output else run_dir / f"model_avg{last}"
+    # An existing average is replaced (rerunning refreshes it); the run's own folders are not.
+    check_output_folder(out, True, f"--output {out}" if output else None, reads=chosen)
     model, tokenizer, info = load_model_info(chosen[-1])
     for path in chosen[:-1]:  # one model config and one vocabulary, or the mean is meaningless
         other, other_tokenizer = load_model(path)
@@ -66,7 +70,7 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
     model.load_state_dict(average_state(chosen))
     # The run's BLEU tokenizer, from the checkpoint itself (config.yaml may not travel with copied checkpoints).
     extra = {"checkpoint": f"average of {', '.join(p.name for p in chosen)}", "bleu_tokenize": info["bleu_tokenize"]}
-    return export_model(model, tokenizer, Path(output) if output else run_dir / f"model_avg{last}", extra=extra)
+    return export_model(model, tokenizer, out, extra=extra)
 
 
 def main(argv: list[str]) -> int:

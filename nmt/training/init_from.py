@@ -67,6 +67,8 @@ def init_from_problem(directory: str, model: dict[str, Any]) -> Optional[str]:
         return None
     key, their_value, our_value = found
     hint = f"; override {key}={_shown(their_value)} to match" if their_value != "<missing>" else ""
+    if key == "model.vocab_size" and their_value != "<missing>":  # nmt train's model.vocab_size is ${data.vocab_size}
+        hint = f"; override data.vocab_size={_shown(their_value)} to match (model.vocab_size follows it)"
     return f"init_from: {key} is {_shown(their_value)} in {path} but {_shown(our_value)} in this run{hint}"
 
 

@@ -59,6 +59,7 @@ class TranslationModule(L.LightningModule):
         self.bleu_tokenize = bleu_tokenize
         self.val_max_sentences = val_max_sentences  # validation BLEU on the first N sentences (None: all)
         self.tokenizer: Optional[Tokenizer] = None  # from the datamodule in setup(); for validation BLEU
+        self.init_from: Optional[str] = None  # the model directory the run started from; kept in its checkpoints
         self.valid_sources: list[str] = []
         self.valid_references: list[str] = []
         # Validation BLEU truncates sources here: setup() raises it to data.max_len, so a validation source as long as
@@ -178,6 +179,7 @@ class TranslationModule(L.LightningModule):
             checkpoint["nmt_stream_state"] = states
         if self.tokenizer is not None:  # a checkpoint is self-contained for `nmt translate --model x.ckpt`
             checkpoint["nmt_spm"] = torch.frombuffer(bytearray(self.tokenizer.serialized), dtype=torch.uint8)
+        checkpoint["nmt_init_from"] = self.init_from
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nmt_rng" in checkpoint:

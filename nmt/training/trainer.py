@@ -192,7 +192,10 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
             ckpt_path = str(last)
         else:
             log.warning("resume=true but %s does not exist: starting from scratch", last)
-    tokenizer = start_from(cfg, module, load_weights=ckpt_path is None) if cfg.init_from else None
+    if ckpt_path is not None:
+        tokenizer = resume_from(cfg, module, last)
+    else:
+        tokenizer = start_from(cfg, module) if cfg.init_from else None
     data = TranslationData(cfg.data, cfg.seed, tokenizer)
     trainer = build_trainer(cfg, run_dir)
     if trainer.global_rank == 0:
@@ -202,7 +205,7 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
         # The final state, whatever step the periodic saves last fell on; all of it (optimizer, loops) for resume.
         trainer.save_checkpoint(last, weights_only=False)
         if trainer.global_rank == 0:
-            export_best(trainer, module, data, run_dir, init_from=cfg.init_from)
+            export_best(trainer, module, data, run_dir, init_from=module.init_from)
     return run_dir
 
 
@@ -225,16 +228,34 @@ def resolved_precision(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     return replace(cfg, trainer=replace(cfg.trainer, precision=precision))
 
 
-def start_from(cfg: TrainConfig, module: TranslationModule, load_weights: bool) -> Tokenizer:
-    """``init_from=DIR``: DIR's sentencepiece model for the run and, unless a checkpoint is resumed (whose weights
-    win), DIR's weights in the module; the optimizer and schedule start afresh. ValueError (one line) where DIR's
-    model config differs from the run's (`nmt.training.init_from`: checked before any heavy import too)."""
+def start_from(cfg: TrainConfig, module: TranslationModule) -> Tokenizer:
+    """``init_from=DIR`` on a fresh run: DIR's weights in the module and its sentencepiece model for the run; the
+    optimizer and schedule start afresh. ValueError (one line) where DIR's model config differs from the run's
+    (`nmt.training.init_from`: checked before any heavy import too)."""
     check_init_from(cfg)  # again: train() may be called with a config that never went through the command line
     model, tokenizer = load_model(cfg.init_from)
-    if load_weights:
-        module.model.load_state_dict(model.state_dict())
-        log.info("init_from: weights and sentencepiece model of %s", cfg.init_from)
+    module.model.load_state_dict(model.state_dict())
+    module.init_from = cfg.init_from
+    log.info("init_from: weights and sentencepiece model of %s", cfg.init_from)
     return tokenizer
+
+
+def resume_from(cfg: TrainConfig, module: TranslationModule, checkpoint: Path) -> Optional[Tokenizer]:
+    """A resumed run keeps what it started with, whatever ``data.*`` or ``init_from`` say now: the sentencepiece
+    model saved in ``checkpoint`` (a tokenizer trained afresh from today's data settings would give the weights
+    other subwords) and the init_from it recorded, for the exported model's config.json. None for a checkpoint
+    without a tokenizer (older nmt): the data settings' tokenizer, as then."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    module.init_from = saved.get("nmt_init_from", cfg.init_from)  # a checkpoint without the key predates it
+    if cfg.init_from is not None:
+        check_init_from(cfg)
+        if module.init_from != cfg.init_from:
+            log.warning("init_from=%s is ignored: this run resumes %s, which started from %s", cfg.init_from,
+                        checkpoint, module.init_from or "scratch")
+    if "nmt_spm" not in saved:
+        return None
+    log.info("resume: the sentencepiece model saved in %s", checkpoint)
+    return Tokenizer.from_serialized(bytes(saved["nmt_spm"].numpy().tobytes()))
 
 
 def export_best(trainer: L.Trainer, module: TranslationModule, data: TranslationData, run_dir: Path,
