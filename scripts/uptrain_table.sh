@@ -3,9 +3,12 @@
 # decoder sites only (decoder self-attention and cross-attention: the sites whose K/V are cached), by mean-pooling each
 # group's K/V heads (`nmt convert`, Ainslie et al. 2023), then uptrained with `nmt train init_from=…` for 5% (400)
 # and 10% (800) of the recipe's 8,000 updates. Each model is scored with beam 5 on test_2016_flickr (tokenized
-# lowercased BLEU) with its KV-cache bytes and sentences/s: right after conversion, after 400 and after 800 updates,
-# beside the MHA model — and beside the MHA model uptrained the same way (the control: what the extra updates alone
-# give).
+# lowercased BLEU) right after conversion, after 400 and after 800 updates (and on test_2017_flickr after 800), beside
+# the MHA model — and beside the MHA model uptrained the same way (the control: what the extra updates alone give) —
+# with the KV-cache bytes of `nmt report`'s reference sentence. Beam-5 sentences/s come from one interleaved run of
+# every model afterwards, on a quiet machine (the evaluations here run beside training):
+#   python scripts/decode_speed.py --beams 5 --repeats 5 --src "$DATA/tok/test_2016_flickr.lc.norm.tok.en.gz" \
+#     --model "$MHA_RUN/model_avg10" "$OUT"/*/run/checkpoints/step-0000800.ckpt
 #
 #   scripts/uptrain_table.sh                       # everything: trains the MHA model first if MHA_RUN has none
 #   MHA_RUN=outputs/multi30k_batch2/mha scripts/uptrain_table.sh    # start from an existing recipe run
@@ -42,6 +45,7 @@ if [ ! -f "$MHA_RUN/model_avg10/config.json" ]; then
   STEPS=8000 EVERY=50 VAL_EVERY=500 OUT="$OUT" EXTRA="$EXTRA" scripts/multi30k_table.sh mha
 fi
 evaluate "$MHA_RUN/model_avg10" "$OUT/mha_eval"
+evaluate "$MHA_RUN/model_avg10" "$OUT/mha_eval_2017" test_2017_flickr
 
 # name | nmt convert's SITE=N | the run's attention overrides that give the converted model's config
 # The control runs last: the conversions are the finding, the control what it is measured against.
@@ -86,37 +90,43 @@ for entry in "${variants[@]}"; do
 done
 
 python - "$OUT" "$half" "$UP_STEPS" "$MHA_RUN/model_avg10" <<'EOF'
-"""The table: tokenized BLEU after conversion and uptraining beside the MHA model's, beam-5 sentences/s, and the
-KV-cache bytes of one sentence at beam 5 — counted from the cache tensors of each model decoding the same lengths
-(the MHA evaluation's median sentence), so the ratios are the architectures', not the hypotheses' lengths."""
+"""The table: tokenized BLEU after conversion and uptraining beside the MHA model's and the control's (the MHA model
+uptrained the same way), test_2017 after the last update, and the KV-cache bytes of `nmt report`'s reference
+sentence at beam 5, counted from each model's cache tensors (the architectures' ratios, not the hypotheses'
+lengths). Beam-5 sentences/s are measured apart, all models in one interleaved run (scripts/decode_speed.py): each
+evaluation here ran beside training."""
 import json
 import sys
 from pathlib import Path
 
-from nmt.model import kv_cache_bytes
 from nmt.decoding.loading import load_model
+from nmt.evaluation.report import REFERENCE
+from nmt.model import kv_cache_bytes
 
 out, half, full, mha_model = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-read = lambda path: json.loads((path / "metrics.json").read_text())  # noqa: E731
-mha = read(out / "mha_eval")
-lengths = mha["kv_cache_bytes_per_sentence"]
-src_ids, hyp_len = [5] * (lengths["source_subwords"] - 1), lengths["target_subwords"]
-kv = lambda path: kv_cache_bytes(load_model(path)[0], src_ids, hyp_len, beam=5)["total"]  # noqa: E731
-base_bleu, base_kv = mha["scores"]["bleu_tokenized"], kv(mha_model)
-rows = [f"| MHA (model_avg10) | — | {base_bleu:.2f} | | | {base_kv:,} | 1 | {mha['speed']['sentences_per_s']} |"]
+bleu = lambda path: json.loads((path / "metrics.json").read_text())["scores"]["bleu_tokenized"]  # noqa: E731
+src_ids, tgt_len = [5] * (REFERENCE["source_subwords"] - 1), REFERENCE["target_subwords"]
+kv = lambda path: kv_cache_bytes(load_model(path)[0], src_ids, tgt_len, REFERENCE["beam"])["total"]  # noqa: E731
+base, base_2017, base_kv = bleu(out / "mha_eval"), bleu(out / "mha_eval_2017"), kv(mha_model)
+control = out / "mha-control" / f"eval_{full}"
+control_bleu = bleu(control) if (control / "metrics.json").is_file() else None
+delta = lambda value, reference: f"{value:.2f} ({value - reference:+.2f})"  # noqa: E731
+heads = lambda path: " / ".join(str(load_model(path)[0].cfg.site(site).n_kv_heads)  # noqa: E731
+                                for site in ("encoder_self", "decoder_self", "cross"))
+rows = [f"| MHA (model_avg10) | {heads(mha_model)} | {base:.2f} | | | | {base_2017:.2f} | {base_kv:,} | 1 |"]
 for name in ("mha-control", "gqa2-all", "mqa-all", "gqa2-decoder", "mqa-decoder"):
-    evals = [out / name / f"eval_{s}" for s in ("0", half, full)]
+    evals = [out / name / f"eval_{s}" for s in ("0", half, full, f"{full}_2017")]
     if not all((e / "metrics.json").is_file() for e in evals):
         continue
-    metrics = [read(e) for e in evals]
-    cells = [f"{b:.2f} ({b - base_bleu:+.2f})" for b in (m["scores"]["bleu_tokenized"] for m in metrics)]
-    sites = ", ".join(f"{site} {v}" for site, v in metrics[-1]["model"]["attention"].items())
+    scores = [bleu(e) for e in evals]
     size = kv(out / name / "converted")
-    rows.append(f"| {name} | {sites} | {' | '.join(cells)} | {size:,} | 1/{base_kv / size:g} | "
-                f"{metrics[-1]['speed']['sentences_per_s']} |")
-header = (f"| model | attention per site | BLEU converted (Δ MHA) | after {half} updates | after {full} updates | "
-          f"KV-cache bytes (beam 5, {lengths['source_subwords']} → {hyp_len} subwords) | ÷ MHA | "
-          "sentences/s (beam 5) |\n|---|---|---|---|---|---|---|---|")
+    vs_control = "" if control_bleu is None else f"{scores[2] - control_bleu:+.2f}"
+    rows.append(f"| {name} | {heads(out / name / 'converted')} | {' | '.join(delta(s, base) for s in scores[:3])} | {vs_control} | "
+                f"{delta(scores[3], base_2017)} | {size:,} | 1/{base_kv / size:g} |")
+header = (f"| model | K/V heads (encoder self / decoder self / cross) | BLEU converted (Δ MHA) | after {half} updates | "
+          f"after {full} updates | Δ control after {full} | test_2017 after {full} (Δ MHA) | KV-cache bytes "
+          f"(beam {REFERENCE['beam']}, {REFERENCE['source_subwords']} → {tgt_len} subwords) | ÷ MHA |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 table = header + "\n" + "\n".join(rows) + "\n"
 (out / "table.md").write_text(table)
 print(table)
