@@ -91,18 +91,39 @@ def write_json(path: str | Path, payload: Any) -> None:
         Path(tmp.name).unlink(missing_ok=True)
 
 
+
+def blocking_file(out: str | Path) -> Optional[Path]:
+    """The file (not a folder) at ``out`` or at its nearest existing ancestor, which stops a folder being made there,
+    or None."""
+    for candidate in (Path(out), *Path(out).parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def check_output_folder(out: str | Path, force: bool, label: Optional[str] = None,
                         reads: Iterable[str | Path] = ()) -> None:
     """Before any work: may a command write the folder ``out`` (whole, through a rename)? Raises ValueError, one line
-    starting with ``label`` (default the path; e.g. '--out PATH'): when ``out`` is a file; when it exists and
-    ``force`` is false; when it is, or holds, a path in ``reads`` (what the command reads: replacing the folder would
-    delete its own input, e.g. a run folder holding the model being converted)."""
+    starting with ``label`` (default the path; e.g. '--out PATH'): when ``out`` is '.', '..' or a symbolic link (the
+    rename would move the link, not the folder); when it or an ancestor is a file; when it is, or holds, a path in
+    ``reads`` that exists (what the command reads: replacing the folder would delete its own input, e.g. a run folder
+    holding the model being converted), compared both as written and with links resolved; when it exists and
+    ``force`` is false."""
     out, label = Path(out), label or str(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{label}: is a file, not a folder; choose a folder path")
+    if out.name in ("", ".", ".."):
+        raise ValueError(f"{label}: name the folder to write, not '.' or '..'")
+    if out.is_symlink():
+        raise ValueError(f"{label}: is a symbolic link; give the folder it points to, or another path")
+    blocking = blocking_file(out)
+    if blocking is not None:
+        what = "is a file" if blocking == out else f"{blocking} is a file"
+        raise ValueError(f"{label}: {what}, not a folder; choose a folder path")
     for path in reads:
-        path = Path(path).resolve()
-        if out.resolve() in (path, *path.parents):
-            raise ValueError(f"{label}: would replace {path} — the model being read; write to another folder")
+        if not Path(path).exists():  # the command's own loading says it is missing
+            continue
+        for form in (os.path.abspath, os.path.realpath):  # realpath: no error on a link loop, unlike Path.resolve
+            target, source = Path(form(out)), Path(form(path))
+            if target == source or target in source.parents:
+                raise ValueError(f"{label}: would replace {path} — the model being read; write to another folder")
     if out.exists() and not force:
         raise ValueError(f"{label}: already exists; add --force to replace it")

@@ -17,7 +17,7 @@
 # model_avg10 is the model converted. If it is missing, the run is made (or resumed: every step of this script resumes
 # or skips what is done, so rerun it after an interruption) with
 #   OMP_NUM_THREADS=2 STEPS=8000 EVERY=50 VAL_EVERY=500 OUT=$OUT EXTRA="$EXTRA" scripts/multi30k_table.sh mha
-# (~5 h on the 2-core CPU; add trainer=gpu to EXTRA on a GPU). Uptraining keeps the recipe (experiment=wu_tiny_en_de,
+# (~4–5 h on the 2-core CPU; add trainer=gpu to EXTRA on a GPU). Uptraining keeps the recipe (experiment=wu_tiny_en_de,
 # EXTRA's doubled batch) with a fresh optimizer: peak lr 0.0025 — the recipe's lr at its last update,
 # 0.005·√(2000/8000) — after 50 warmup updates for the new Adam moments, then the recipe's inverse-√ decay. One
 # 800-update run per variant keeps its step-400 checkpoint: inverse-√ does not depend on max_steps and the data order
@@ -121,9 +121,11 @@ for name in ("mha-control", "gqa2-all", "mqa-all", "gqa2-decoder", "mqa-decoder"
     scores = [bleu(e) for e in evals]
     size = kv(out / name / "converted")
     vs_control = "" if control_bleu is None else f"{scores[2] - control_bleu:+.2f}"
-    rows.append(f"| {name} | {heads(out / name / 'converted')} | {' | '.join(delta(s, base) for s in scores[:3])} | {vs_control} | "
+    bleu_cells = " | ".join(delta(s, base) for s in scores[:3])
+    rows.append(f"| {name} | {heads(out / name / 'converted')} | {bleu_cells} | {vs_control} | "
                 f"{delta(scores[3], base_2017)} | {size:,} | 1/{base_kv / size:g} |")
-header = (f"| model | K/V heads (encoder self / decoder self / cross) | BLEU converted (Δ MHA) | after {half} updates | "
+header = (f"| model | K/V heads (encoder self / decoder self / cross) | BLEU converted (Δ MHA) | "
+          f"after {half} updates | "
           f"after {full} updates | Δ control after {full} | test_2017 after {full} (Δ MHA) | KV-cache bytes "
           f"(beam {REFERENCE['beam']}, {REFERENCE['source_subwords']} → {tgt_len} subwords) | ÷ MHA |\n"
           "|---|---|---|---|---|---|---|---|---|")

@@ -49,12 +49,17 @@ def test_average_refuses_what_it_cannot_do(run_dir, tmp_path, capsys):
     assert main([str(tmp_path), "--last", "2"]) == 2
     assert "no step-*.ckpt files" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    for output, message in [(run_dir, f"would replace {step_checkpoints(run_dir)[-2]}"),  # the run's own folder
-                            (run_dir / "config.yaml", "is a file, not a folder")]:
-        before = sorted(p.name for p in run_dir.rglob("*"))
-        assert main([str(run_dir), "--last", "2", "--output", str(output)]) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "important.txt").write_text("keep")
+    for output, force, message in [(run_dir, True, f"would replace {step_checkpoints(run_dir)[-2]}"),  # the run
+                                   (run_dir / "config.yaml", True, "is a file, not a folder"),
+                                   (tmp_path / "mine", False, "already exists; add --force to replace it")]:
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert main([str(run_dir), "--last", "2", "--output", str(output), *["--force"] * force]) == 2
         assert capsys.readouterr().err.startswith(f"nmt average: --output {output}: {message}")
-        assert sorted(p.name for p in run_dir.rglob("*")) == before
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert main([str(run_dir), "--last", "2", "--output", str(tmp_path / "mine"), "--force"]) == 0
+    assert load_model(tmp_path / "mine")[0] is not None and not (tmp_path / "mine" / "important.txt").exists()
 
 
 def test_average_refuses_checkpoints_of_different_models(run_dir, cache_dir, tmp_path):  # noqa: F811

@@ -87,10 +87,18 @@ def test_bench_attention_refuses_bad_options_in_one_line(tmp_path, capsys):
 
     for argv, message in [(["--repeats", "0"], "--repeats (0) must be >= 1"),
                           (["--backends", "band", "nosuch"], "--backends: unknown 'nosuch'; the backends are math,"),
-                          (["--device", "tpu9"], "--device 'tpu9': not a torch device")]:
+                          (["--device", "tpu9"], "--device 'tpu9' is not a device: use cpu, cuda, cuda:N or mps"),
+                          (["--device", "meta"], "--device meta: nmt runs on cpu, cuda or mps")]:
         assert nmt_main(["bench", "attention", *argv, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"nmt bench attention: {message}") and err.count("\n") == 1, err
+    # Every bench checks --out before it runs (it failed with a traceback after the whole measurement).
+    (tmp_path / "afile").write_text("x")
+    for bench in ("attention", "data", "long", "train", "translate"):
+        for out, message in [(tmp_path / "afile", "is a file, not a folder"),
+                             (tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file, not a folder")]:
+            assert nmt_main(["bench", bench, "--out", str(out)]) == 2
+            assert capsys.readouterr().err == f"nmt bench {bench}: --out {out}: {message}\n"
 
 
 @pytest.mark.slow

@@ -153,6 +153,32 @@ def test_out_never_replaces_the_source_or_a_file(where, force, message, tokenize
     assert (tmp_path / "afile").read_text() == "mine" and load_model(source)[0].cfg.site("cross").n_kv_heads == 4
 
 
+def test_out_paths_that_a_rename_would_mishandle_are_refused_first(tokenizer, tmp_path, capsys):
+    """Links, '.', a file above the folder, a link loop: one line each before any work, nothing written; a symlinked
+    run folder is still recognised as holding the model (the paths compare with links resolved too)."""
+    source = export_model(build_model(mha()), tokenizer, tmp_path / "real" / "model")
+    (tmp_path / "run").symlink_to(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "afile").write_text("mine")
+    cases = [(tmp_path / "run" / "..", "name the folder to write, not '.' or '..'"),
+             (tmp_path / "link", "is a symbolic link; give the folder it points to, or another path"),
+             (tmp_path / "loop", "is a symbolic link"),
+             (tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file, not a folder; choose a folder path"),
+             (tmp_path / "real", f"would replace {tmp_path / 'run' / 'model'} — the model being read")]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for out, message in cases:
+        model = tmp_path / "run" / "model"  # read through the link: realpath still finds it inside real/
+        assert cli_main(["convert", str(model), "--out", str(out), "all=2", "--force"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nmt convert: --out {out}: {message}") and err.count("\n") == 1, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert load_model(source)[0].cfg.site("cross").n_kv_heads == 4
+    missing = tmp_path / "nomodel"  # a missing model is named as missing, not as "would replace"
+    assert cli_main(["convert", str(missing), "--out", str(tmp_path / "real"), "all=2", "--force"]) == 2
+    assert capsys.readouterr().err == f"nmt convert: {missing}: no such model directory or checkpoint\n"
+
+
 def test_an_out_that_cannot_be_made_is_named_not_its_temporary_folder(tokenizer, tmp_path, capsys):
     source = export_model(build_model(mha()), tokenizer, tmp_path / "model")
     out = Path("/proc/nmt-convert-test")  # no one, root included, makes a folder in /proc

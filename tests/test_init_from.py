@@ -173,3 +173,37 @@ def test_resume_wins_over_init_from_once_a_checkpoint_exists(start, tmp_path, mo
     third = run_capturing_the_start(monkeypatch, third_cfg, run_dir)
     assert third["step"] == 3 and third["spm"] == first["spm"] and not (cache / "spm").exists()
     assert json.loads((run_dir / "model" / "config.json").read_text())["init_from"] == str(start)
+
+
+def test_resume_from_reads_the_checkpoints_tokenizer_and_start_and_tolerates_older_checkpoints(tmp_path, monkeypatch,
+                                                                                              caplog):
+    """Unit level: what `resume_from` takes from a checkpoint, with and without the keys older nmt did not write, and
+    when it warns that a repeated init_from is ignored (not for the same folder spelled another way)."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from nmt.data.tokenizer import TokenizerSettings, load_or_train
+    from nmt.training import trainer
+    from tests.conftest import multi30k_sample
+
+    monkeypatch.setattr(trainer, "check_init_from", lambda cfg: None)  # the model-config check is tested above
+    spm = load_or_train(lambda: multi30k_sample(1000), TokenizerSettings(400), "resume", tmp_path / "spm")
+    (tmp_path / "start").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for saved, init_from, tokenizer, start, warned in [
+        ({}, None, None, None, False),  # older nmt: neither key; the data settings' tokenizer, no record
+        ({}, "start", None, "start", False),  # no record in the checkpoint: the command line's, as before
+        ({"nmt_init_from": None}, "start", None, None, True),  # began from scratch: a new init_from is ignored
+        ({"nmt_spm": torch.frombuffer(bytearray(spm.serialized), dtype=torch.uint8), "nmt_init_from": "start"},
+         "./start/", spm.serialized, "start", False),  # the same folder, spelled differently
+    ]:
+        path = tmp_path / "last.ckpt"
+        torch.save(saved, path)
+        module = SimpleNamespace(init_from=None)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="nmt.training.trainer"):
+            got = trainer.resume_from(SimpleNamespace(init_from=init_from), module, path)
+        assert (got.serialized if got is not None else None) == tokenizer and module.init_from == start
+        assert ("is ignored" in caplog.text) == warned, caplog.text

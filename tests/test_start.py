@@ -136,7 +136,7 @@ def test_help_lists_the_groups_and_loads_no_training_library():
             "sparse_long") in process.stdout
     # The config it prints shows only the default precision (32-true): the footer names every accepted value.
     assert f"trainer.precision takes: {', '.join(PRECISIONS)}." in process.stdout and "auto" in PRECISIONS
-    assert "resume=true continues it.\ninit_from=DIR starts a new run from a model directory's weights" in process.stdout
+    assert "continues it.\ninit_from=DIR starts a new run from a model directory's weights" in process.stdout
 
 
 # -- failed starts, the progress bar and the log --------------------------------------------------------------------

@@ -24,7 +24,8 @@ import torch
 from nmt.attention import Attention, AttentionBackendError, AttentionConfig, MaskSpec, attend
 from nmt.attention.backends import REGISTRY, call_problem, static_problem
 from nmt.attention.dispatch import choose_backend
-from nmt.bench.common import environment, markdown_table, median_seconds, peak_bytes, write_results
+from nmt.bench.common import environment, markdown_table, median_seconds, parse_bench_args, peak_bytes, write_results
+from nmt.decoding.flags import FlagError, check_device
 from nmt.errors import UsageParser, plural
 
 MODES = ("forward", "forward+backward")
@@ -268,7 +269,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--out", default="outputs/bench")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     for name in ("batch", "heads", "head_dim", "window", "repeats"):
         if getattr(args, name) < 1:
@@ -282,18 +283,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"--backends: unknown {', '.join(map(repr, unknown))}; the backends are {', '.join(known)}")
     try:
-        torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)")
+        check_device(args.device)  # nmt translate's check: unknown names, no CUDA or MPS, an index past the devices
+    except FlagError as error:
+        parser.error(str(error))
     return args
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("nmt bench attention: --device cuda but no CUDA device is visible", file=sys.stderr)
-        return 2
     chosen = variants(args.heads, args.window, args.global_tokens)
     if args.variants:
         unknown = set(args.variants) - {v.name for v in chosen}

@@ -3,6 +3,7 @@ source batches every system of `nmt bench translate` decodes (its peers import t
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from nmt.errors import UsageError, UsageParser  # noqa: F401 - the bench commands import them from here
+from nmt.files import blocking_file
 
 
 def environment(device: Optional[torch.device] = None) -> dict[str, Any]:
@@ -97,6 +99,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, and ``--out`` checked before the bench runs rather than when it writes: a file at
+    the folder's path or above it is a one-line error (UsageError through UsageParser)."""
+    args = parser.parse_args(argv)
+    blocking = blocking_file(args.out)
+    if blocking is not None:
+        what = "is a file" if blocking == Path(args.out) else f"{blocking} is a file"
+        parser.error(f"--out {args.out}: {what}, not a folder")
+    return args
 
 
 def write_results(out_dir: str | Path, name: str, results: dict, markdown: str) -> tuple[Path, Path]:

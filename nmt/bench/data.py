@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nmt.bench.common import UsageError, UsageParser, markdown_table, write_results
+from nmt.bench.common import UsageError, UsageParser, markdown_table, parse_bench_args, write_results
 from nmt.errors import first_line
 
 PROBE = Path(__file__).with_name("data_probe.py")
@@ -166,7 +166,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baseline", help="another nmt checkout to run the same way and compare against")
     parser.add_argument("--model", default="small", help="model preset of the measured runs (default small)")
     parser.add_argument("--out", default="outputs/bench", help="where data.json and data.md go (default outputs/bench)")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv)
     if args.baseline is not None and not (Path(args.baseline) / "nmt" / "cli.py").is_file():
         parser.error(f"--baseline {args.baseline}: not an nmt checkout (no nmt/cli.py in it)")
     if min(args.pairs) < 1:

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from nmt.bench.common import UsageError, UsageParser, environment, markdown_table, write_results
+from nmt.bench.common import UsageError, UsageParser, environment, markdown_table, parse_bench_args, write_results
 from nmt.errors import plural
 
 PROG = "nmt bench long"
@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--source", default=None, help="Multi30k-style folder they are made from (default: shipped)")
     parser.add_argument("--out", default="outputs/bench", help="writes long.json and long.md here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.cache_dir=DIR model.d_model=128")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv)
     for name in ("steps", "repeats", "max_tokens", "decode_docs", "decode_batch", "beam"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be >= 1")

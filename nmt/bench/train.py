@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.bench.common import environment, markdown_table, write_results
+from nmt.bench.common import environment, markdown_table, parse_bench_args, write_results
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD_ID
 from nmt.errors import UsageParser, plural
@@ -157,7 +157,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="time nmt under bf16 autocast (trainer.precision=bf16-mixed) beside fp32 (default: where "
                              "the CPU has bf16 matrix instructions; elsewhere bf16 is emulated, several times slower)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.cache_dir=DIR attention=gqa")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv)
     if args.bf16 is None:
         args.bf16 = cpu_bf16()[0]
     for name in ("steps", "repeats", "max_tokens"):

@@ -28,7 +28,16 @@ from typing import Callable, Optional
 
 import torch
 
-from nmt.bench.common import Batch, UsageError, UsageParser, environment, make_batches, markdown_table, write_results
+from nmt.bench.common import (
+    Batch,
+    UsageError,
+    UsageParser,
+    environment,
+    make_batches,
+    markdown_table,
+    parse_bench_args,
+    write_results,
+)
 from nmt.bench.formats import DTYPES, format_rows, formats_table, reduced_models, row_label
 from nmt.bench.peers import ctranslate2_system, ctranslate2_translator, marian_config, marian_system
 from nmt.config.compose import CONF_DIR
@@ -73,7 +82,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "OMP_NUM_THREADS)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, e.g. model.decoder_layers=2 data.vocab_size=1000")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv)
     presets = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     if args.model not in presets:
         raise UsageError(f"--model {args.model!r} is not a preset; choose one of {', '.join(presets)}")

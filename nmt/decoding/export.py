@@ -27,8 +27,10 @@ CONFIG, WEIGHTS, SPM = "config.json", "model.safetensors", "spm.model"
 def write_directory(directory: str | Path, fill: Callable[[Path], None]) -> Path:
     """Create ``directory`` whole: ``fill(tmp)`` writes into a temporary sibling, which then replaces ``directory``.
     An existing one is renamed aside (a unique name, so two writers never share it) and removed once the new one is in
-    place, or renamed back if that fails. On any error, or an interrupt, nothing changes. Returns ``directory``.
-    Raises NotADirectoryError when ``directory`` is a file, OSError (naming ``directory``) when it cannot be made."""
+    place, or renamed back if that fails. On any error, or an interrupt before the swap, nothing changes (one right
+    after it can leave the old folder beside the new one, under its ``.NAME.old.*`` name). Returns ``directory``.
+    Raises NotADirectoryError when ``directory`` is a file, OSError naming ``directory`` (never a temporary name)
+    when it cannot be made or replaced. Commands check their output first with nmt.files.check_output_folder."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():  # a file is never replaced by a folder
         raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(directory))
@@ -40,25 +42,36 @@ def write_directory(directory: str | Path, fill: Callable[[Path], None]) -> Path
     try:
         fill(tmp)
         publish_modes(tmp)  # mkdtemp's 0700 (and any 0600 file inside) would make the model its owner's only
-        if not directory.exists():
-            os.replace(tmp, directory)
-            return directory
-        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
         try:
-            os.replace(directory, old)  # onto the fresh empty folder: os.replace may replace an empty directory
-        except BaseException:
-            old.rmdir()
-            raise
-        try:
-            os.replace(tmp, directory)
-        except BaseException:
-            os.replace(old, directory)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+            _swap(tmp, directory)
+        except OSError as error:  # the renames' errors name the temporary folders; the user asked for directory
+            if error.errno is None:
+                raise
+            raise OSError(error.errno, error.strerror, str(directory)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _swap(tmp: Path, directory: Path) -> None:
+    """Rename ``tmp`` to ``directory``; an existing ``directory`` is moved aside first and removed after, or moved
+    back if the swap fails."""
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+    try:
+        os.replace(directory, old)  # onto the fresh empty folder: os.replace may replace an empty directory
+    except BaseException:
+        old.rmdir()
+        raise
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        os.replace(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(model: Seq2Seq, tokenizer: Tokenizer, directory: str | Path,

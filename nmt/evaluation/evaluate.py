@@ -78,8 +78,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     metrics["model"] = {"parameters": parameters, "bytes": weight_bytes(model), "attention": model.cfg.variants()}
     example = example_line(sources)
     if example is not None:
-        # The reference's length, not the hypothesis's: every model scored on this test set gets the same lengths,
-        # so its cache bytes compare across models (a hypothesis's length is the model's own).
+        # The reference's length, not the hypothesis's: models with the same sentencepiece model scored on this test
+        # set get the same lengths, so their cache bytes compare (a hypothesis's length is the model's own).
         tgt_len = len(tokenizer.encode([references[example]])[0]) + 1
         src_ids = tokenizer.encode([sources[example]])[0][: args.max_source_len]
         metrics["kv_cache_bytes_per_sentence"] = {"beam": cfg.beam, "source_subwords": len(src_ids) + 1,

@@ -44,8 +44,10 @@ def average_state(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {name: (value / len(paths)).to(dtypes[name]) for name, value in total.items()}
 
 
-def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path] = None) -> Path:
-    """Average the newest ``last`` step checkpoints of ``run_dir`` into ``output`` (default ``<run>/model_avg<N>``)."""
+def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path] = None, force: bool = False) -> Path:
+    """Average the newest ``last`` step checkpoints of ``run_dir`` into ``output`` (default ``<run>/model_avg<N>``,
+    replaced when it exists). ValueError (one line) for a bad run or --last, and for an ``output`` that exists
+    without ``force``, is a file, or holds the checkpoints (nmt.files.check_output_folder)."""
     run_dir = Path(run_dir)
     if last < 1:
         raise ValueError(f"--last ({last}) must be >= 1")
@@ -60,8 +62,8 @@ def average_run(run_dir: str | Path, last: int = 10, output: Optional[str | Path
                          f"{len(found)} there")
     chosen = found[-last:]
     out = Path(output) if output else run_dir / f"model_avg{last}"
-    # An existing average is replaced (rerunning refreshes it); the run's own folders are not.
-    check_output_folder(out, True, f"--output {out}" if output else None, reads=chosen)
+    # The default folder is this command's own: rerunning refreshes it. Any other is replaced only with --force.
+    check_output_folder(out, force or output is None, f"--output {out}" if output else None, reads=chosen)
     model, tokenizer, info = load_model_info(chosen[-1])
     for path in chosen[:-1]:  # one model config and one vocabulary, or the mean is meaningless
         other, other_tokenizer = load_model(path)
@@ -77,10 +79,11 @@ def main(argv: list[str]) -> int:
     parser = UsageParser(prog="nmt average", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("run_dir", help="a training run directory (holds checkpoints/step-*.ckpt)")
     parser.add_argument("--last", type=int, default=10, help="how many of the newest step checkpoints (default 10)")
-    parser.add_argument("--output", help="model directory to write (default RUN_DIR/model_avgN)")
+    parser.add_argument("--output", help="model directory to write (default RUN_DIR/model_avgN, refreshed on rerun)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
     try:
-        out = average_run(args.run_dir, args.last, args.output)
+        out = average_run(args.run_dir, args.last, args.output, args.force)
     except (ValueError, ModelLoadError, OSError) as error:
         print(f"nmt average: {first_line(error)}", file=sys.stderr)
         return 2

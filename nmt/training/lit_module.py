@@ -187,6 +187,7 @@ class TranslationModule(L.LightningModule):
         if "nmt_cuda_rng" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["nmt_cuda_rng"])
         self.data_position = checkpoint.get("nmt_data_position", self.data_position)
+        self.init_from = checkpoint.get("nmt_init_from", self.init_from)
         self.stream_states = checkpoint.get("nmt_stream_state")
 
     def _stream_states(self) -> Optional[list]:

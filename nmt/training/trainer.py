@@ -244,12 +244,13 @@ def resume_from(cfg: TrainConfig, module: TranslationModule, checkpoint: Path) -
     """A resumed run keeps what it started with, whatever ``data.*`` or ``init_from`` say now: the sentencepiece
     model saved in ``checkpoint`` (a tokenizer trained afresh from today's data settings would give the weights
     other subwords) and the init_from it recorded, for the exported model's config.json. None for a checkpoint
-    without a tokenizer (older nmt): the data settings' tokenizer, as then."""
+    without a tokenizer (older nmt): the data settings' tokenizer, as then. ValueError where a repeated init_from
+    no longer matches the run's model config (nmt.training.init_from), as on a fresh start."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     module.init_from = saved.get("nmt_init_from", cfg.init_from)  # a checkpoint without the key predates it
     if cfg.init_from is not None:
         check_init_from(cfg)
-        if module.init_from != cfg.init_from:
+        if module.init_from is None or os.path.realpath(module.init_from) != os.path.realpath(cfg.init_from):
             log.warning("init_from=%s is ignored: this run resumes %s, which started from %s", cfg.init_from,
                         checkpoint, module.init_from or "scratch")
     if "nmt_spm" not in saved:
