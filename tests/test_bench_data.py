@@ -83,7 +83,8 @@ def fake_checkout(path, cli_body):
 
 
 @pytest.mark.parametrize("cli_body, message", [
-    ("raise SystemExit(3)", r"nmt train exited 3 \(.*probe\.log\): "),
+    ("raise SystemExit(3)", r"nmt train exited 3 \(.*probe\.log\) and logged nothing"),
+    ("print('boom'); raise SystemExit(4)", r"nmt train exited 4 \(.*probe\.log\): boom"),
     ("return 0", r"nmt train ended without a training step \(.*probe\.log\)"),
 ])
 def test_a_run_that_fails_or_never_trains_is_one_line_and_exit_1(cli_body, message, tmp_path, capsys):

@@ -110,7 +110,8 @@ def run_once(source: Optional[Path], corpus: Path, cache: Path, run_dir: Path, m
     ended = time.time()
     if code != 0:
         tail = (run_dir / "probe.log").read_text(errors="replace").splitlines()[-5:]
-        raise RuntimeError(f"nmt train exited {code} ({run_dir / 'probe.log'}): " + " | ".join(tail))
+        last_lines = f": {' | '.join(tail)}" if tail else " and logged nothing"
+        raise RuntimeError(f"nmt train exited {code} ({run_dir / 'probe.log'}){last_lines}")
     records = [json.loads(line) for line in stages_file.read_text().splitlines()]
     seconds, peaks = {}, {}
     for r in records:
