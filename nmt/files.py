@@ -92,12 +92,14 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 
 
-def blocking_file(out: str | Path) -> Optional[Path]:
-    """The file (not a folder) at ``out`` or at its nearest existing ancestor, which stops a folder being made there,
-    or None."""
+def file_in_the_way(out: str | Path) -> Optional[str]:
+    """Why no folder can be made at ``out`` — a file there or at its nearest existing ancestor ('is a file, not a
+    folder' / 'PARENT is a file, not a folder') — or None."""
     for candidate in (Path(out), *Path(out).parents):
         if candidate.exists():
-            return None if candidate.is_dir() else candidate
+            if candidate.is_dir():
+                return None
+            return "is a file, not a folder" if candidate == Path(out) else f"{candidate} is a file, not a folder"
     return None
 
 
@@ -114,10 +116,9 @@ def check_output_folder(out: str | Path, force: bool, label: Optional[str] = Non
         raise ValueError(f"{label}: name the folder to write, not '.' or '..'")
     if out.is_symlink():
         raise ValueError(f"{label}: is a symbolic link; give the folder it points to, or another path")
-    blocking = blocking_file(out)
-    if blocking is not None:
-        what = "is a file" if blocking == out else f"{blocking} is a file"
-        raise ValueError(f"{label}: {what}, not a folder; choose a folder path")
+    problem = file_in_the_way(out)
+    if problem is not None:
+        raise ValueError(f"{label}: {problem}; choose a folder path")
     for path in reads:
         if not Path(path).exists():  # the command's own loading says it is missing
             continue

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from nmt.errors import UsageError, UsageParser  # noqa: F401 - the bench commands import them from here
-from nmt.files import blocking_file
+from nmt.files import file_in_the_way
 
 
 def environment(device: Optional[torch.device] = None) -> dict[str, Any]:
@@ -105,10 +105,9 @@ def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str]) -> argpar
     """``parser.parse_args(argv)``, and ``--out`` checked before the bench runs rather than when it writes: a file at
     the folder's path or above it is a one-line error (UsageError through UsageParser)."""
     args = parser.parse_args(argv)
-    blocking = blocking_file(args.out)
-    if blocking is not None:
-        what = "is a file" if blocking == Path(args.out) else f"{blocking} is a file"
-        parser.error(f"--out {args.out}: {what}, not a folder")
+    problem = file_in_the_way(args.out)
+    if problem is not None:
+        parser.error(f"--out {args.out}: {problem}")
     return args
 
 
