@@ -86,7 +86,11 @@ def test_other_dtypes_and_autocast_take_the_readable_path():
     hidden, weight, target = _inputs()
     assert fused_applies(hidden, weight)
     assert not fused_applies(hidden.double(), weight.double())
+    assert not fused_applies(hidden.bfloat16(), weight)  # bf16 without autocast: the readable path
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_applies(hidden, weight) and fused_applies(hidden.bfloat16(), weight)
+        assert not fused_applies(hidden, weight.bfloat16())
+    with torch.autocast("cpu", dtype=torch.float16):
         assert not fused_applies(hidden, weight)
     criterion = ProjectedLoss()
     loss, _ = criterion(hidden.double(), weight.double(), target, 0.1)
@@ -139,3 +143,36 @@ def test_a_second_backward_through_the_same_graph_is_a_clear_error():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward"):
         loss.backward()
+
+
+@pytest.mark.parametrize("hidden_dtype", [torch.float32, torch.bfloat16])
+def test_under_bf16_autocast_the_fused_loss_matches_the_readable_path(hidden_dtype):
+    """bf16 products, float32 softmax: the readable path under autocast (F.linear in bf16, cross-entropy in float32)
+    computes the same loss and gradients, to bf16's rounding of the products; both buffers are kept."""
+    hidden, weight, target = _inputs(rows=64, d_model=32, vocab=300)
+    hidden = hidden.detach().to(hidden_dtype).requires_grad_()
+    criterion = ProjectedLoss()
+    results = []
+    for fused in (True, False):
+        hidden.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                loss, n = criterion(hidden, weight, target, 0.1)
+            else:
+                loss, n = label_smoothed_loss(F.linear(hidden, weight), target, 0.1)
+        (loss * 0.5).backward()
+        results.append((loss.detach(), n, hidden.grad, weight.grad))
+    (loss, n, grad_hidden, grad_weight), (loss_ref, n_ref, grad_hidden_ref, grad_weight_ref) = results
+    assert n == n_ref and loss.dtype == torch.float32
+    assert grad_hidden.dtype == hidden_dtype and grad_weight.dtype == torch.float32
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(grad_hidden.float(), grad_hidden_ref.float(), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(grad_weight, grad_weight_ref, rtol=2e-2, atol=2e-3)
+    # the products ran in bf16: a float32 product would differ from autocast's by more than float32 rounding
+    exact, _, _ = _reference(hidden.float(), weight, target, 0.1)
+    assert (loss.double() - exact).abs() > 1e-3
+    assert criterion.workspace.buffer.dtype == torch.float32 and criterion.low.buffer.dtype == torch.bfloat16
+    buffers = criterion.workspace.buffer, criterion.low.buffer
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        criterion(hidden, weight, target, 0.1)[0].backward()
+    assert criterion.workspace.buffer is buffers[0] and criterion.low.buffer is buffers[1]  # reused, not reallocated

@@ -13,19 +13,46 @@ from nmt.model.packed_linear import PackedLinear
 pytestmark = pytest.mark.skipif(not packed_linear.AVAILABLE, reason="this torch build has no oneDNN linear ops")
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(1, 16), (7, 16), (3, 5, 16), (2, 1, 16)])
-def test_packed_equals_f_linear(shape):
+def test_packed_equals_f_linear(shape, bias):
     torch.manual_seed(0)
     weight, x = torch.randn(40, 16), torch.randn(*shape)
+    b = torch.randn(40) if bias else None
     with torch.inference_mode():
         assert packed_linear.packs(x, weight)
-        got = packed_linear.linear(x, weight)
+        got = packed_linear.linear(x, weight, b)
     assert got.shape == (*shape[:-1], 40)
-    torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
     strided = torch.randn(16, 7).t()  # (7, 16), not contiguous
     with torch.no_grad():
-        got = packed_linear.linear(strided, weight)
-    torch.testing.assert_close(got, F.linear(strided, weight), rtol=1e-5, atol=1e-5)
+        got = packed_linear.linear(strided, weight, b)
+    torch.testing.assert_close(got, F.linear(strided, weight, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_a_model_decodes_the_same_tokens_packed_and_through_f_linear(beam, monkeypatch):
+    """Every PackedLinear of the model (attention input projections, feed-forward, output) at CPU inference: the
+    tokens of cached greedy and beam decoding are those of F.linear everywhere."""
+    from nmt.config import DecodeConfig, ModelConfig
+    from nmt.decoding.search import decode
+    from nmt.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=300, d_model=64, n_heads=4, d_ff=128, encoder_layers=2,
+                                    decoder_layers=2, dropout=0.0)).eval()
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == 1 + 2 * 3 + 2 * 5  # output; per encoder layer qkv, FFN ×2; per decoder layer also q, kv
+    assert all(m.bias is not None for m in packed if m is not model.output)
+    src = torch.randint(4, 300, (6, 11))
+    lengths = torch.tensor([11, 9, 7, 11, 4, 8])
+    cfg = DecodeConfig(beam=beam, max_len_a=0, max_len_b=12)
+    with torch.inference_mode():
+        assert packed_linear.packs(torch.ones(1, 64), model.output.weight)
+        got = [[h.tokens for h in hyps] for hyps in decode(model, src, lengths, cfg)]
+        monkeypatch.setattr(packed_linear, "AVAILABLE", False)
+        expected = [[h.tokens for h in hyps] for hyps in decode(model, src, lengths, cfg)]
+    assert got == expected
 
 
 def test_repacked_after_every_change_of_the_weight():

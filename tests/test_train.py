@@ -216,8 +216,9 @@ def test_every_preset_and_experiment_runs_a_fast_dev_run_step(choice, cache_dir,
 @pytest.mark.parametrize("has_bf16, picked", [(True, "bf16-mixed"), (False, "32-true")])
 def test_precision_auto_trains_in_what_the_cpu_flags_allow(has_bf16, picked, cache_dir, tmp_path, monkeypatch,
                                                            caplog):
-    """trainer.precision=auto says what it picked, trains in it (bf16-mixed: the fused loss and packed projection
-    step aside under autocast) and records it in config.yaml."""
+    """trainer.precision=auto says what it picked, trains in it (bf16-mixed: the fused loss runs its products in bf16
+    and auto attention picks matmul, tests/test_loss.py and tests/attention/test_dispatch.py) and records it in
+    config.yaml."""
     monkeypatch.setattr("nmt.precision.cpu_bf16", lambda: (has_bf16, "flags of a test CPU"))
     cfg = compose_config(small_run(cache_dir, "trainer.fast_dev_run=2", "trainer.precision=auto"))
     with caplog.at_level("INFO", logger="nmt.training.trainer"):

@@ -25,6 +25,12 @@ MATMUL_MAX_KEYS_ONE_QUERY = 48
 # scalar loop instead of BLAS: at 1 query over 5 keys of 64 dims (320) matmul took 1.8-2.3x SDPA's time, from 7 keys
 # (448) 0.75-1.0x (same command).
 MATMUL_MIN_PRODUCT = 400
+# CPU training in bf16 (autocast): T · S up to this. SDPA's fused CPU kernel runs its bf16 backward several times
+# slower than its float32 one, where bf16 matmuls run ~2.5x faster than float32 ones on a CPU with AVX512-BF16
+# (`python scripts/matmul_crossover.py --train --dtype bfloat16 --head-dim 64 --k-lens 8 16 32 64 128 160 192 224
+# 256 [--causal]`, 4,096 positions per batch, 2 threads: sdpa ÷ matmul 1.2-7.5 up to T 224, 0.7-0.9 at 256). In
+# float32, SDPA's kernel wins at every length (0.56-0.87).
+MATMUL_MAX_SCORES_BF16_TRAINING = 32768
 
 _logged_choices: set[tuple] = set()
 
@@ -65,9 +71,10 @@ def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs
 
     On CPU that is sdpa (its fused kernel covers every mask with a backward pass, while flex has no backward and is
     compiled per shape), except band for sliding windows, with or without global tokens, over sequences long enough
-    that O(n·(w + g)) wins (`band_wins`), and matmul for the few queries of a decoding step over few keys
-    (`matmul_wins`). On CUDA a flash kernel where it can express the mask, compiled flex for windowed or sparse masks
-    (it skips masked blocks), sdpa otherwise.
+    that O(n·(w + g)) wins (`band_wins`), matmul for the few queries of a decoding step over few keys
+    (`matmul_wins`), and matmul for bf16 training over up to MATMUL_MAX_SCORES_BF16_TRAINING scores. On CUDA a flash
+    kernel where it can express the mask, compiled flex for windowed or sparse masks (it skips masked blocks), sdpa
+    otherwise.
     """
     device, dtype = q.device, q.dtype
     windowed = mask.window is not None
@@ -77,6 +84,10 @@ def choose_backend(site: str, q: Tensor, mask: MaskSpec, dropout_p: float, needs
                               "beats full SDPA"
     elif device.type != "cuda" and not needs_grad and matmul_wins(mask, q.size(-1)):
         choice, why = "matmul", "CPU inference, a few queries over few keys: batched matmuls beat SDPA's blocked kernel"
+    elif (device.type != "cuda" and needs_grad and dtype == torch.bfloat16
+          and mask.q_len * mask.k_len <= MATMUL_MAX_SCORES_BF16_TRAINING):
+        choice, why = "matmul", (f"CPU bf16 training, ≤ {MATMUL_MAX_SCORES_BF16_TRAINING:,} scores per head: bf16 "
+                                 "matmuls beat SDPA's bf16 backward")
     elif device.type != "cuda":
         choice, why = "sdpa", "CPU: fused SDPA kernel for every mask, forward and backward"
     elif runs("flash", q, mask, dropout_p, needs_grad):

@@ -11,6 +11,7 @@ from nmt.attention.cache import KVCache
 from nmt.attention.config import AttentionConfig
 from nmt.attention.dispatch import attend
 from nmt.attention.masks import MaskSpec
+from nmt.model.packed_linear import PackedLinear
 from nmt.model.positions import RotaryEmbedding
 
 
@@ -53,11 +54,13 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads = self.cfg.n_heads, self.cfg.n_kv_heads
         self.head_dim = d_model // self.n_heads
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        # CPU inference runs the input projections through oneDNN, packed (nmt.model.packed_linear: it measured
+        # faster there; for the square output projection it did not)
         if cross:
-            self.q_proj = nn.Linear(d_model, q_dim, bias=bias)
-            self.kv_proj = nn.Linear(d_model, 2 * kv_dim, bias=bias)
+            self.q_proj = PackedLinear(d_model, q_dim, bias=bias)
+            self.kv_proj = PackedLinear(d_model, 2 * kv_dim, bias=bias)
         else:
-            self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
+            self.qkv_proj = PackedLinear(d_model, q_dim + 2 * kv_dim, bias=bias)
         self.out_proj = nn.Linear(q_dim, d_model, bias=bias)
         self.recording: Optional[list[Tensor]] = None  # where to append each call's weights, while recorded
         # While gated (Seq2Seq.head_gates): the site's gates (layers, n_heads) or (layers, B, n_heads) and this

@@ -94,20 +94,21 @@ def quantize_int8(model: nn.Module, device: str = "cpu") -> nn.Module:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
         warnings.filterwarnings("ignore", message=".*quantiz", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return quantize_dynamic(_plain_output(copy.deepcopy(model).cpu()), {nn.Linear: per_channel_dynamic_qconfig},
+        return quantize_dynamic(_plain_linears(copy.deepcopy(model).cpu()), {nn.Linear: per_channel_dynamic_qconfig},
                                 dtype=torch.qint8, mapping={nn.Linear: DynamicLinear}, inplace=True).eval()
 
 
-def _plain_output(model: nn.Module) -> nn.Module:
-    """``model`` with its output projection a plain nn.Linear over the same weight: PackedLinear computes the same,
+def _plain_linears(model: nn.Module) -> nn.Module:
+    """``model`` with every PackedLinear a plain nn.Linear over the same parameters: PackedLinear computes the same,
     but quantize_dynamic converts only modules whose class is nn.Linear itself."""
-    packed = getattr(model, "output", None)  # any module holding linear layers can be quantized
-    if isinstance(packed, PackedLinear):
-        plain = nn.Linear(packed.in_features, packed.out_features, bias=packed.bias is not None)
-        plain.weight = packed.weight
-        if packed.bias is not None:
-            plain.bias = packed.bias
-        model.output = plain
+    for parent in list(model.modules()):
+        for name, packed in list(parent.named_children()):
+            if isinstance(packed, PackedLinear):
+                plain = nn.Linear(packed.in_features, packed.out_features, bias=packed.bias is not None)
+                plain.weight = packed.weight
+                if packed.bias is not None:
+                    plain.bias = packed.bias
+                setattr(parent, name, plain)
     return model
 
 

@@ -1,4 +1,4 @@
-"""The encoder–decoder Transformer (``seq2seq.py``), its positions (``positions.py``), the packed output projection
+"""The encoder–decoder Transformer (``seq2seq.py``), its positions (``positions.py``), the packed linear layers
 of CPU inference (``packed_linear.py``), its KV-cache bytes as measured (``cache_bytes.py``) and ``nmt convert``
 (``convert.py``); the attention it uses per site is ``nmt.attention``.
 

@@ -49,6 +49,19 @@ def test_auto_picks_matmul_for_cpu_decoding_steps(q_len, k_len, needs_grad, expe
     assert choose_backend("test", torch.empty(2, 4, q_len, 8), mask, 0.0, needs_grad) == expected
 
 
+@pytest.mark.parametrize("q_len, k_len, dtype, needs_grad, expected", [
+    (13, 13, torch.bfloat16, True, "matmul"), (128, 256, torch.bfloat16, True, "matmul"),
+    (181, 181, torch.bfloat16, True, "matmul"), (182, 182, torch.bfloat16, True, "sdpa"),
+    (256, 256, torch.bfloat16, True, "sdpa"), (13, 13, torch.float32, True, "sdpa"),
+    (64, 64, torch.bfloat16, False, "sdpa"),
+])
+def test_auto_picks_matmul_for_cpu_bf16_training(q_len, k_len, dtype, needs_grad, expected):
+    """bf16 with gradients (training under bf16 autocast) up to MATMUL_MAX_SCORES_BF16_TRAINING scores: matmul, whose
+    bf16 products beat SDPA's bf16 backward; float32 training keeps SDPA's fused kernel."""
+    mask = MaskSpec(q_len=q_len, k_len=k_len, k_lengths=torch.tensor([k_len, 3]), causal=q_len == k_len)
+    assert choose_backend("test", torch.empty(2, 4, q_len, 64, dtype=dtype), mask, 0.1, needs_grad) == expected
+
+
 @pytest.mark.parametrize("k_len, head_dim, expected", [
     (5, 64, "sdpa"), (6, 64, "sdpa"), (7, 64, "matmul"), (20, 64, "matmul"), (48, 64, "matmul"), (49, 64, "sdpa"),
     (20, 16, "sdpa"), (25, 16, "matmul"),
