@@ -176,3 +176,33 @@ def test_under_bf16_autocast_the_fused_loss_matches_the_readable_path(hidden_dty
     with torch.autocast("cpu", dtype=torch.bfloat16):
         criterion(hidden, weight, target, 0.1)[0].backward()
     assert criterion.workspace.buffer is buffers[0] and criterion.low.buffer is buffers[1]  # reused, not reallocated
+
+
+def test_under_bf16_autocast_two_pending_graphs_and_tied_weights_get_the_readable_gradients():
+    """Two forwards before their backwards (run in reverse order), through a whole tied model under bf16 autocast:
+    every parameter gradient as the readable path computes it under autocast."""
+    from nmt.config import ModelConfig
+    from nmt.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=40, d_model=16, n_heads=2, d_ff=32, encoder_layers=1,
+                                    decoder_layers=1, dropout=0.0))
+    batches = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        src, tgt_in, tgt_out = (torch.randint(4, 40, (3, 6), generator=g) for _ in range(3))
+        tgt_out[1, 4:] = PAD_ID
+        batches.append((src, torch.tensor([6, 5, 3]), tgt_in, tgt_out))
+    criterion, grads = ProjectedLoss(), []
+    for fused in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = [criterion(model.features(src, lengths, tgt_in), model.output_weight(), tgt_out, 0.1)[0]
+                      if fused else label_smoothed_loss(model(src, lengths, tgt_in), tgt_out, 0.1)[0]
+                      for src, lengths, tgt_in, tgt_out in batches]
+        for loss in reversed(losses):
+            loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=2e-2, atol=2e-3, msg=name)

@@ -38,11 +38,12 @@ def test_a_model_decodes_the_same_tokens_packed_and_through_f_linear(beam, monke
     from nmt.decoding.search import decode
     from nmt.model import build_model
 
+    monkeypatch.setattr(packed_linear, "avx512", lambda: True)  # whatever CPU the tests run on
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=300, d_model=64, n_heads=4, d_ff=128, encoder_layers=2,
                                     decoder_layers=2, dropout=0.0)).eval()
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    assert len(packed) == 1 + 2 * 3 + 2 * 5  # output; per encoder layer qkv, FFN ×2; per decoder layer also q, kv
+    assert len(packed) == 1 + 2 * 3 + 2 * 4  # output; per encoder layer qkv, FFN ×2; per decoder layer also kv
     assert all(m.bias is not None for m in packed if m is not model.output)
     src = torch.randint(4, 300, (6, 11))
     lengths = torch.tensor([11, 9, 7, 11, 4, 8])
@@ -105,3 +106,20 @@ def test_packed_copies_are_dropped_with_their_weight_and_models_still_deep_copy(
     del layer
     gc.collect()
     assert key not in packed_linear._packed
+
+
+def test_a_trainable_bias_keeps_its_gradient_and_projections_pack_only_on_avx512(monkeypatch):
+    """The packed path has no autograd: a bias that wants a gradient (its weight frozen) takes F.linear. The
+    projections (avx512_only) take F.linear on a CPU without AVX-512, where packing gained nothing."""
+    layer = PackedLinear(16, 8)
+    layer.weight.requires_grad_(False)
+    x = torch.randn(3, 16)
+    assert not packed_linear.packs(x, layer.weight, layer.bias)
+    layer(x).sum().backward()
+    torch.testing.assert_close(layer.bias.grad, torch.full((8,), 3.0))
+    projection = PackedLinear(16, 8, avx512_only=True)
+    for has_avx512 in (False, True):
+        monkeypatch.setattr(packed_linear, "avx512", lambda has=has_avx512: has)
+        with torch.no_grad():
+            torch.testing.assert_close(projection(x), F.linear(x, projection.weight, projection.bias))
+        assert (id(projection.weight) in packed_linear._packed) == has_avx512

@@ -29,8 +29,9 @@ MATMUL_MIN_PRODUCT = 400
 # slower than its float32 one, where bf16 matmuls run ~2.5x faster than float32 ones on a CPU with AVX512-BF16
 # (`python scripts/matmul_crossover.py --train --dtype bfloat16 --head-dim 64 --k-lens 8 16 32 64 128 160 192 224
 # 256 [--causal]`, 4,096 positions per batch, 2 threads: sdpa ÷ matmul 1.2-7.5 up to T 224, 0.7-0.9 at 256). In
-# float32, SDPA's kernel wins at every length (0.56-0.87).
-MATMUL_MAX_SCORES_BF16_TRAINING = 32768
+# float32, SDPA's kernel wins at every length (0.56-0.87). The cap is the longest measured win, 224 · 224; between
+# 224 and 256 the two cross.
+MATMUL_MAX_SCORES_BF16_TRAINING = 224 * 224
 
 _logged_choices: set[tuple] = set()
 

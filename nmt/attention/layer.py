@@ -54,13 +54,13 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads = self.cfg.n_heads, self.cfg.n_kv_heads
         self.head_dim = d_model // self.n_heads
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        # CPU inference runs the input projections through oneDNN, packed (nmt.model.packed_linear: it measured
-        # faster there; for the square output projection it did not)
+        # CPU inference on AVX-512 runs the wide input projections through oneDNN, packed (nmt.model.packed_linear:
+        # faster there; for square d_model → d_model products, cross-attention's queries and the output, it was not)
         if cross:
-            self.q_proj = PackedLinear(d_model, q_dim, bias=bias)
-            self.kv_proj = PackedLinear(d_model, 2 * kv_dim, bias=bias)
+            self.q_proj = nn.Linear(d_model, q_dim, bias=bias)
+            self.kv_proj = PackedLinear(d_model, 2 * kv_dim, bias=bias, avx512_only=True)
         else:
-            self.qkv_proj = PackedLinear(d_model, q_dim + 2 * kv_dim, bias=bias)
+            self.qkv_proj = PackedLinear(d_model, q_dim + 2 * kv_dim, bias=bias, avx512_only=True)
         self.out_proj = nn.Linear(q_dim, d_model, bias=bias)
         self.recording: Optional[list[Tensor]] = None  # where to append each call's weights, while recorded
         # While gated (Seq2Seq.head_gates): the site's gates (layers, n_heads) or (layers, B, n_heads) and this

@@ -104,7 +104,8 @@ def _plain_linears(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, packed in list(parent.named_children()):
             if isinstance(packed, PackedLinear):
-                plain = nn.Linear(packed.in_features, packed.out_features, bias=packed.bias is not None)
+                plain = nn.Linear(packed.in_features, packed.out_features, bias=packed.bias is not None,
+                                  device="meta")  # its parameters are replaced below: nothing to allocate
                 plain.weight = packed.weight
                 if packed.bias is not None:
                     plain.bias = packed.bias

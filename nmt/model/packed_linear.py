@@ -6,8 +6,9 @@ CPU freezing does) runs the same product 1.3–1.6× as fast on the project's AV
 scripts/packed_linear.py`). On its AVX-512 (Zen 4) CPU the packed path also runs the attention input and
 feed-forward projections of the `small` model faster, 1.02–1.33× at 64 to 1,024 rows, 1 and 2 threads (`python
 scripts/packed_linear.py --threads T --d-model D_IN --vocab D_OUT --rows 64 320 1024` for 256 → 768, 256 → 1,024 and
-1,024 → 256), so those are PackedLinear too; the attention output projection, 256 → 256, ran 0.89–0.92× at a decoding
-step's 64 rows and stays ``nn.Linear``.
+1,024 → 256), so those are PackedLinear too, packed on CPUs with AVX-512; the square 256 → 256 products (the
+attention output projection and cross-attention's query projection) ran 0.89–0.92× at a decoding step's 64 rows and
+stay ``nn.Linear``.
 The packed copy is kept per weight and rebuilt when the weight changes (an optimizer step, a load, a move), so
 validation during training and decoding after it see the current weights. Training, autograd, autocast and other devices
 or dtypes take ``F.linear``.
@@ -15,6 +16,7 @@ or dtypes take ``F.linear``.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Optional
 
@@ -39,17 +41,27 @@ AVAILABLE = _available()
 _packed: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
 
 
-def packs(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``linear(x, weight)`` takes the packed oneDNN path."""
-    return (AVAILABLE and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+def packs(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
+    """Whether ``linear(x, weight, bias)`` takes the packed oneDNN path (which has no autograd: never where a
+    gradient is wanted, of the bias either)."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (AVAILABLE and x.device.type == "cpu" and all(t.dtype == torch.float32 for t in tensors)
             and not weight.is_inference()  # no version counter to notice in-place changes by
             and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+@functools.cache
+def avx512() -> bool:
+    """The CPU has AVX-512 (``avx512f``), where packing also paid for the smaller projections (module docstring)."""
+    from nmt.precision import cpu_flags
+
+    return "avx512f" in (cpu_flags() or set())
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``: x (..., d_in), weight (d_out, d_in), bias (d_out,) or None → (..., d_out)."""
-    if not packs(x, weight) or (bias is not None and bias.dtype != torch.float32):
+    if not packs(x, weight, bias):
         return F.linear(x, weight, bias)
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
     cached = _packed.get(id(weight))
@@ -64,7 +76,15 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 
 
 class PackedLinear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) whose CPU inference runs packed."""
+    """``nn.Linear`` (same parameters, same state dict) whose CPU inference runs packed; with ``avx512_only``, only on
+    a CPU with AVX-512 (the attention input and feed-forward projections: on the AVX2 CPU a decoding step's products
+    gained nothing from packing, which would then only hold a second copy of the weight)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, avx512_only: bool = False) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.avx512_only = avx512_only
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.avx512_only and not avx512():
+            return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)

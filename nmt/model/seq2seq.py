@@ -25,8 +25,9 @@ def _round_up(n: int, multiple: int) -> int:
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.inner = PackedLinear(cfg.d_model, cfg.d_ff, bias=cfg.bias)  # CPU inference: oneDNN, packed
-        self.outer = PackedLinear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        # CPU inference on AVX-512: oneDNN, packed (nmt.model.packed_linear)
+        self.inner = PackedLinear(cfg.d_model, cfg.d_ff, bias=cfg.bias, avx512_only=True)
+        self.outer = PackedLinear(cfg.d_ff, cfg.d_model, bias=cfg.bias, avx512_only=True)
         self.activation = F.relu if cfg.activation == "relu" else F.gelu
         self.dropout = nn.Dropout(cfg.dropout)
 

@@ -1,16 +1,17 @@
 """The training loss: label-smoothed cross-entropy over the output projection, fused on CPU.
 
 The readable path, ``label_smoothed_loss(F.linear(hidden, weight), target, ε)``, is the test oracle and what runs on
-GPUs. On CPU, in float32 or under bf16 autocast (``trainer.precision=bf16-mixed``), ``ProjectedLoss`` computes the
-same value and gradients in one float32 (tokens, vocab) buffer that it keeps from step to step: the logits, then, in
-place, their softmax minus the smoothed target distribution, which is the gradient, so backward is two matmuls. The
-readable path allocates three fresh (tokens, vocab) tensors per step (logits, log-probabilities, their gradient;
-4,096 × 8,000 floats = 128 MB each), and glibc serves blocks that large with a new mmap that the kernel faults in page
-by page on first touch. Without them a Transformer-tiny training step on this project's CPU machine runs 1.32× faster
-(``python scripts/fused_loss.py``). Under bf16 autocast the two products run in bf16, as autocast's ``F.linear``
-would (the logits rounded to bf16, then the softmax in float32, as ``label_smoothed_loss`` computes it), through a
-second, bf16 buffer also kept from step to step; the readable path under autocast took about a quarter of a `small`
-training step on a CPU with AVX512-BF16 (``nmt bench train --models small``).
+GPUs, in float64 and under float16 autocast. On CPU, in float32 or under bf16 autocast
+(``trainer.precision=bf16-mixed``), ``ProjectedLoss`` computes the same value and gradients in one float32 (tokens,
+vocab) buffer that it keeps from step to step: the logits, then, in place, their softmax minus the smoothed target
+distribution, which is the gradient, so backward is two matmuls. The readable path allocates three fresh (tokens, vocab)
+tensors per step (logits, log-probabilities, their gradient; 4,096 × 8,000 floats = 128 MB each), and glibc serves
+blocks that large with a new mmap that the kernel faults in page by page on first touch. Without them a Transformer-tiny
+training step on this project's CPU machine runs 1.32× faster (``python scripts/fused_loss.py``). Under bf16 autocast
+the two products run in bf16, as autocast's ``F.linear`` would (the logits rounded to bf16, then the softmax in float32,
+as ``label_smoothed_loss`` computes it), through a second, bf16 buffer also kept from step to step; the readable path
+under autocast took about a quarter of a `small` training step on a CPU with AVX512-BF16 (``nmt bench train --models
+small``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float) -> tup
 
 
 class _Workspace:
-    """One (rows, vocab) float32 buffer, reused by every step, lent to at most one pending backward."""
+    """One (rows, vocab) buffer, reused by every step, lent to at most one pending backward."""
 
     def __init__(self) -> None:
         self.buffer: Optional[Tensor] = None

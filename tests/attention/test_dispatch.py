@@ -51,7 +51,7 @@ def test_auto_picks_matmul_for_cpu_decoding_steps(q_len, k_len, needs_grad, expe
 
 @pytest.mark.parametrize("q_len, k_len, dtype, needs_grad, expected", [
     (13, 13, torch.bfloat16, True, "matmul"), (128, 256, torch.bfloat16, True, "matmul"),
-    (181, 181, torch.bfloat16, True, "matmul"), (182, 182, torch.bfloat16, True, "sdpa"),
+    (224, 224, torch.bfloat16, True, "matmul"), (225, 225, torch.bfloat16, True, "sdpa"),
     (256, 256, torch.bfloat16, True, "sdpa"), (13, 13, torch.float32, True, "sdpa"),
     (64, 64, torch.bfloat16, False, "sdpa"),
 ])
