@@ -233,6 +233,25 @@ def test_precision_auto_trains_in_what_the_cpu_flags_allow(has_bf16, picked, cac
             train(compose_config(small_run(cache_dir, "trainer.fast_dev_run=1", "trainer.precision=auto",
                                            "resume=true")), run_dir=tmp_path)
         assert "picks 32-true on this machine, but this run trained in bf16-mixed" in caplog.text
+        caplog.clear()  # resumed again without trainer.precision: the default, 32-true, and the record says so
+        with caplog.at_level("INFO", logger="nmt.training.trainer"):
+            train(compose_config(small_run(cache_dir, "trainer.fast_dev_run=1", "resume=true")), run_dir=tmp_path)
+        assert "trainer.precision is 32-true, but this run trained in bf16-mixed until now" not in caplog.text
+        (tmp_path / "config.yaml").write_text((tmp_path / "config.yaml").read_text().replace(
+            "precision: 32-true", "precision: bf16-mixed"))  # as a bf16 run wrote it
+        with caplog.at_level("INFO", logger="nmt.training.trainer"):
+            train(compose_config(small_run(cache_dir, "trainer.fast_dev_run=1", "resume=true")), run_dir=tmp_path)
+        assert "trainer.precision is 32-true, but this run trained in bf16-mixed until now" in caplog.text
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16"])
+def test_fp16_mixed_precision_on_a_cpu_is_refused_before_training(precision, cache_dir, tmp_path):
+    """Lightning would run bf16-mixed instead on a CPU while config.yaml recorded fp16: one line naming the key."""
+    cfg = compose_config(small_run(cache_dir, "trainer.fast_dev_run=1", "trainer.accelerator=cpu",
+                                   f"trainer.precision={precision}"))
+    with pytest.raises(ValueError, match=rf"trainer.precision={precision}: fp16 mixed precision needs a CUDA GPU"):
+        train(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_multirun_gives_one_run_directory_per_variant(cache_dir, tmp_path):

@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
         f"≤ {args.max_tokens}-token Multi30k batches, fp32 unless named; {env['device']}, "
         f"{plural(env['threads'], 'thread')}, torch {env['torch']}; {cpu_bf16()[1]}):", "",
         markdown_table(["model", "nmt", "torch.nn.Transformer", "nmt ÷ reference", "parameters (nmt / reference)",
-                        "nmt bf16-mixed", "bf16 ÷ fp32 (target ≥ 1.5 on a bf16 CPU)"], rows),
+                        "nmt bf16-mixed", "bf16 ÷ fp32 (target ≥ 1.5 for small on a bf16 CPU)"], rows),
     ])
     results = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "tokens_per_s": summary}

@@ -122,6 +122,10 @@ def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
         raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; "
                          "use trainer.precision=16-mixed")
     uses_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not uses_cuda and accelerator != "mps" and cfg.trainer.precision in ("16-mixed", "16"):
+        # Lightning would run bf16-mixed instead (CPU autocast), while config.yaml recorded 16-mixed
+        raise ValueError(f"trainer.precision={cfg.trainer.precision}: fp16 mixed precision needs a CUDA GPU; on a "
+                         "CPU use trainer.precision=bf16-mixed or auto")
     device = torch.device("cuda" if uses_cuda else "cpu")
     module.model.check_backends(device, _compute_dtype(cfg.trainer.precision), training=True)
 
@@ -211,20 +215,21 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Optional[str | Path] = None) -
 
 def resolved_precision(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     """``cfg`` (a copy) with ``trainer.precision=auto`` resolved for this machine (nmt.precision), logged with why, so
-    config.yaml records what ran; a warning when a resumed run's config.yaml recorded another precision (the run
-    moved to other hardware). Other values are returned as they are. ValueError for a GPU accelerator without CUDA
-    (before auto is resolved, so the log does not describe a GPU that is not there)."""
-    if cfg.trainer.precision != "auto":
-        return cfg
-    check_accelerator(cfg.trainer.accelerator)
-    precision, why = resolve_precision("auto", cfg.trainer.accelerator)
-    log.info("trainer.precision=auto: %s (%s)", precision, why)
+    config.yaml records what ran; a warning when a resumed run's config.yaml recorded another precision than the one
+    it now continues in (auto on other hardware, or a precision not repeated on resuming). ValueError for a GPU
+    accelerator without CUDA (before auto is resolved, so the log does not describe a GPU that is not there)."""
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        check_accelerator(cfg.trainer.accelerator)
+        precision, why = resolve_precision("auto", cfg.trainer.accelerator)
+        log.info("trainer.precision=auto: %s (%s)", precision, why)
     recorded = run_dir / "config.yaml"
     if cfg.resume and recorded.exists():
         before = OmegaConf.load(recorded).get("trainer", {}).get("precision")
         if before not in (None, precision):
-            log.warning("trainer.precision=auto picks %s on this machine, but this run trained in %s until now "
-                        "(its config.yaml); set trainer.precision=%s to keep it", precision, before, before)
+            now = f"auto picks {precision} on this machine" if cfg.trainer.precision == "auto" else f"is {precision}"
+            log.warning("trainer.precision %s, but this run trained in %s until now (its config.yaml); set "
+                        "trainer.precision=%s to keep it", now, before, before)
     return replace(cfg, trainer=replace(cfg.trainer, precision=precision))
 
 
