@@ -44,11 +44,13 @@ _packed: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
 def packs(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
     """Whether ``linear(x, weight, bias)`` takes the packed oneDNN path (which has no autograd: never where a
     gradient is wanted, of the bias either)."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (AVAILABLE and x.device.type == "cpu" and all(t.dtype == torch.float32 for t in tensors)
+    # plain conditions, no generators: this runs for every packed layer at every decoding step
+    return (AVAILABLE and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32)
             and not weight.is_inference()  # no version counter to notice in-place changes by
             and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad))))
 
 
 @functools.cache

@@ -122,7 +122,8 @@ def check_runtime(cfg: TrainConfig, module: TranslationModule) -> None:
         raise ValueError(f"trainer.precision={cfg.trainer.precision}: this GPU has no bf16; "
                          "use trainer.precision=16-mixed")
     uses_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if not uses_cuda and accelerator != "mps" and cfg.trainer.precision in ("16-mixed", "16"):
+    on_mps = accelerator == "mps" or (accelerator == "auto" and not uses_cuda and torch.backends.mps.is_available())
+    if not uses_cuda and not on_mps and cfg.trainer.precision in ("16-mixed", "16"):
         # Lightning would run bf16-mixed instead (CPU autocast), while config.yaml recorded 16-mixed
         raise ValueError(f"trainer.precision={cfg.trainer.precision}: fp16 mixed precision needs a CUDA GPU; on a "
                          "CPU use trainer.precision=bf16-mixed or auto")
