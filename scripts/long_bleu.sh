@@ -20,8 +20,9 @@
 # lr 0.001 after 200 warmup updates (a schedule that learns within the budget; the default 4,000 warmup updates would
 # end inside warmup). Validation (every 200 updates, greedy) uses all the validation documents of K (15 at K=64, 126 at
 # K=8). EXTRA is appended to every `nmt train`. Each run resumes (resume=true), so a stopped run continues; OUT/
-# wall_times.txt gets one line per invocation with that invocation's seconds, so after a restart it holds the resumed
-# part on a line of its own (add a variant's lines for its total; a killed invocation writes none).
+# wall_times.txt gets one line per invocation with that invocation's wall and CPU seconds of training, so after a
+# restart it holds the resumed part on a line of its own (add a variant's lines for its total; a killed invocation
+# writes none). With OMP_NUM_THREADS=1 the CPU seconds are the one-thread training time even when the run was paused.
 set -euo pipefail
 K=${K:-64}
 STEPS=${STEPS:-600}
@@ -49,6 +50,16 @@ preset() {
     *) echo "long_bleu.sh: unknown variant '$1' (${ALL[*]}, or report alone)" >&2; return 2 ;;
   esac
 }
+# CPU=user + system CPU seconds of every finished child so far (bash's `times`, second line; it must run in this
+# shell, not in a $(…) subshell, which has its own): a paused (SIGSTOP) or crowded one-thread run's CPU time is still
+# its one-thread run time, where its wall time is not.
+cpu_seconds() {
+  local tmp
+  tmp=$(mktemp)
+  times > "$tmp"
+  CPU=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$tmp")
+  rm -f "$tmp"
+}
 for run in "${runs[@]}"; do preset "$run" >/dev/null || exit 2; done  # every name checked before any work
 
 if [ ${#runs[@]} -gt 0 ]; then
@@ -60,11 +71,15 @@ for run in "${runs[@]}"; do
   attention=$(preset "$run")
   dir=$OUT/$run
   start=$(date +%s)
+  cpu_seconds
+  cpu0=$CPU
   # shellcheck disable=SC2086
   nmt train data=multi30k_docs data.path="$DOCS/k$K" model=small attention=$attention \
     optim.lr=0.001 optim.warmup_steps=200 trainer.max_steps="$STEPS" trainer.val_every_n_steps=200 \
     trainer.val_max_sentences=null trainer.enable_progress_bar=false resume=true hydra.run.dir="$dir" $EXTRA
-  echo "$run: $(( $(date +%s) - start )) s of training to step $STEPS (this invocation only)" | tee -a "$OUT/wall_times.txt"
+  cpu_seconds
+  echo "$run: $(( $(date +%s) - start )) s of training to step $STEPS (this invocation only), CPU $(( CPU - cpu0 )) s" \
+    | tee -a "$OUT/wall_times.txt"
   # Documents reach ~1,150 source subwords: --max-source-len above nmt evaluate's default 1,024 never truncates one.
   nmt evaluate --model "$dir/model" --beam 5 --max-source-len 2048 --report "$dir/eval" \
     --src "$DOCS/k$K/test_2016_flickr.en.gz" --ref "$DOCS/k$K/test_2016_flickr.de.gz"
