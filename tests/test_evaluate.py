@@ -75,6 +75,54 @@ def test_viewer_lines_are_length_quartiles_of_lines_with_a_hypothesis():
     assert viewer_lines([""], ["x"]) == []
 
 
+def test_viewer_lines_keep_to_the_allowed_lines():
+    sources = ["a" * n for n in (5, 1, 9, 3, 7, 2, 8)]
+    assert viewer_lines(sources, ["x"] * 7, allowed={1, 2, 5}) == [1, 5, 2]  # lengths 1, 2, 9
+    assert viewer_lines(sources, ["x"] * 7, allowed=set()) == []
+
+
+def test_pictures_of_a_document_stay_a_readable_size(tmp_path, monkeypatch):
+    """A 1,150-subword document's grid was a 110,000 × 28,000-pixel canvas (12 GB: the OOM killer ended nmt
+    evaluate); past plots.MAX_LABELS subwords an axis labels every k-th subword with its position."""
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.stem, fig) and path)
+    n = 1150
+    pieces = [f"w{i}" for i in range(n)]
+    plots.head_grid(np.random.rand(4, n, n), pieces, pieces, "t", tmp_path / "grid.png")
+    plots.alignment(np.random.rand(n, n), pieces, pieces, "t", tmp_path / "alignment.png")
+    width, height = figures["grid"].get_size_inches()
+    assert width <= 4 * plots.MAX_INCHES + 1 and height <= plots.MAX_INCHES
+    assert max(figures["alignment"].get_size_inches()) <= plots.MAX_INCHES
+    for fig in figures.values():
+        ax = [ax for ax in fig.axes if ax.images][0]
+        labels = [t.get_text() for t in ax.xaxis.get_ticklabels()]
+        assert len(labels) <= plots.MAX_LABELS and labels[:2] == ["0:w0", "20:w20"]
+        assert [t.get_text() for t in ax.yaxis.get_ticklabels()] == labels
+    short = plots._ticks(list("abc"))
+    assert list(short[0]) == [0, 1, 2] and short[1] == ["a", "b", "c"]  # short sequences: every subword, as before
+
+
+def test_a_report_on_documents_writes_no_viewer_and_says_why(tmp_path, tokenizer, capsys):
+    """Every line longer than the viewer's MAX_SUBWORDS: no attention.html (its data would be GBs), one log line,
+    and the report says so; the pictures are still drawn."""
+    from nmt.analysis.viewer import MAX_SUBWORDS
+
+    model_dir = make_model_dir(tmp_path / "model", tokenizer)
+    line = " ".join(["A dog runs through the green grass."] * 40)
+    assert len(tokenizer.encode([line])[0]) > MAX_SUBWORDS
+    src, ref = tmp_path / "docs.en", tmp_path / "docs.de"
+    src.write_text(f"{line}\n{line}\n", encoding="utf-8")
+    ref.write_text("Ein Hund.\nEin Hund.\n", encoding="utf-8")
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--beam", "1",
+                 "--max-len-a", "0", "--max-len-b", str(MAX_SUBWORDS + 20), "--min-len", str(MAX_SUBWORDS + 10),
+                 "--report", str(tmp_path / "report")]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["viewer"] == {"file": None, "why": f"every line is longer than {MAX_SUBWORDS} subwords"}
+    assert not (tmp_path / "report" / "attention.html").exists()
+    assert "No attention viewer: every line is longer" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "attention_cross.png").stat().st_size > 1000
+
+
 def test_attention_grid_has_one_panel_per_head(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)

@@ -102,6 +102,9 @@ def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokeniz
     out = tmp_path / "view" / "attention.html"
     blank = tmp_path / "blank.txt"
     blank.write_text("A dog.\n\nA cat.\n", encoding="utf-8")
+    long_line = " ".join(["A dog runs through the green grass."] * 40)  # > viewer.MAX_SUBWORDS subwords
+    long = tmp_path / "long.txt"
+    long.write_text(f"A dog.\n{long_line}\n", encoding="utf-8")
     assert main(["analyze", "attention", "--model", str(model_dir), "--src", str(src), "--lines", "3,1",
                  "--out", str(out)]) == 0
     data = page_data(out)
@@ -115,7 +118,9 @@ def test_cli_writes_the_page_and_rejects_bad_input_in_one_line(tmp_path, tokeniz
            (["--src", str(tmp_path / "missing.txt")], "missing.txt"),
            (["--sentence", "hi", "--sentence", "  "], "--sentence number 2 is blank"),
            (["--src", str(blank), "--lines", "1,2"], f"{blank}: line 2 is blank"),
-           (["--src", str(src), "--lines", "²"], "--lines: '²'")]
+           (["--src", str(src), "--lines", "²"], "--lines: '²'"),
+           (["--src", str(long), "--lines", "1,2"], "line 2 has "),
+           (["--sentence", long_line], "sentence 1 has ")]
     for args, message in bad:
         capsys.readouterr()
         assert main(["analyze", "attention", "--model", str(model_dir), *args]) == 2

@@ -22,6 +22,10 @@ from nmt.config import SITES
 from nmt.errors import UsageParser, plural
 
 SCALE = 1000  # weights are stored as integers in [0, SCALE]: 3 decimals, and a third of the bytes of floats
+# The page holds every weight of a sentence: sites × layers × heads × queries × keys. A 1,150-subword document in the
+# `small` model is ~40 million weights, a page of hundreds of MB and many GB of Python lists while it is written; at
+# this many subwords a side (source, target) it is ~2 million, a few MB.
+MAX_SUBWORDS = 200
 TEMPLATE = Path(__file__).with_name("viewer.html")
 DATA_MARK = "/*ATTENTION_DATA*/null"
 
@@ -66,7 +70,8 @@ def attention_data(model, tokenizer, sources: list[str], targets: list[str], tit
     (`mask_cells`). ``targets`` are the decoder's side (hypotheses or references), teacher-forced. ``lines``: the
     sentences' 1-based line numbers in their file, which the page's menu shows.
 
-    Raises ValueError when ``sources`` is empty or the two lists differ in length.
+    Raises ValueError when ``sources`` is empty, the two lists differ in length, or a sentence has more than
+    MAX_SUBWORDS subwords on a side (eos included).
     """
     from nmt.data.batching import collate
 
@@ -75,6 +80,12 @@ def attention_data(model, tokenizer, sources: list[str], targets: list[str], tit
     model.eval()
     device = next(model.parameters()).device
     src_ids, tgt_ids = tokenizer.encode(sources), tokenizer.encode(targets)
+    for i, (src, tgt) in enumerate(zip(src_ids, tgt_ids)):
+        side, n = max(("source", len(src) + 1), ("target", len(tgt) + 1), key=lambda item: item[1])
+        if n > MAX_SUBWORDS:
+            name = f"line {lines[i]}" if lines else f"sentence {i + 1}"
+            raise ValueError(f"{name} has {n:,} {side} subwords: the attention page shows sentences of up to "
+                             f"{MAX_SUBWORDS} (it holds every weight of every head); pick shorter lines")
     batch = collate(src_ids, tgt_ids)
     src, src_lengths = batch["src"].to(device), batch["src_lengths"].to(device)
     with model.recording_attention() as weights:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -50,12 +53,18 @@ def write_report(report_dir: Path, metrics: dict, args: argparse.Namespace, mode
                  hypotheses: list[str], example: Optional[int], nbest: Optional[str]) -> None:
     """metrics.json, report.md, hypotheses.txt (one line per source line), nbest.txt with --nbest N > 1, the
     attention pictures of the example sentence and attention.html for it and two more (`viewer_lines`)."""
-    from nmt.analysis.viewer import write_viewer
+    from nmt.analysis.viewer import MAX_SUBWORDS, write_viewer
 
     pictures = attention_pictures(model, tokenizer, sources[example], hypotheses[example], report_dir) \
         if example is not None else {}
     metrics["pictures"] = pictures
-    shown = viewer_lines(sources, hypotheses)
+    lengths = zip(tokenizer.encode(sources), tokenizer.encode(hypotheses))
+    fit = {i for i, (s, h) in enumerate(lengths) if max(len(s), len(h)) + 1 <= MAX_SUBWORDS}
+    shown = viewer_lines(sources, hypotheses, allowed=fit)
+    if not shown and viewer_lines(sources, hypotheses):
+        log.info("no attention.html: every line has more than %d subwords on a side, which the page cannot hold "
+                 "(nmt analyze attention shows chosen lines)", MAX_SUBWORDS)
+        metrics["viewer"] = {"file": None, "why": f"every line is longer than {MAX_SUBWORDS} subwords"}
     if shown:
         title = f"{args.model}, lines {', '.join(str(i + 1) for i in shown)}"
         write_viewer(report_dir / "attention.html", model, tokenizer, [sources[i] for i in shown],
@@ -78,10 +87,13 @@ def example_line(sources: list[str]) -> Optional[int]:
     return candidates[len(candidates) // 2][1] if candidates else None
 
 
-def viewer_lines(sources: list[str], hypotheses: list[str], count: int = 3) -> list[int]:
+def viewer_lines(sources: list[str], hypotheses: list[str], count: int = 3,
+                 allowed: Optional[set[int]] = None) -> list[int]:
     """Up to ``count`` lines for the viewer: the quartiles and median of source length among the lines with a source
-    and a hypothesis (an empty hypothesis has nothing for the decoder's sites to show), shortest first."""
-    candidates = sorted((len(s), i) for i, (s, h) in enumerate(zip(sources, hypotheses)) if s.strip() and h.strip())
+    and a hypothesis (an empty hypothesis has nothing for the decoder's sites to show), and among ``allowed`` (0-based
+    indices) when given; shortest first."""
+    candidates = sorted((len(s), i) for i, (s, h) in enumerate(zip(sources, hypotheses))
+                        if s.strip() and h.strip() and (allowed is None or i in allowed))
     if len(candidates) <= count:
         return [i for _, i in candidates]
     picks = sorted({round(q * (len(candidates) - 1) / (count + 1)) for q in range(1, count + 1)})
@@ -120,7 +132,9 @@ def render_report(metrics: dict, args: argparse.Namespace) -> str:
         lines += ["", f"KV cache for one sentence at beam {kv['beam']} ({kv['source_subwords']} source, "
                   f"{kv['target_subwords']} target subwords): {kv['total']:,} bytes (self-attention "
                   f"{kv['self_attention']:,}, cross-attention {kv['cross_attention']:,})."]
-    if metrics.get("viewer"):
+    if metrics.get("viewer") and metrics["viewer"]["file"] is None:
+        lines += ["", f"No attention viewer: {metrics['viewer']['why']} (`nmt analyze attention` shows chosen lines)."]
+    elif metrics.get("viewer"):
         lines += ["", f"Every site, layer and head of lines {', '.join(map(str, metrics['viewer']['lines']))}, "
                   f"with each site's mask: [{metrics['viewer']['file']}]({metrics['viewer']['file']}) (opens offline)."]
     if metrics.get("pictures"):

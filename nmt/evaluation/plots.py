@@ -21,14 +21,34 @@ def _save(fig, path: Path) -> Path:
 
 
 CMAP = "Blues"  # the grids and the alignment share one colour map, so a shade means the same weight in both
+# Long inputs (documents of ~1,000 subwords) keep a picture's size bounded: at 0.22 inch per subword a 1,150-subword
+# grid of 4 heads was a 110,000 × 28,000-pixel canvas, 12 GB in memory. Past MAX_LABELS subwords an axis labels
+# every k-th subword only (its position shows where), and a panel is at most MAX_INCHES on a side.
+MAX_LABELS = 60
+MAX_INCHES = 12.0
 
 
 def _label_axes(ax, rows: Sequence[str], cols: Sequence[str], row_label: str, col_label: str, fontsize: int) -> None:
-    """Subword ticks (keys across, rotated; queries down) and the axis names, the same in every attention picture."""
-    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(len(rows)), rows, fontsize=fontsize)
+    """Subword ticks (keys across, rotated; queries down) and the axis names, the same in every attention picture;
+    past MAX_LABELS subwords, every k-th one, labelled with its position (``417:▁the``)."""
+    ax.set_xticks(*_ticks(cols), rotation=90, fontsize=fontsize)
+    ax.set_yticks(*_ticks(rows), fontsize=fontsize)
     ax.set_xlabel(col_label, fontsize=fontsize + 1)
     ax.set_ylabel(row_label, fontsize=fontsize + 1)
+
+
+def _ticks(pieces: Sequence[str]) -> tuple[range, list[str]]:
+    """Tick positions and labels along one axis: every subword, or every k-th one of a long sequence."""
+    if len(pieces) <= MAX_LABELS:
+        return range(len(pieces)), list(pieces)
+    every = math.ceil(len(pieces) / MAX_LABELS)
+    where = range(0, len(pieces), every)
+    return where, [f"{i}:{pieces[i]}" for i in where]
+
+
+def _inches(n: int, per_subword: float, least: float) -> float:
+    """One side of a panel for ``n`` subwords: ``per_subword`` inches each, at least ``least``, at most MAX_INCHES."""
+    return min(MAX_INCHES, max(least, per_subword * n))
 
 
 def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: Path,
@@ -39,7 +59,7 @@ def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], tit
     n_heads = weights.shape[0]
     ncols = min(4, n_heads)
     nrows = math.ceil(n_heads / ncols)
-    size = max(2.5, 0.22 * max(len(rows), len(cols)))
+    size = _inches(max(len(rows), len(cols)), 0.22, 2.5)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1, size * nrows), squeeze=False)
     vmax = max(float(weights.max(initial=0.0)), 1e-9)
     image = None
@@ -58,7 +78,7 @@ def head_grid(weights: np.ndarray, rows: Sequence[str], cols: Sequence[str], tit
 
 def alignment(weights: np.ndarray, target: Sequence[str], source: Sequence[str], title: str, path: Path) -> Path:
     """Heatmap of cross-attention (target subwords down, source subwords across)."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(source)), max(3, 0.35 * len(target))))
+    fig, ax = plt.subplots(figsize=(_inches(len(source), 0.35, 4), _inches(len(target), 0.35, 3)))
     image = ax.imshow(weights, cmap=CMAP, vmin=0, vmax=max(float(weights.max(initial=0.0)), 1e-9))
     _label_axes(ax, target, source, "target", "source", fontsize=8)
     ax.set_title(title)
