@@ -13,6 +13,7 @@ from nmt.attention.dispatch import attend
 from nmt.attention.masks import MaskSpec
 from nmt.model.packed_linear import PackedLinear
 from nmt.model.positions import RotaryEmbedding
+from nmt.model.unpad import Unpadded
 
 
 class Attention(nn.Module):
@@ -82,20 +83,26 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, memory: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
                 memory_lengths: Optional[Tensor] = None, cache: Optional[KVCache] = None, need_weights: bool = False,
-                backend: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
+                backend: Optional[str] = None, unpadded: Optional[Unpadded] = None) -> tuple[Tensor, Optional[Tensor]]:
         """Attend from ``x`` (B, T, d_model): project, attend, project back.
 
         Self-attention: keys are ``x`` itself (plus the cached past when ``cache`` is given, in which case ``x``
         holds only the new positions). Cross-attention: keys are ``memory`` (B, S, d_model), or the cache's.
         ``lengths`` (B,) marks right padding in ``x``; padded query rows come out as zeros. ``memory_lengths`` (B,)
         marks padding in ``memory``. ``backend`` overrides the configured one (``need_weights`` needs ``math``).
-        Returns (output (B, T, d_model), weights (B, n_heads, T, keys) or None). Raises ValueError for padding in
-        cached self-attention, AttentionBackendError where the backend cannot compute the call.
+        ``unpadded`` (self-attention without a cache, with ``lengths``): ``x`` is (N, d_model), only the real tokens
+        of a (B, T) batch laid out as it says (nmt.model.unpad), and so is the output; attention itself runs on the
+        (B, T) layout. Returns (output (B, T, d_model) or (N, d_model), weights (B, n_heads, T, keys) or None).
+        Raises ValueError for padding in cached self-attention or an unpadded input it cannot take,
+        AttentionBackendError where the backend cannot compute the call.
         """
+        if unpadded is not None and (self.cross or cache is not None or lengths is None):
+            raise ValueError(f"attention {self.site}: unpadded input is for self-attention without a cache, "
+                             "with lengths")
         if self.cross:
             q, k, v, mask = self._cross_inputs(x, memory, lengths, memory_lengths, cache)
         else:
-            q, k, v, mask = self._self_inputs(x, lengths, cache)
+            q, k, v, mask = self._self_inputs(x, lengths, cache, unpadded)
         dropout_p = self.cfg.dropout if self.training else 0.0
         recording = self.recording is not None  # Seq2Seq.recording_attention: on math, which returns the weights
         out, weights = attend("math" if recording else backend or self.cfg.backend, q, k, v, mask, dropout_p=dropout_p,
@@ -105,6 +112,8 @@ class Attention(nn.Module):
         if self.head_gate is not None:
             out = self._gate(out)
         out = out.transpose(1, 2).flatten(2)  # (B, T, n_heads · head_dim)
+        if unpadded is not None:
+            out = unpadded.unpad(out)  # (N, n_heads · head_dim)
         return self.out_proj(out), weights
 
     def _gate(self, out: Tensor) -> Tensor:
@@ -120,9 +129,10 @@ class Attention(nn.Module):
         return out * gate[..., None, None]
 
     def _self_inputs(
-        self, x: Tensor, lengths: Optional[Tensor], cache: Optional[KVCache]
+        self, x: Tensor, lengths: Optional[Tensor], cache: Optional[KVCache], unpadded: Optional[Unpadded] = None
     ) -> tuple[Tensor, Tensor, Tensor, MaskSpec]:
-        """q, k, v and the mask of self-attention: keys are ``x``'s own positions after the cached ones."""
+        """q, k, v and the mask of self-attention: keys are ``x``'s own positions after the cached ones (``x``
+        unpadded as ``unpadded`` says, when given: projected so, attended in the (B, T) layout)."""
         if cache is not None and lengths is not None:
             raise ValueError(
                 f"attention {self.site}: cached decoding takes no padding (lengths); "
@@ -130,7 +140,10 @@ class Attention(nn.Module):
             )
         q_start = cache.length if cache is not None else 0
         kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], -1)
+        qkv = self.qkv_proj(x)  # (B, T, q_dim + 2 · kv_dim), or (N, …) unpadded
+        if unpadded is not None:
+            qkv = unpadded.pad(qkv)  # (B, T, q_dim + 2 · kv_dim)
+        q, k, v = qkv.split([self.n_heads * self.head_dim, kv_dim, kv_dim], -1)
         q = self._heads(q, self.n_heads)  # (B, n_heads, T, head_dim)
         k, v = self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)  # (B, n_kv_heads, T, head_dim)
         if self.rope is not None:
@@ -138,7 +151,7 @@ class Attention(nn.Module):
         k_start, k_globals = 0, 0
         if cache is not None:
             k, v, k_start, k_globals = cache.append(k, v)  # (B, n_kv_heads, S, head_dim): cached, then new
-        mask = MaskSpec(q_len=x.size(1), k_len=k.size(2), q_start=q_start, k_start=k_start, k_globals=k_globals,
+        mask = MaskSpec(q_len=q.size(2), k_len=k.size(2), q_start=q_start, k_start=k_start, k_globals=k_globals,
                         q_lengths=lengths, k_lengths=lengths if cache is None else None, causal=self.causal,
                         window=self.cfg.window, global_tokens=self.cfg.global_tokens)
         return q, k, v, mask

@@ -16,6 +16,7 @@ from nmt.attention.backends import static_problem
 from nmt.config import SITES, ModelConfig
 from nmt.model.packed_linear import PackedLinear
 from nmt.model.positions import RotaryEmbedding, SinusoidalPositions
+from nmt.model.unpad import Unpadded
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -61,8 +62,9 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.attn_block, self.ff_block = Sublayer(cfg), Sublayer(cfg)
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tensor:
-        x = self.attn_block(x, lambda h: self.self_attn(h, lengths=lengths)[0])
+    def forward(self, x: Tensor, lengths: Optional[Tensor], unpadded: Optional[Unpadded] = None) -> Tensor:
+        """x (B, S, d_model), or (N, d_model) with ``unpadded`` (its real tokens only) → the same shape."""
+        x = self.attn_block(x, lambda h: self.self_attn(h, lengths=lengths, unpadded=unpadded)[0])
         return self.ff_block(x, self.feed_forward)
 
 
@@ -297,12 +299,23 @@ class Seq2Seq(nn.Module):
         return self.dropout(x) if self.training else x
 
     def encode(self, src: Tensor, src_lengths: Optional[Tensor] = None) -> Tensor:
-        """src (B, S) token ids, right-padded to ``src_lengths`` (B,) → memory (B, S, d_model)."""
+        """src (B, S) token ids, right-padded to ``src_lengths`` (B,) → memory (B, S, d_model).
+
+        At CPU inference the layers run on the real tokens only (nmt.model.unpad) and the padded positions of the
+        memory come out as zeros; otherwise they hold what the layers computed there. Either way nothing reads them:
+        cross-attention masks them out."""
         self._check(src)
         x = self._embed(self.src_embed, src)
+        # Measured on CPU inference only (docs/performance.md); training keeps the padded layout and its autograd.
+        unpadded = None
+        if src_lengths is not None and src.device.type == "cpu" and not torch.is_grad_enabled():
+            unpadded = Unpadded.of(src_lengths, src.size(1))
+        if unpadded is not None:
+            x = unpadded.unpad(x)  # (N, d_model)
         for layer in self.encoder_layers:
-            x = layer(x, src_lengths)
-        return self.encoder_norm(x)
+            x = layer(x, src_lengths, unpadded)
+        x = self.encoder_norm(x)
+        return x if unpadded is None else unpadded.pad(x)  # (B, S, d_model)
 
     def _logits(self, x: Tensor) -> Tensor:
         logits = self.output(self.decoder_norm(x))  # (B, T, padded vocab)
