@@ -13,6 +13,26 @@ from nmt.model.packed_linear import PackedLinear
 pytestmark = pytest.mark.skipif(not packed_linear.AVAILABLE, reason="this torch build has no oneDNN linear ops")
 
 
+@pytest.fixture(autouse=True)
+def pack_any_size(monkeypatch):
+    """The tests' layers are small: pack them all, so that the packed path is what they test (the size rule has a
+    test of its own)."""
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_WEIGHT", 0)
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_MACS", 0)
+
+
+def test_small_weights_and_calls_take_f_linear(monkeypatch):
+    """oneDNN's per-call cost outweighs its gain below MIN_PACKED_WEIGHT elements or MIN_PACKED_MACS multiply-adds."""
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_WEIGHT", 16 * 40)
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_MACS", 4 * 16 * 40)
+    for d_in, rows, packed in ((16, 4, True), (16, 3, False), (15, 8, False)):
+        layer = PackedLinear(d_in, 40)
+        x = torch.randn(rows, d_in)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert (id(layer.weight) in packed_linear._packed) == packed, (d_in, rows)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(1, 16), (7, 16), (3, 5, 16), (2, 1, 16)])
 def test_packed_equals_f_linear(shape, bias):

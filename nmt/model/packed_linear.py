@@ -9,6 +9,10 @@ scripts/packed_linear.py --threads T --d-model D_IN --vocab D_OUT --rows 64 320 
 1,024 → 256), so those are PackedLinear too, packed on CPUs with AVX-512; the square 256 → 256 products (the
 attention output projection and cross-attention's query projection) ran 0.89–0.92× at a decoding step's 64 rows and
 stay ``nn.Linear``.
+oneDNN's call costs ~20 µs more than `F.linear`'s, which small products do not earn back: a `PackedLinear` packs
+only a weight of at least MIN_PACKED_WEIGHT elements in a call of at least MIN_PACKED_MACS multiply-adds (1 thread,
+Zen 4: 256 → 768 over 1 row ran 0.52× packed, over 8 to 64 rows 0.98–1.06×; 128 → 384 lost at every row count up to
+64, 0.22–0.86×; 256 → 8,000 and 128 → 8,000 won from 1 row, 1.09–2.31×).
 The packed copy is kept per weight and rebuilt when the weight changes (an optimizer step, a load, a move), so
 validation during training and decoding after it see the current weights. Training, autograd, autocast and other devices
 or dtypes take ``F.linear``.
@@ -34,6 +38,8 @@ def _available() -> bool:
 
 
 AVAILABLE = _available()
+MIN_PACKED_WEIGHT = 256 * 768  # elements: the smallest weight measured to gain (module docstring)
+MIN_PACKED_MACS = 2**20  # multiply-adds per call (rows · d_in · d_out), below which the call's overhead dominates
 
 # id(weight) → (weak reference to it, (data_ptr, version, shape), packed weight), dropped with the weight; kept here
 # rather than on the model, which then holds no opaque oneDNN tensor (those cannot be deep-copied). Keyed by id:
@@ -80,13 +86,16 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 class PackedLinear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) whose CPU inference runs packed; with ``avx512_only``, only on
     a CPU with AVX-512 (the attention input and feed-forward projections: on the AVX2 CPU a decoding step's products
-    gained nothing from packing, which would then only hold a second copy of the weight)."""
+    gained nothing from packing, which would then only hold a second copy of the weight). Weights and calls below
+    MIN_PACKED_WEIGHT and MIN_PACKED_MACS take ``F.linear``: there oneDNN's per-call cost outweighs the gain."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, avx512_only: bool = False) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.avx512_only = avx512_only
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.avx512_only and not avx512():
+        small = self.in_features * self.out_features < MIN_PACKED_WEIGHT or \
+            x.numel() * self.out_features < MIN_PACKED_MACS
+        if small or (self.avx512_only and not avx512()):
             return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)
